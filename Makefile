@@ -1,0 +1,35 @@
+# Every target is self-sufficient on a fresh machine: it creates .venv and installs what it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP := $(VENV)/.installed
+export PIP_CONSTRAINT :=
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.arm-cache/torch_extensions
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(STAMP)
+
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup
+
+demo: $(STAMP)
+	$(VENV)/bin/arm demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/curate.py
+
+clean:
+	rm -rf $(VENV) .arm-cache

@@ -1,0 +1,3 @@
+"""ARM: a unified autoregressive multimodal model platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,255 @@
+"""Typed run configuration loaded from params.yaml.
+
+params.yaml holds the base values (the `tiny` preset) and a `presets:` table of overrides.
+The resolved config is base deep-merged with the chosen preset; lists are replaced, not
+merged. Every model forbids unknown keys, so a typo fails with its key path.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not validate; the message names each key path."""
+
+
+# ----------------------------------------------------------------------------- world
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 50, 170),
+    "orange": (245, 130, 20),
+    "cyan": (30, 200, 210),
+    "gray": (120, 120, 120),
+}
+KINDS = ("circle", "square", "triangle")
+SIZES = {"small": 0.45, "large": 0.8}
+
+
+class WorldConfig(Strict):
+    """The procedural shapes world (DESIGN §5): objects on a grid aligned with the tokenizer's patches."""
+
+    image_size: int = Field(48, ge=8)
+    grid: int = Field(3, ge=1)
+    kinds: list[Literal["circle", "square", "triangle"]] = ["circle", "square", "triangle"]
+    colors: list[str] = ["red", "green", "blue", "yellow"]
+    sizes: list[Literal["small", "large"]] = ["small", "large"]
+    min_objects: int = Field(1, ge=0)
+    max_objects: int = Field(3, ge=1)
+    background: tuple[int, int, int] = (255, 255, 255)
+
+    @model_validator(mode="after")
+    def _check(self) -> "WorldConfig":
+        unknown = [c for c in self.colors if c not in PALETTE]
+        if unknown:
+            raise ValueError(f"unknown colors {unknown}; known: {sorted(PALETTE)}")
+        if self.image_size % self.grid:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of grid {self.grid}")
+        if self.max_objects > self.grid * self.grid or self.min_objects > self.max_objects:
+            raise ValueError("need min_objects <= max_objects <= grid*grid")
+        return self
+
+    @property
+    def cell(self) -> int:
+        return self.image_size // self.grid
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class ShapesSourceConfig(Strict):
+    type: Literal["shapes"] = "shapes"
+    name: str = "shapes"
+    n_scenes: int = Field(2000, ge=0)
+    seed: int = 0
+    vqa_per_scene: int = Field(2, ge=0)
+    edits_per_scene: int = Field(1, ge=0)
+    captions_per_scene: int = Field(1, ge=0)
+    knowledge_fraction: float = Field(0.2, ge=0, le=1)
+    text_fraction: float = Field(0.1, ge=0, le=1)
+
+
+class FashionMnistSourceConfig(Strict):
+    type: Literal["fashion_mnist"] = "fashion_mnist"
+    name: str = "fashion_mnist"
+    root: str = "/usr/share/datasets/fashion-mnist"
+    subset: Literal["train", "t10k"] = "train"
+    limit: int | None = Field(2000, ge=0)
+    vqa_per_image: int = Field(1, ge=0)
+
+
+class ImageFolderSourceConfig(Strict):
+    type: Literal["image_folder"] = "image_folder"
+    name: str = "images"
+    path: str
+    manifest: str | None = None  # JSONL with image, caption/question/answer; else sidecar .txt
+    task: Literal["understand", "generate"] = "understand"
+
+
+class ParquetSourceConfig(Strict):
+    type: Literal["parquet"] = "parquet"
+    name: str = "parquet"
+    path: str  # file, folder or glob; local or s3://
+    image_column: str = "image"
+    caption_column: str = "caption"
+    task: Literal["understand", "generate"] = "generate"
+
+
+class WebDatasetSourceConfig(Strict):
+    type: Literal["webdataset"] = "webdataset"
+    name: str = "webdataset"
+    path: str  # tar file, folder of tars or glob; local or s3://
+    image_ext: list[str] = ["jpg", "jpeg", "png", "webp"]
+    caption_ext: list[str] = ["txt", "caption"]
+    task: Literal["understand", "generate"] = "generate"
+
+
+SourceConfig = Annotated[
+    Union[
+        ShapesSourceConfig,
+        FashionMnistSourceConfig,
+        ImageFolderSourceConfig,
+        ParquetSourceConfig,
+        WebDatasetSourceConfig,
+    ],
+    Field(discriminator="type"),
+]
+
+
+class StorageConfig(Strict):
+    """S3-compatible object storage. Credentials come from the environment, never from here."""
+
+    endpoint_url: str | None = None  # e.g. http://127.0.0.1:8333 for SeaweedFS or MinIO
+    region: str = "us-east-1"
+    connect_timeout_s: float = 5.0
+    max_attempts: int = 3
+
+
+class FilterConfig(Strict):
+    """Thresholds of the curation filters; each filter is a SQL predicate over stats columns."""
+
+    min_side: int = 8
+    max_aspect: float = 4.0
+    min_text_chars: int = 1
+    max_text_chars: int = 1024
+    min_pixel_std: float = 2.0  # below this an image is blank
+    near_dup_phash_distance: int = 2  # Hamming distance on the 64-bit pHash
+    near_dup_thumb_distance: float = 0.04  # mean abs difference of 8x8 RGB thumbnails, in [0, 1]
+
+
+class SplitConfig(Strict):
+    val: float = Field(0.05, ge=0, lt=1)
+    test: float = Field(0.05, ge=0, lt=1)
+
+
+class DataConfig(Strict):
+    sources: list[SourceConfig] = [ShapesSourceConfig(), FashionMnistSourceConfig()]
+    filters: FilterConfig = FilterConfig()
+    splits: SplitConfig = SplitConfig()
+    max_pixels: int = Field(4096 * 4096, ge=1)  # larger images are rejected before decoding
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    shard_size: int = Field(4096, ge=1)
+    workers: int = Field(2, ge=1)
+    store: str = "data/curated"
+
+
+class ValidationConfig(Strict):
+    min_per_task: dict[Literal["understand", "generate", "edit", "text"], int] = {
+        "understand": 100,
+        "generate": 100,
+        "edit": 100,
+        "text": 10,
+    }
+    split_tolerance: float = Field(0.03, ge=0, le=1)
+    output: str = "metrics/data_validation.json"
+
+
+# ----------------------------------------------------------------------------- root
+
+
+class ArmConfig(Strict):
+    preset: str = "tiny"
+    seed: int = 0
+    world: WorldConfig = WorldConfig()
+    storage: StorageConfig = StorageConfig()
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def resolve(raw: dict[str, Any], preset: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Base values merged with a preset and `key.path=value` overrides (values parsed as YAML)."""
+    raw = copy.deepcopy(raw)
+    presets = raw.pop("presets", {}) or {}
+    name = preset or raw.get("preset", "tiny")
+    if name != "tiny" and name not in presets:
+        raise ConfigError(f"unknown preset {name!r}; known: {['tiny', *sorted(presets)]}")
+    merged = deep_merge(raw, presets.get(name, {}))
+    merged["preset"] = name
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, value = item.split("=", 1)
+        _set_dotted(merged, key.strip(), yaml.safe_load(value))
+    return merged
+
+
+def load_config(
+    path: str | Path = DEFAULT_PARAMS, preset: str | None = None, overrides: list[str] | None = None
+) -> ArmConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    merged = resolve(raw, preset, overrides)
+    try:
+        return ArmConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path))) from None

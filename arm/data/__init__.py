@@ -1,0 +1,1 @@
+"""Data: sources, the shapes world and its oracle, curation into DuckDB, validation."""

@@ -1,0 +1,212 @@
+"""The shapes world (DESIGN §5): scenes, rendering, captions, VQA, edits and knowledge prompts.
+
+Objects sit one per grid cell, and the grid is aligned with the visual tokenizer's patch grid,
+so one image token can carry one object. Everything is a pure function of (config, seed).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from arm.config import PALETTE, SIZES, WorldConfig
+
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+# Knowledge-style (WISE) phrases name an attribute without saying it.
+KIND_RIDDLES = {
+    "circle": ["a shape with no corners", "a round shape like a coin"],
+    "square": ["a shape with four equal sides", "a shape like a chessboard tile"],
+    "triangle": ["a shape with three corners", "a shape like a slice of pizza"],
+}
+COLOR_RIDDLES = {
+    "red": ["the colour of a ripe tomato", "the colour of blood"],
+    "green": ["the colour of grass", "the colour of a fresh leaf"],
+    "blue": ["the colour of a clear sky", "the colour of the deep sea"],
+    "yellow": ["the colour of a banana", "the colour of a lemon"],
+    "purple": ["the colour of a grape", "the colour of lavender"],
+    "orange": ["the colour of a carrot", "the colour of a pumpkin"],
+    "cyan": ["the colour of a swimming pool", "the colour of turquoise"],
+    "gray": ["the colour of a rain cloud", "the colour of ash"],
+}
+
+
+@dataclass(frozen=True, order=True)
+class ShapeObject:
+    row: int
+    col: int
+    kind: str
+    color: str
+    size: str
+
+    def describe(self) -> str:
+        return f"{self.size} {self.color} {self.kind}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[ShapeObject, ...]
+
+    @staticmethod
+    def of(objects) -> "Scene":
+        return Scene(tuple(sorted(objects)))
+
+    def at(self, row: int, col: int) -> ShapeObject | None:
+        for o in self.objects:
+            if (o.row, o.col) == (row, col):
+                return o
+        return None
+
+    def to_json(self) -> list[dict]:
+        return [o.__dict__.copy() for o in self.objects]
+
+    @staticmethod
+    def from_json(items: list[dict]) -> "Scene":
+        return Scene.of(ShapeObject(**i) for i in items)
+
+
+def position_name(row: int, col: int, grid: int) -> str:
+    if grid == 3:
+        name = f"{['top', 'middle', 'bottom'][row]} {['left', 'middle', 'right'][col]}"
+        return "center" if name == "middle middle" else name
+    return f"row {row + 1} column {col + 1}"
+
+
+def caption(scene: Scene, grid: int) -> str:
+    parts = [f"a {o.describe()} in the {position_name(o.row, o.col, grid)}" for o in scene.objects]
+    if not parts:
+        return "an empty picture"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def random_object(rng: random.Random, cfg: WorldConfig, row: int, col: int) -> ShapeObject:
+    return ShapeObject(row, col, rng.choice(cfg.kinds), rng.choice(cfg.colors), rng.choice(cfg.sizes))
+
+
+def random_scene(rng: random.Random, cfg: WorldConfig, n: int | None = None) -> Scene:
+    n = rng.randint(cfg.min_objects, cfg.max_objects) if n is None else n
+    cells = rng.sample([(r, c) for r in range(cfg.grid) for c in range(cfg.grid)], n)
+    return Scene.of(random_object(rng, cfg, r, c) for r, c in cells)
+
+
+def render(scene: Scene, cfg: WorldConfig) -> Image.Image:
+    """Aliased drawing on purpose: crisp edges make the oracle exact on ground truth."""
+    img = Image.new("RGB", (cfg.image_size, cfg.image_size), tuple(cfg.background))
+    draw = ImageDraw.Draw(img)
+    cell = cfg.cell
+    for o in scene.objects:
+        side = max(3, round(SIZES[o.size] * cell))
+        x0 = o.col * cell + (cell - side) // 2
+        y0 = o.row * cell + (cell - side) // 2
+        x1, y1 = x0 + side - 1, y0 + side - 1
+        fill = PALETTE[o.color]
+        if o.kind == "square":
+            draw.rectangle([x0, y0, x1, y1], fill=fill)
+        elif o.kind == "circle":
+            draw.ellipse([x0, y0, x1, y1], fill=fill)
+        else:
+            draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=fill)
+    return img
+
+
+def render_array(scene: Scene, cfg: WorldConfig) -> np.ndarray:
+    return np.asarray(render(scene, cfg))
+
+
+# ----------------------------------------------------------------------------- questions
+
+
+def vqa_pair(rng: random.Random, scene: Scene, cfg: WorldConfig) -> tuple[str, str]:
+    """One question with a single-word answer that the scene determines."""
+    kinds = [o.kind for o in scene.objects]
+    options = ["count", "shape_at", "exists"]
+    if any(kinds.count(k) == 1 for k in kinds):
+        options += ["color_of", "size_of"]
+    q = rng.choice(options)
+    if q == "count":
+        return "how many shapes are there?", NUMBER_WORDS[len(scene.objects)]
+    if q == "shape_at":
+        row, col = rng.randrange(cfg.grid), rng.randrange(cfg.grid)
+        if scene.objects and rng.random() < 0.7:
+            o = rng.choice(scene.objects)
+            row, col = o.row, o.col
+        o = scene.at(row, col)
+        return f"what shape is in the {position_name(row, col, cfg.grid)}?", o.kind if o else "nothing"
+    if q == "exists":
+        if scene.objects and rng.random() < 0.5:
+            o = rng.choice(scene.objects)
+            color, kind = o.color, o.kind
+        else:
+            color, kind = rng.choice(cfg.colors), rng.choice(cfg.kinds)
+        present = any(o.color == color and o.kind == kind for o in scene.objects)
+        return f"is there a {color} {kind}?", "yes" if present else "no"
+    unique = [o for o in scene.objects if kinds.count(o.kind) == 1]
+    o = rng.choice(unique)
+    if q == "color_of":
+        return f"what colour is the {o.kind}?", o.color
+    return f"what size is the {o.kind}?", o.size
+
+
+# ----------------------------------------------------------------------------- edits
+
+EDIT_OPS = ("recolor", "move", "add", "remove", "resize")
+
+
+def random_edit(rng: random.Random, scene: Scene, cfg: WorldConfig) -> tuple[str, Scene, str]:
+    """Returns (instruction, target scene, op). Objects are referred to by kind and position."""
+    g = cfg.grid
+    empty = [(r, c) for r in range(g) for c in range(g) if scene.at(r, c) is None]
+    ops = ["recolor", "resize"] if scene.objects else []
+    if scene.objects and empty:
+        ops.append("move")
+    if empty and len(scene.objects) < cfg.max_objects:
+        ops.append("add")
+    if len(scene.objects) > max(1, cfg.min_objects):
+        ops.append("remove")
+    if len(cfg.colors) < 2:
+        ops = [o for o in ops if o != "recolor"]
+    if len(cfg.sizes) < 2:
+        ops = [o for o in ops if o != "resize"]
+    op = rng.choice(ops)
+    rest = list(scene.objects)
+    if op == "add":
+        r, c = rng.choice(empty)
+        new = random_object(rng, cfg, r, c)
+        return f"add a {new.describe()} in the {position_name(r, c, g)}", Scene.of(rest + [new]), op
+    o = rng.choice(scene.objects)
+    rest.remove(o)
+    ref = f"the {o.kind} in the {position_name(o.row, o.col, g)}"
+    if op == "remove":
+        return f"remove {ref}", Scene.of(rest), op
+    if op == "move":
+        r, c = rng.choice(empty)
+        return f"move {ref} to the {position_name(r, c, g)}", Scene.of(rest + [replace(o, row=r, col=c)]), op
+    if op == "recolor":
+        color = rng.choice([c for c in cfg.colors if c != o.color])
+        return f"make {ref} {color}", Scene.of(rest + [replace(o, color=color)]), op
+    size = rng.choice([s for s in cfg.sizes if s != o.size])
+    return f"make {ref} {size}", Scene.of(rest + [replace(o, size=size)]), op
+
+
+# ----------------------------------------------------------------------------- knowledge
+
+
+def knowledge_prompt(rng: random.Random, cfg: WorldConfig) -> tuple[str, Scene]:
+    """A single-object prompt that names kind and colour only indirectly (WISE-style)."""
+    r, c = rng.randrange(cfg.grid), rng.randrange(cfg.grid)
+    o = random_object(rng, cfg, r, c)
+    text = (
+        f"a {o.size} {rng.choice(KIND_RIDDLES[o.kind])}, {rng.choice(COLOR_RIDDLES[o.color])},"
+        f" in the {position_name(r, c, cfg.grid)}"
+    )
+    return text, Scene.of([o])
+
+
+def knowledge_facts(cfg: WorldConfig) -> list[str]:
+    """Plain-text facts that tie the riddles to the attribute words (the text-only task)."""
+    facts = [f"{riddle} is a {kind}." for kind in cfg.kinds for riddle in KIND_RIDDLES[kind]]
+    facts += [f"{riddle} is {color}." for color in cfg.colors for riddle in COLOR_RIDDLES[color]]
+    return facts
