@@ -10,6 +10,9 @@ import typer
 import yaml
 from rich.console import Console
 
+from arm.commands import data as data_commands
+from arm.commands import model as model_commands
+from arm.commands import tokenizer as tokenizer_commands
 from arm.config import ArmConfig, ConfigError, load_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -36,6 +39,9 @@ def config_show(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt, set
     cfg = resolve_config(params, preset, set_)
     sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
+
+for _commands in (data_commands, tokenizer_commands, model_commands):
+    _commands.register(app)
 
 if __name__ == "__main__":
     app()

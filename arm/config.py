@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from arm.configbase import Strict
+from arm.model.config import ModelConfig, PretrainConfig, SamplingConfig, TextConfig
+from arm.tokenizer.config import TokenizerConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ConfigError(ValueError):
@@ -189,6 +189,11 @@ class ArmConfig(Strict):
     storage: StorageConfig = StorageConfig()
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    text: TextConfig = TextConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    sampling: SamplingConfig = SamplingConfig()
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
