@@ -11,7 +11,11 @@ import yaml
 from rich.console import Console
 
 from arm.commands import data as data_commands
+from arm.commands import evaluate as evaluate_commands
 from arm.commands import model as model_commands
+from arm.commands import rl as rl_commands
+from arm.commands import sample as sample_commands
+from arm.commands import serve as serve_commands
 from arm.commands import tokenizer as tokenizer_commands
 from arm.config import ArmConfig, ConfigError, load_config
 
@@ -40,7 +44,7 @@ def config_show(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt, set
     sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-for _commands in (data_commands, tokenizer_commands, model_commands):
+for _commands in (data_commands, tokenizer_commands, model_commands, sample_commands, evaluate_commands, rl_commands, serve_commands):
     _commands.register(app)
 
 if __name__ == "__main__":

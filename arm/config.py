@@ -15,8 +15,11 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from arm.configbase import Strict
+from arm.eval.config import EvalConfig, GateConfig
 from arm.model.config import ModelConfig, PretrainConfig, SamplingConfig, TextConfig
+from arm.rl.config import RLConfig
 from arm.tokenizer.config import TokenizerConfig
+from arm.serve.config import ServeConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -99,6 +102,8 @@ class ImageFolderSourceConfig(Strict):
     path: str
     manifest: str | None = None  # JSONL with image, caption/question/answer; else sidecar .txt
     task: Literal["understand", "generate"] = "understand"
+    # A relative `manifest` is resolved inside `path`; images are the files with these extensions.
+    image_ext: list[str] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 
 
 class ParquetSourceConfig(Strict):
@@ -108,6 +113,7 @@ class ParquetSourceConfig(Strict):
     image_column: str = "image"
     caption_column: str = "caption"
     task: Literal["understand", "generate"] = "generate"
+    batch_rows: int = Field(256, ge=1)  # rows per pyarrow batch: a shard is never read whole
 
 
 class WebDatasetSourceConfig(Strict):
@@ -137,7 +143,8 @@ class StorageConfig(Strict):
     endpoint_url: str | None = None  # e.g. http://127.0.0.1:8333 for SeaweedFS or MinIO
     region: str = "us-east-1"
     connect_timeout_s: float = 5.0
-    max_attempts: int = 3
+    max_attempts: int = Field(3, ge=1)  # tries per request, the first included
+    read_timeout_s: float = Field(30.0, gt=0)
 
 
 class FilterConfig(Strict):
@@ -149,7 +156,7 @@ class FilterConfig(Strict):
     max_text_chars: int = 1024
     min_pixel_std: float = 2.0  # below this an image is blank
     near_dup_phash_distance: int = 2  # Hamming distance on the 64-bit pHash
-    near_dup_thumb_distance: float = 0.04  # mean abs difference of 8x8 RGB thumbnails, in [0, 1]
+    near_dup_thumb_distance: float = 0.04  # max abs difference over 8x8 RGB thumbnail cells, in [0, 1]
 
 
 class SplitConfig(Strict):
@@ -166,6 +173,7 @@ class DataConfig(Strict):
     shard_size: int = Field(4096, ge=1)
     workers: int = Field(2, ge=1)
     store: str = "data/curated"
+    metrics: str = "metrics/curate.json"
 
 
 class ValidationConfig(Strict):
@@ -193,7 +201,11 @@ class ArmConfig(Strict):
     text: TextConfig = TextConfig()
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    rl: RLConfig = RLConfig()
     sampling: SamplingConfig = SamplingConfig()
+    serve: ServeConfig = ServeConfig()
+    eval: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["s3_servers"]  # tests/s3_servers.py: SeaweedFS and moto S3 fixtures
+
 
 @pytest.fixture
 def micro_cfg():

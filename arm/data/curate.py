@@ -1,0 +1,275 @@
+"""The curate stage: sources -> stats (once, in a process pool) -> SQL filters -> curated store.
+
+    curate(cfg) -> metrics dict; writes cfg.data.store and cfg.data.metrics.
+
+Every input record ends in exactly one of `samples` or `rejections`; a source that cannot be
+read at all (SourceError: unreachable bucket, missing root) counts as one input and becomes one
+`source_unreachable` rejection, and the run goes on with the other sources. The counts are
+reconciled per source before the new store replaces the old one, and the stage fails if they
+do not. The store is built in a temporary directory and swapped in atomically.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import datetime as dt
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+from tqdm import tqdm
+
+import arm
+from arm.config import ArmConfig
+from arm.data.filters import apply_filters, predicate_filters
+from arm.data.records import RawRecord
+from arm.data.sources import SourceError, iter_source
+from arm.data.stats import (
+    REJECTION_SCHEMA,
+    STATS_SCHEMA,
+    ChunkResult,
+    StatsParams,
+    init_worker,
+    process_chunk,
+)
+from arm.data.store import DB_NAME, IMAGES_DIR, ImageBuffer, RowBuffer, write_shards
+from arm.io import atomic_path, atomic_write_json
+
+log = logging.getLogger(__name__)
+CHUNK = 256  # records per pool task: big enough to amortise pickling, small enough to stream
+STAGE = "curate"
+
+
+class CurateError(RuntimeError):
+    """The stage could not produce a consistent store (the old one, if any, is left in place)."""
+
+
+def params_hash(cfg: ArmConfig) -> str:
+    """What the store's content depends on: the data section and the world the shapes source draws."""
+    blob = json.dumps({"data": cfg.data.model_dump(mode="json"), "world": cfg.world.model_dump(mode="json"),
+                       "storage": cfg.storage.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _source_ref(src: Any) -> str:
+    return str(getattr(src, "path", None) or getattr(src, "root", None) or src.name)
+
+
+def _records(cfg: ArmConfig, counts: dict[str, int]) -> Iterator[tuple[int, RawRecord]]:
+    """All records of all sources in config order, numbered; a failing source becomes one record."""
+    ord_ = 0
+    for src in cfg.data.sources:
+        counts.setdefault(src.name, 0)
+        try:
+            for rec in iter_source(src, cfg):
+                if rec.source != src.name:
+                    rec.source = src.name  # counts are per configured source name
+                counts[src.name] += 1
+                yield ord_, rec
+                ord_ += 1
+        except (SourceError, OSError) as e:
+            log.warning("source %s (%s) failed after %d records: %s", src.name, src.type, counts[src.name], e)
+            counts[src.name] += 1
+            yield ord_, RawRecord(source=src.name, ref=_source_ref(src), task=None,  # type: ignore[arg-type]
+                                  error=f"source_unreachable: {src.type} source {src.name!r}: {e}")
+            ord_ += 1
+
+
+def _chunks(records: Iterator[tuple[int, RawRecord]], size: int) -> Iterator[list[tuple[int, RawRecord]]]:
+    chunk: list[tuple[int, RawRecord]] = []
+    for item in records:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def compute_stats(chunks: Iterator[list], params: StatsParams, workers: int) -> Iterator[ChunkResult]:
+    """Results in input order. With workers > 1 a process pool with a bounded window of chunks in
+    flight (Pool.imap would read the whole input ahead and defeat streaming)."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield process_chunk(chunk, params)
+        return
+    # spawn, not fork: Prefect and DuckDB hold threads and locks a forked child must not inherit.
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                                initargs=(params,)) as pool:
+        window: collections.deque[cf.Future] = collections.deque()
+        for chunk in chunks:
+            window.append(pool.submit(process_chunk, chunk))
+            if len(window) >= 3 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    started = dt.datetime.now(dt.timezone.utc)
+    staging = root / "_staging"
+    staging.mkdir(parents=True)
+    stats_buf = RowBuffer(staging / "stats.parquet", STATS_SCHEMA)
+    rej_buf = RowBuffer(staging / "rejections.parquet", REJECTION_SCHEMA)
+    img_buf = ImageBuffer(staging / "images.parquet")
+    counts: dict[str, int] = {}
+    params = StatsParams.from_config(cfg)
+
+    n = 0
+    last_log = time.perf_counter()
+    bar = tqdm(desc="curate", unit="rec", disable=not progress, file=sys.stderr, mininterval=0.5)
+    for res in compute_stats(_chunks(_records(cfg, counts), CHUNK), params, cfg.data.workers):
+        stats_buf.add(res.rows)
+        rej_buf.add(res.rejections)
+        img_buf.add(res.images)
+        n += res.n
+        bar.update(res.n)
+        if time.perf_counter() - last_log > 10:
+            last_log = time.perf_counter()
+            logger.info("curate: %d records read, %.0f rec/s", n, n / (last_log - t0))
+    bar.close()
+    for buf in (stats_buf, rej_buf, img_buf):
+        buf.close()
+    t_stats = time.perf_counter() - t0
+    logger.info("curate: stats of %d records in %.1fs; filtering", n, t_stats)
+
+    db_path = root / DB_NAME
+    con = duckdb.connect(str(db_path))
+    try:
+        metrics = _finish(cfg, con, root, staging, counts, logger)
+        t_total = time.perf_counter() - t0
+        metrics["seconds"] = {"stats": round(t_stats, 3), "filter_and_write": round(t_total - t_stats, 3),
+                              "total": round(t_total, 3)}
+        metrics["samples_per_s"] = round(n / t_total, 1) if t_total > 0 else None
+        finished = dt.datetime.now(dt.timezone.utc)
+        con.execute(
+            """CREATE TABLE runs (stage VARCHAR, params_hash VARCHAR, arm_version VARCHAR,
+               started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, duration_s DOUBLE,
+               n_in BIGINT, n_kept BIGINT, n_rejected BIGINT, counts JSON)""")
+        con.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [STAGE, metrics["params_hash"], arm.__version__, started, finished, round(t_total, 3),
+             metrics["n_in"], metrics["n_kept"], metrics["n_rejected"],
+             json.dumps({"by_source": metrics["by_source"], "seconds": metrics["seconds"]}, sort_keys=True)],
+        )
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    shutil.rmtree(staging)
+    return metrics
+
+
+def _finish(cfg: ArmConfig, con: duckdb.DuckDBPyConnection, root: Path, staging: Path,
+            counts: dict[str, int], logger: logging.Logger) -> dict[str, Any]:
+    con.execute(f"SET threads TO {max(1, cfg.data.workers)}")
+    con.execute(f"SET temp_directory = '{(staging / 'duckdb_tmp').as_posix()}'")
+    con.execute(f"CREATE VIEW stats AS SELECT * FROM read_parquet('{(staging / 'stats.parquet').as_posix()}')")
+    con.execute(f"""CREATE TEMP TABLE image_stage AS
+        SELECT file_row_number AS stage_row, sha256, width, height, phash, thumb
+        FROM read_parquet('{(staging / 'images.parquet').as_posix()}', file_row_number = true)""")
+    con.execute("""CREATE TEMP TABLE image_index AS
+        SELECT sha256, arg_min(stage_row, stage_row) AS stage_row, any_value(phash) AS phash,
+               any_value(thumb) AS thumb, any_value(width) AS width, any_value(height) AS height
+        FROM image_stage GROUP BY sha256""")
+    apply_filters(con, cfg.data.filters)
+
+    cols = [c for c in STATS_SCHEMA.names if c not in ("split_key", "text_sha")]
+    select = ", ".join(("meta::JSON AS meta" if c == "meta" else c) for c in cols)
+    con.execute(f"CREATE TABLE samples AS SELECT {select} FROM kept ORDER BY ord")
+    con.execute(f"""
+        CREATE TABLE rejections AS
+        SELECT r.ord, r.source, r.ref, r.task, r.reason, r.detail, r.stage FROM (
+            SELECT ord, source, ref, task, reason, detail, stage
+            FROM read_parquet('{(staging / 'rejections.parquet').as_posix()}')
+            UNION ALL
+            SELECT s.ord, s.source, s.ref, s.task, f.reason, f.detail, f.stage
+            FROM filtered f JOIN stats s USING (ord)
+        ) r ORDER BY r.ord""")
+
+    # Images: each referenced image once, at its first staging row, shards in first-use order.
+    keep = con.execute("""
+        SELECT i.stage_row FROM image_index i
+        WHERE i.sha256 IN (SELECT image_sha FROM samples UNION SELECT source_image_sha FROM samples)
+        ORDER BY i.stage_row""").fetchnumpy()["stage_row"]
+    index = write_shards(staging / "images.parquet", np.asarray(keep), root / IMAGES_DIR, cfg.data.shard_size)
+    con.register("shard_index", index)
+    con.execute("""
+        CREATE TABLE images AS
+        SELECT x.sha256, x.shard, x.row, i.width, i.height, x.bytes, i.phash, i.thumb
+        FROM shard_index x JOIN image_index i USING (sha256) ORDER BY x.shard, x.row""")
+    con.unregister("shard_index")
+    con.execute("DROP VIEW stats")  # it points into the staging folder, which is about to go
+
+    return _reconcile(cfg, con, counts, logger)
+
+
+def _reconcile(cfg: ArmConfig, con: duckdb.DuckDBPyConnection, counts: dict[str, int],
+               logger: logging.Logger) -> dict[str, Any]:
+    kept = dict(con.execute("SELECT source, count(*) FROM samples GROUP BY 1").fetchall())
+    rejected = dict(con.execute("SELECT source, count(*) FROM rejections GROUP BY 1").fetchall())
+    reasons: dict[str, dict[str, int]] = {}
+    for source, reason, k in con.execute("SELECT source, reason, count(*) FROM rejections GROUP BY 1, 2 ORDER BY 1, 2").fetchall():
+        reasons.setdefault(source, {})[reason] = int(k)
+    by_source, bad = {}, []
+    for name in sorted(set(counts) | set(kept) | set(rejected)):
+        n_in, k, r = counts.get(name, 0), int(kept.get(name, 0)), int(rejected.get(name, 0))
+        by_source[name] = {"in": n_in, "kept": k, "rejected": r, "reconciled": n_in == k + r,
+                           "rejected_by_reason": reasons.get(name, {})}
+        if n_in != k + r:
+            bad.append(f"{name}: in {n_in} != kept {k} + rejected {r}")
+    n_samples_unique = con.execute("SELECT count(*) = count(DISTINCT id) FROM samples").fetchone()[0]
+    if bad or not n_samples_unique:
+        raise CurateError("curated counts do not reconcile (store not written): " + "; ".join(bad or ["duplicate ids"]))
+    for name, c in by_source.items():
+        logger.info("curate: source %s: in %d = kept %d + rejected %d %s", name, c["in"], c["kept"], c["rejected"],
+                    c["rejected_by_reason"] or "")
+
+    def counts_of(sql: str) -> dict[str, int]:
+        return {str(a): int(b) for a, b in con.execute(sql).fetchall()}
+
+    return {
+        "stage": STAGE,
+        "store": str(cfg.data.store),
+        "params_hash": params_hash(cfg),
+        "n_in": sum(counts.values()),
+        "n_kept": sum(kept.values()),
+        "n_rejected": sum(rejected.values()),
+        "n_images": int(con.execute("SELECT count(*) FROM images").fetchone()[0]),
+        "image_bytes": int(con.execute("SELECT coalesce(sum(bytes), 0) FROM images").fetchone()[0]),
+        "by_source": by_source,
+        "kept_by_task": counts_of("SELECT task, count(*) FROM samples GROUP BY 1 ORDER BY 1"),
+        "kept_by_split": counts_of("SELECT split, count(*) FROM samples GROUP BY 1 ORDER BY 1"),
+        "rejected_by_reason": counts_of("SELECT reason, count(*) FROM rejections GROUP BY 1 ORDER BY 1"),
+        "filters": [{"reason": f.reason, "predicate": f.predicate} for f in predicate_filters(cfg.data.filters)],
+        "workers": cfg.data.workers,
+    }
+
+
+def curate(cfg: ArmConfig, progress: bool | None = None, logger: logging.Logger | None = None) -> dict[str, Any]:
+    """Builds the curated store at cfg.data.store (atomically) and returns its metrics."""
+    logger = logger or log
+    names = [s.name for s in cfg.data.sources]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CurateError(f"data.sources: source names must be unique, repeated: {dup}")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    store = Path(cfg.data.store)
+    with atomic_path(store) as tmp:
+        metrics = _build(cfg, tmp, progress, logger)
+    atomic_write_json(cfg.data.metrics, metrics)
+    logger.info("curate: %d in, %d kept, %d rejected in %.1fs (%.0f samples/s) -> %s", metrics["n_in"],
+                metrics["n_kept"], metrics["n_rejected"], metrics["seconds"]["total"], metrics["samples_per_s"], store)
+    return metrics

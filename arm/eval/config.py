@@ -1,0 +1,87 @@
+"""Config of the benchmarks (params.yaml `eval:`) and of the promotion gate (`gate:`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from arm.configbase import Strict
+
+BENCHMARKS = ("shapes_geneval", "shapes_wise", "shapes_edit", "understanding", "fmnist", "tokenizer")
+Benchmark = Literal["shapes_geneval", "shapes_wise", "shapes_edit", "understanding", "fmnist", "tokenizer"]
+
+
+class PromptSetConfig(Strict):
+    """Held-out prompt sets: fixed files drawn from their own seed stream, never the training one."""
+
+    dir: str = "data/eval_prompts"
+    seed: int = Field(10_000, ge=10_000)  # training sources use small seeds; see prompts.py
+    geneval_per_category: int = Field(16, ge=1)
+    wise: int = Field(48, ge=1)
+    edit: int = Field(60, ge=1)
+    vqa: int = Field(100, ge=1)
+    caption: int = Field(40, ge=1)
+    fmnist_per_class: int = Field(8, ge=1)
+    prior_scenes: int = Field(2000, ge=10)  # training-distribution draws for the answer prior
+
+
+class FmnistEvalConfig(Strict):
+    """The Fashion-MNIST judge: a small classifier trained on the train split, tested on t10k."""
+
+    root: str = "/usr/share/datasets/fashion-mnist"
+    classifier: Literal["cnn", "logreg"] = "cnn"
+    train_limit: int | None = Field(20_000, ge=100)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+    min_pixel_std: float = Field(4.0, ge=0)  # flatter images are blank: counted wrong, not classified
+    cache_dir: str = ".arm-cache/eval"  # trained judges, keyed by their settings
+
+
+class EvalSamplingConfig(Strict):
+    """Sampling settings passed to the pipeline; None leaves the pipeline's own default."""
+
+    cfg_scale: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+class EvalConfig(Strict):
+    prompts: PromptSetConfig = PromptSetConfig()
+    benchmarks: list[Benchmark] = list(BENCHMARKS)
+    samples_per_prompt: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    sampling: EvalSamplingConfig = EvalSamplingConfig()
+    caption_question: str = "describe the image."
+    pq_tolerance: int = Field(48, ge=0, le=255)  # per-channel distance still counted as clean ink
+    psnr_cap: float = Field(100.0, gt=0)  # identical images have infinite PSNR
+    fmnist: FmnistEvalConfig = FmnistEvalConfig()
+    metrics_dir: str = "metrics"
+    reports_dir: str = "reports"
+    grid_rows: int = Field(8, ge=1)
+
+
+class GateConfig(Strict):
+    """Keys are `benchmark.metric` paths into an eval metrics file's `scores` (all higher-is-better)."""
+
+    thresholds: dict[str, float] = {}  # absolute minimum
+    min_over_floor: dict[str, float] = {}  # score - floor (prior-only level) must reach this
+    max_regression: dict[str, float] = {}  # allowed drop below the promoted model's score
+    promoted: str = "models/promoted.json"
+    output: str = "metrics/gate.json"
+
+    @model_validator(mode="after")
+    def _check(self) -> "GateConfig":
+        for table in ("thresholds", "min_over_floor", "max_regression"):
+            for key in getattr(self, table):
+                bench, _, metric = key.partition(".")
+                if bench not in BENCHMARKS or not metric:
+                    raise ValueError(f"{table}: key {key!r} must be <benchmark>.<metric> with a benchmark in {list(BENCHMARKS)}")
+        for key, tol in self.max_regression.items():
+            if tol < 0:
+                raise ValueError(f"max_regression: {key} = {tol} must be >= 0")
+        return self

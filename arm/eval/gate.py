@@ -1,0 +1,161 @@
+"""The promotion gate: a candidate's eval metrics against thresholds and the promoted model.
+
+Three kinds of check, all from params.yaml `gate:` (keys `benchmark.metric`, higher is better):
+`thresholds` (absolute minimum), `min_over_floor` (the score must beat the prior-only floor
+measured in the same run by a margin, so a model that ignores its input cannot pass), and
+`max_regression` (no metric may drop more than its tolerance below the promoted model's
+recorded score). A missing metric fails its check. Regression checks need a promoted record
+evaluated on the same held-out prompt sets; otherwise they are reported as skipped, visibly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from arm.config import ArmConfig
+from arm.io import atomic_write_json, sha256_file
+
+
+class GateError(ValueError):
+    """An unreadable candidate metrics file or promoted record; the message names it."""
+
+
+@dataclass
+class Check:
+    kind: str  # threshold | over_floor | regression | comparable
+    metric: str
+    value: float | None
+    limit: float | None
+    passed: bool
+    reference: float | None = None  # the floor or the promoted model's score
+    note: str = ""
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    candidate: str
+    candidate_metrics: str
+    promoted: str | None
+    checks: list[Check] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "failed": [f"{c.kind}:{c.metric}" for c in self.checks if not c.passed]}
+
+
+def _read(path: str | Path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise GateError(f"{what} {path}: not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise GateError(f"{what} {path}: invalid JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("scores"), dict):
+        raise GateError(f"{what} {path}: no `scores` table (is it an `arm evaluate` metrics file?)")
+    return data
+
+
+def lookup(metrics: dict, section: str, key: str) -> float | None:
+    bench, _, metric = key.partition(".")
+    value = (metrics.get(section) or {}).get(bench, {}).get(metric)
+    return None if value is None else float(value)
+
+
+def gate(
+    cfg: ArmConfig,
+    candidate_metrics: str | Path,
+    promoted_record: str | Path | None = None,
+    *,
+    output: str | Path | None = None,
+    console: Console | None = None,
+) -> GateResult:
+    """Checks the candidate, prints the table, writes the result (atomically) and returns it."""
+    g = cfg.gate
+    cand = _read(candidate_metrics, "candidate metrics")
+    record_path = Path(promoted_record or g.promoted)
+    promoted = _read(record_path, "promoted record") if record_path.is_file() else None
+    checks: list[Check] = []
+
+    for key, limit in g.thresholds.items():
+        v = lookup(cand, "scores", key)
+        checks.append(Check("threshold", key, v, limit, v is not None and v >= limit,
+                            note="" if v is not None else "missing from candidate"))
+    for key, margin in g.min_over_floor.items():
+        v, floor = lookup(cand, "scores", key), lookup(cand, "floor", key)
+        ok = v is not None and floor is not None and v - floor >= margin
+        note = "" if v is not None and floor is not None else "score or floor missing from candidate"
+        checks.append(Check("over_floor", key, v, None if floor is None else floor + margin, ok, floor, note))
+    if promoted is not None:
+        same = (promoted.get("prompts") or {}).get("manifest_sha256") == (cand.get("prompts") or {}).get("manifest_sha256")
+        if not same:
+            checks.append(Check("comparable", "prompts", None, None, True,
+                                note=f"promoted model {promoted.get('model')!r} was scored on other prompt sets: "
+                                     "regression checks skipped (re-evaluate it to compare)"))
+        else:
+            for key, tol in g.max_regression.items():
+                v, ref = lookup(cand, "scores", key), lookup(promoted, "scores", key)
+                if ref is None:
+                    checks.append(Check("regression", key, v, None, True, None, "not in the promoted record"))
+                    continue
+                ok = v is not None and v >= ref - tol
+                checks.append(Check("regression", key, v, ref - tol, ok, ref,
+                                    "" if v is not None else "missing from candidate"))
+    result = GateResult(
+        passed=all(c.passed for c in checks),
+        candidate=str(cand.get("model")),
+        candidate_metrics=str(candidate_metrics),
+        promoted=None if promoted is None else str(promoted.get("model")),
+        checks=checks,
+    )
+    atomic_write_json(output or g.output, result.to_json())
+    print_table(result, console or Console())
+    return result
+
+
+def print_table(result: GateResult, console: Console) -> None:
+    table = Table(title=f"gate: {result.candidate} vs {result.promoted or 'thresholds only (nothing promoted)'}")
+    for col in ("check", "metric", "value", "limit", "reference", "result"):
+        table.add_column(col, justify="right" if col in ("value", "limit", "reference") else "left")
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for c in result.checks:
+        verdict = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
+        table.add_row(c.kind, c.metric, fmt(c.value), fmt(c.limit), fmt(c.reference),
+                      verdict + (f" ({c.note})" if c.note else ""))
+    console.print(table)
+    console.print("[bold green]PASSED[/bold green]" if result.passed else "[bold red]REJECTED[/bold red]")
+
+
+def promote(
+    cfg: ArmConfig,
+    result: GateResult,
+    candidate_metrics: str | Path,
+    promoted_record: str | Path | None = None,
+) -> dict:
+    """Records a candidate that passed the gate as the promoted model (its scores travel with it)."""
+    if not result.passed:
+        raise GateError(f"{result.candidate}: failed the gate ({', '.join(result.to_json()['failed'])}); not promoted")
+    if Path(result.candidate_metrics).resolve() != Path(candidate_metrics).resolve():
+        raise GateError(f"gate result is for {result.candidate_metrics}, not {candidate_metrics}")
+    cand = _read(candidate_metrics, "candidate metrics")
+    record = {
+        "model": cand.get("model"),
+        "model_dir": cand.get("model_dir"),
+        "preset": cand.get("preset"),
+        "metrics_path": str(candidate_metrics),
+        "metrics_sha256": sha256_file(candidate_metrics),
+        "prompts": cand.get("prompts"),
+        "scores": cand["scores"],
+        "floor": cand.get("floor", {}),
+        "ceiling": cand.get("ceiling", {}),
+        "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "replaced": result.promoted,
+    }
+    atomic_write_json(promoted_record or cfg.gate.promoted, record)
+    return record

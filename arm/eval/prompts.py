@@ -1,0 +1,228 @@
+"""Held-out prompt sets: fixed JSONL files under `eval.prompts.dir`, versioned with DVC.
+
+Every item is drawn from `random.Random("eval:<seed>:<set>:<i>")`. Training scenes come from
+`random.Random("<source seed>:<i>")`, so the two streams never share a state whatever the seeds;
+requiring eval seeds >= 10000 also keeps them apart from every training seed in params.yaml. The
+world is small (a single-object scene is one of a few hundred), so an eval prompt can still equal
+a training caption by chance: the manifest reports that overlap per set instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from arm.config import ArmConfig, ShapesSourceConfig, WorldConfig
+from arm.data import shapes
+from arm.data.shapes import Scene, ShapeObject
+from arm.data.sources.fashion_mnist import CLASSES, QUESTION_KINDS
+from arm.data.sources.fashion_mnist import caption as fmnist_caption
+from arm.data.sources.fashion_mnist import question_answer
+from arm.eval.answers import question_type
+from arm.eval.checks import GENEVAL_CATEGORIES
+from arm.eval.fmnist import load_split
+from arm.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
+
+SETS = ("geneval", "wise", "edit", "vqa", "caption", "fmnist_gen", "fmnist_und")
+
+
+class PromptSetError(ValueError):
+    """A prompt set that is missing, stale or cannot be built; the message says which and why."""
+
+
+def _rng(seed: int, name: str, i: int) -> random.Random:
+    return random.Random(f"eval:{seed}:{name}:{i}")
+
+
+def geneval_categories(world: WorldConfig) -> list[str]:
+    """The categories this world can express (two-object ones need room for two objects)."""
+    two = world.max_objects >= 2 and world.grid * world.grid >= 2
+    out = []
+    for cat in GENEVAL_CATEGORIES:
+        if cat in ("single_object", "colors") and world.min_objects > 1:
+            continue
+        if cat in ("two_object", "position", "counting") and not two:
+            continue
+        if cat == "color_attr" and not (two and len(world.kinds) >= 2 and len(world.colors) >= 2):
+            continue
+        out.append(cat)
+    return out
+
+
+def geneval_scene(rng: random.Random, world: WorldConfig, category: str) -> Scene:
+    cells = [(r, c) for r in range(world.grid) for c in range(world.grid)]
+    if category in ("single_object", "colors"):
+        n = 1
+    elif category == "counting":
+        n = rng.randint(max(2, world.min_objects), world.max_objects)
+    else:
+        n = 2
+    kinds = [rng.choice(world.kinds)] * n if category == "counting" else None
+    if kinds is None:
+        distinct = category in ("two_object", "position", "color_attr") and len(world.kinds) >= n
+        kinds = rng.sample(world.kinds, n) if distinct else [rng.choice(world.kinds) for _ in range(n)]
+    colors = rng.sample(world.colors, n) if category == "color_attr" else [rng.choice(world.colors) for _ in range(n)]
+    placed = rng.sample(cells, n)
+    return Scene.of(
+        ShapeObject(r, c, kinds[j], colors[j], rng.choice(world.sizes)) for j, (r, c) in enumerate(placed)
+    )
+
+
+def _training_text(cfg: ArmConfig) -> dict[str, set[str]]:
+    """Texts of the configured shapes training sources, to measure overlap with the eval sets."""
+    from arm.data.sources.shapes import scene_records
+
+    seen: dict[str, set[str]] = defaultdict(set)
+    for src in cfg.data.sources:
+        if not isinstance(src, ShapesSourceConfig):
+            continue
+        for i in range(src.n_scenes):
+            for rec in scene_records(src, cfg, i):
+                scene = json.dumps(rec.meta.get("scene"), sort_keys=True)
+                if rec.task == "generate":
+                    seen["generate"].add(rec.caption)
+                elif rec.task == "understand":
+                    seen["understand"].add(f"{scene}|{rec.question}")
+                elif rec.task == "edit":
+                    seen["edit"].add(f"{scene}|{rec.instruction}")
+    return seen
+
+
+def _jsonl(items: list[dict]) -> str:
+    return "".join(json.dumps(i, sort_keys=True) + "\n" for i in items)
+
+
+def _answer_prior(cfg: ArmConfig, seed: int) -> dict:
+    """Majority answer per question type over training-distribution scenes (the prior-only reader)."""
+    world = cfg.world
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for i in range(cfg.eval.prompts.prior_scenes):
+        rng = _rng(seed, "prior", i)
+        q, a = shapes.vqa_pair(rng, shapes.random_scene(rng, world), world)
+        counts[question_type(q)][a] += 1
+    return {t: c.most_common(1)[0][0] for t, c in sorted(counts.items())}
+
+
+def _fmnist_prior(cfg: ArmConfig, seed: int) -> dict[str, str]:
+    """Majority answer per question kind over Fashion-MNIST train labels."""
+    _, labels = load_split(cfg.eval.fmnist.root, "train", cfg.eval.prompts.prior_scenes)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for i, label in enumerate(labels):
+        rng = _rng(seed, "fmnist_prior", i)
+        for kind in QUESTION_KINDS:
+            counts[kind][question_answer(kind, int(label), rng)[1]] += 1
+    return {k: c.most_common(1)[0][0] for k, c in sorted(counts.items())}
+
+
+def make_sets(cfg: ArmConfig) -> dict[str, list[dict]]:
+    world, p = cfg.world, cfg.eval.prompts
+    seed = p.seed
+    sets: dict[str, list[dict]] = {name: [] for name in SETS}
+    for cat in geneval_categories(world):
+        for i in range(p.geneval_per_category):
+            scene = geneval_scene(_rng(seed, f"geneval/{cat}", i), world, cat)
+            sets["geneval"].append({"id": f"geneval/{cat}/{i}", "category": cat,
+                                    "prompt": shapes.caption(scene, world.grid), "scene": scene.to_json()})
+    for i in range(p.wise):
+        text, scene = shapes.knowledge_prompt(_rng(seed, "wise", i), world)
+        sets["wise"].append({"id": f"wise/{i}", "prompt": text, "scene": scene.to_json()})
+    for i in range(p.edit):
+        rng = _rng(seed, "edit", i)
+        source = shapes.random_scene(rng, world)
+        instruction, target, op = shapes.random_edit(rng, source, world)
+        sets["edit"].append({"id": f"edit/{i}", "instruction": instruction, "op": op,
+                             "source_scene": source.to_json(), "target_scene": target.to_json()})
+    for i in range(p.vqa):
+        rng = _rng(seed, "vqa", i)
+        scene = shapes.random_scene(rng, world)
+        q, a = shapes.vqa_pair(rng, scene, world)
+        sets["vqa"].append({"id": f"vqa/{i}", "question": q, "answer": a, "type": question_type(q),
+                            "scene": scene.to_json()})
+    for i in range(p.caption):
+        scene = shapes.random_scene(_rng(seed, "caption", i), world)
+        sets["caption"].append({"id": f"caption/{i}", "question": cfg.eval.caption_question,
+                                "caption": shapes.caption(scene, world.grid), "scene": scene.to_json()})
+    # Fashion-MNIST comes from t10k, which no training source reads.
+    _, labels = load_split(cfg.eval.fmnist.root, "t10k")
+    by_class = {k: [int(i) for i in (labels == k).nonzero()[0]] for k in range(len(CLASSES))}
+    for k in range(len(CLASSES)):
+        rng = _rng(seed, f"fmnist/{k}", 0)
+        picks = rng.sample(by_class[k], min(2 * p.fmnist_per_class, len(by_class[k])))
+        gen, und = picks[: p.fmnist_per_class], picks[p.fmnist_per_class :]
+        for j, idx in enumerate(gen):
+            sets["fmnist_gen"].append({"id": f"fmnist_gen/{k}/{j}", "label": k, "class": CLASSES[k],
+                                       "prompt": fmnist_caption(k), "t10k_index": idx})
+        for j, idx in enumerate(und):
+            kind = rng.choice([q for q in QUESTION_KINDS if q != "what"])
+            for qkind in ("what", kind):
+                q, a = question_answer(qkind, k, rng)
+                sets["fmnist_und"].append({"id": f"fmnist_und/{k}/{j}/{qkind}", "label": k, "t10k_index": idx,
+                                           "question": q, "answer": a, "kind": qkind})
+    return sets
+
+
+def build_prompt_sets(cfg: ArmConfig, out_dir: str | Path | None = None) -> Path:
+    """Writes every held-out set plus `prior.json` and `manifest.json`; returns the folder."""
+    p = cfg.eval.prompts
+    train_seeds = {s.seed for s in cfg.data.sources if isinstance(s, ShapesSourceConfig)}
+    if p.seed in train_seeds:
+        raise PromptSetError(f"eval.prompts.seed {p.seed} equals a training source seed; pick another")
+    out = Path(out_dir or p.dir)
+    sets = make_sets(cfg)
+    seen = _training_text(cfg)
+
+    def scene_key(item: dict, key: str = "scene") -> str:
+        return json.dumps(item[key], sort_keys=True)
+
+    def frac(items: list[dict], hit) -> float:
+        return round(sum(map(hit, items)) / len(items), 4) if items else 0.0
+
+    overlap = {
+        "geneval": frac(sets["geneval"], lambda i: i["prompt"] in seen["generate"]),
+        "wise": frac(sets["wise"], lambda i: i["prompt"] in seen["generate"]),
+        "edit": frac(sets["edit"], lambda i: f"{scene_key(i, 'source_scene')}|{i['instruction']}" in seen["edit"]),
+        "vqa": frac(sets["vqa"], lambda i: f"{scene_key(i)}|{i['question']}" in seen["understand"]),
+        "caption": frac(sets["caption"], lambda i: f"{scene_key(i)}|{i['question']}" in seen["understand"]),
+    }
+    prior = {"vqa": _answer_prior(cfg, p.seed), "fmnist": _fmnist_prior(cfg, p.seed)}
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        for name, items in sets.items():
+            atomic_write_text(tmp / f"{name}.jsonl", _jsonl(items))
+        atomic_write_json(tmp / "prior.json", prior)
+        manifest = {
+            "seed": p.seed,
+            "world": cfg.world.model_dump(mode="json"),
+            "prompts": p.model_dump(mode="json", exclude={"dir"}),
+            "caption_question": cfg.eval.caption_question,
+            "counts": {name: len(items) for name, items in sets.items()},
+            "geneval_categories": geneval_categories(cfg.world),
+            "training_overlap": overlap,
+            "sha256": {f"{name}.jsonl": sha256_file(tmp / f"{name}.jsonl") for name in sets},
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+    return out
+
+
+def load_prompt_sets(cfg: ArmConfig, folder: str | Path | None = None) -> tuple[dict[str, list[dict]], dict, dict]:
+    """(sets, prior, manifest); refuses a folder built for another world or other settings."""
+    folder = Path(folder or cfg.eval.prompts.dir)
+    if not (folder / "manifest.json").is_file():
+        raise PromptSetError(f"{folder}: no held-out prompt sets here; build them with `arm eval-prompts`")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("world") != cfg.world.model_dump(mode="json"):
+        raise PromptSetError(f"{folder}: prompt sets were built for another world config; rebuild with `arm eval-prompts`")
+    want = cfg.eval.prompts.model_dump(mode="json", exclude={"dir"})
+    if manifest.get("prompts") != want:
+        raise PromptSetError(f"{folder}: prompt sets were built with other eval.prompts settings "
+                             f"({manifest.get('prompts')} != {want}); rebuild with `arm eval-prompts`")
+    sets = {}
+    for name in SETS:
+        path = folder / f"{name}.jsonl"
+        if sha256_file(path) != manifest["sha256"][f"{name}.jsonl"]:
+            raise PromptSetError(f"{path}: contents differ from the manifest's checksum (edited by hand?)")
+        sets[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    prior = json.loads((folder / "prior.json").read_text())
+    return sets, prior, manifest

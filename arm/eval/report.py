@@ -1,0 +1,112 @@
+"""The human-readable side of `arm evaluate`: PNG sample grids and an index.html with the table."""
+
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageDraw, ImageOps
+
+from arm.io import atomic_path
+
+if TYPE_CHECKING:
+    from arm.eval.run import BenchResult, Grid
+
+CELL = 96
+PAD = 4
+BORDER = {True: (40, 170, 60), False: (220, 40, 40), None: (190, 190, 190)}
+
+
+def grid_image(grid: "Grid") -> Image.Image:
+    """Rows of cells; a green frame marks a sample that passed its check, red one that failed."""
+    cols = max((len(r) for r in grid.rows), default=1)
+    header = 14
+    w = cols * (CELL + 2 * PAD) + PAD
+    h = header + max(1, len(grid.rows)) * (CELL + 2 * PAD) + PAD
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(grid.columns[:cols]):
+        draw.text((PAD + c * (CELL + 2 * PAD) + 2, 1), title, fill=(0, 0, 0))
+    for r, row in enumerate(grid.rows):
+        for c, (image, ok) in enumerate(row):
+            x = PAD + c * (CELL + 2 * PAD)
+            y = header + PAD + r * (CELL + 2 * PAD)
+            cell = image.convert("RGB").resize((CELL - 2 * PAD, CELL - 2 * PAD), Image.NEAREST)
+            canvas.paste(ImageOps.expand(cell, border=PAD, fill=BORDER[ok]), (x, y))
+    return canvas
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def score_table(metrics: dict) -> list[dict]:
+    """One row per metric: score, ceiling, floor and where the score sits between them."""
+    rows = []
+    for bench, scores in metrics["scores"].items():
+        ceil, floor = metrics["ceiling"].get(bench, {}), metrics["floor"].get(bench, {})
+        for key, value in scores.items():
+            c, f = ceil.get(key), floor.get(key)
+            norm = (value - f) / (c - f) if c is not None and f is not None and c - f > 1e-9 else None
+            rows.append({"benchmark": bench, "metric": key, "score": value, "ceiling": c, "floor": f, "normalized": norm})
+    return rows
+
+
+def write_report(folder: str | Path, metrics: dict, results: dict[str, "BenchResult"], timings: dict[str, float]) -> Path:
+    folder = Path(folder)
+    esc = html.escape
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>eval {esc(metrics['model'])}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}"
+        "td:first-child,td:nth-child(2){text-align:left}tr:nth-child(even){background:#f4f4f4}"
+        ".ok{color:#287a3c}.bad{color:#c02020}</style>",
+        f"<h1>Evaluation of {esc(metrics['model'])}</h1>",
+        f"<p>model dir: <code>{esc(str(metrics['model_dir']))}</code> · preset {esc(metrics['preset'])} · "
+        f"prompts: <code>{esc(metrics['prompts']['dir'])}</code> (seed {metrics['prompts']['seed']})</p>",
+        f"<p><b>ceiling</b>: {esc(metrics['ceiling_source'])}. <b>floor</b>: {esc(metrics['floor_source'])} "
+        "(editing: the source returned unchanged; understanding: the majority answer per question type). "
+        "<b>normalized</b> = (score - floor) / (ceiling - floor).</p>",
+        "<h2>Scores</h2><table><tr><th>benchmark</th><th>metric</th><th>score</th><th>ceiling</th>"
+        "<th>floor</th><th>normalized</th></tr>",
+    ]
+    for row in score_table(metrics):
+        parts.append(
+            f"<tr><td>{esc(row['benchmark'])}</td><td>{esc(row['metric'])}</td><td><b>{_fmt(row['score'])}</b></td>"
+            f"<td>{_fmt(row['ceiling'])}</td><td>{_fmt(row['floor'])}</td><td>{_fmt(row['normalized'])}</td></tr>"
+        )
+    parts.append("</table>")
+    if metrics.get("skipped"):
+        parts.append("<p>skipped: " + esc(", ".join(f"{k} ({v})" for k, v in metrics["skipped"].items())) + "</p>")
+    overlap = metrics["prompts"].get("training_overlap", {})
+    if overlap:
+        parts.append("<p>share of held-out items that also occur verbatim in the training data (a small world "
+                     "repeats itself): " + esc(", ".join(f"{k} {v:.2f}" for k, v in overlap.items())) + "</p>")
+    parts.append("<p>seconds per benchmark: " + esc(", ".join(f"{k} {v}" for k, v in timings.items())) + "</p>")
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        for bench, res in results.items():
+            parts.append(f"<h2>{esc(bench)}</h2>")
+            for grid in res.grids:
+                if not grid.rows:
+                    continue
+                (tmp / f"{grid.name}.png").write_bytes(_png(grid_image(grid)))
+                parts.append(f"<h3>{esc(grid.name)}</h3><img src='{esc(grid.name)}.png' alt='{esc(grid.name)}'>")
+                parts.append("<ol>" + "".join(f"<li>{esc(c)}</li>" for c in grid.captions) + "</ol>")
+            if res.examples:
+                parts.append("<table><tr><th>task</th><th>question</th><th>answer</th><th>reference</th></tr>")
+                for ex in res.examples:
+                    cls = "ok" if ex["correct"] else "bad"
+                    parts.append(f"<tr class='{cls}'><td>{esc(ex['task'])}</td><td>{esc(ex['question'])}</td>"
+                                 f"<td>{esc(ex['answer'])}</td><td>{esc(ex['reference'])}</td></tr>")
+                parts.append("</table>")
+        (tmp / "index.html").write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return folder

@@ -1,0 +1,199 @@
+"""Benchmark aggregates: per-sample checks -> the numbers a benchmark reports.
+
+Each `score_*` returns (summary, per_sample). The evaluate modules in eval_modules/ are thin
+adapters over these; run.py and RL call them directly on the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from arm.config import WorldConfig
+from arm.data.oracle import parse
+from arm.data.shapes import Scene
+from arm.eval.answers import exact_match, parse_caption, question_type, scene_f1
+from arm.eval.checks import (
+    GENEVAL_CATEGORIES,
+    WISE_ASPECTS,
+    edit_check,
+    edit_overall,
+    geneval_check,
+    perceptual_quality,
+    wise_check,
+)
+
+Summary = dict[str, float]
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def _need_same_length(a: Sequence, b: Sequence, what: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{what}: {len(a)} predictions but {len(b)} references")
+    if not len(a):
+        raise ValueError(f"{what}: no predictions to score")
+
+
+def _scene(value) -> Scene:
+    return value if isinstance(value, Scene) else Scene.from_json(value)
+
+
+def score_geneval(images: Sequence[Image.Image], specs: Sequence[dict], world: WorldConfig):
+    """specs: {category, scene}. overall = mean of the category accuracies, as in GenEval."""
+    _need_same_length(images, specs, "shapes_geneval")
+    per_sample, by_cat = [], defaultdict(list)
+    for image, spec in zip(images, specs):
+        parsed = parse(image, world)
+        ok = geneval_check(spec["category"], _scene(spec["scene"]), parsed)
+        exact = parsed == _scene(spec["scene"])
+        by_cat[spec["category"]].append(ok)
+        per_sample.append({"category": spec["category"], "correct": ok, "exact": exact,
+                           "parsed": parsed.to_json()})
+    summary = {cat: _mean(by_cat[cat]) for cat in GENEVAL_CATEGORIES if cat in by_cat}
+    summary["overall"] = _mean(summary.values())
+    summary["exact_scene"] = _mean(s["exact"] for s in per_sample)
+    return summary, per_sample
+
+
+def score_wise(images: Sequence[Image.Image], scenes: Sequence, world: WorldConfig):
+    """score: share of knowledge prompts whose image parses to exactly the implied scene."""
+    _need_same_length(images, scenes, "shapes_wise")
+    per_sample = []
+    for image, scene in zip(images, scenes):
+        parsed = parse(image, world)
+        per_sample.append({**wise_check(_scene(scene), parsed), "parsed": parsed.to_json()})
+    summary = {"score": _mean(s["match"] for s in per_sample)}
+    summary.update({f"{a}_accuracy": _mean(s[a] for s in per_sample) for a in WISE_ASPECTS})
+    return summary, per_sample
+
+
+def score_edit(images: Sequence[Image.Image], specs: Sequence[dict], world: WorldConfig, tolerance: int):
+    """specs: {source_scene, target_scene, op}. GEdit's SC, PQ and overall (0-10), plus
+    edit success (instruction fulfilled) and preservation of the untouched cells (0-1, over the
+    samples that have something outside the edit)."""
+    _need_same_length(images, specs, "shapes_edit")
+    per_sample, by_op = [], defaultdict(list)
+    for image, spec in zip(images, specs):
+        parsed = parse(image, world)
+        check = edit_check(_scene(spec["source_scene"]), _scene(spec["target_scene"]), parsed, world.grid)
+        pq = perceptual_quality(image, world, tolerance)
+        row = {**check, "perceptual_quality": pq,
+               "overall": edit_overall(check["semantic_consistency"], pq),
+               "op": spec.get("op", "edit"), "parsed": parsed.to_json()}
+        by_op[row["op"]].append(row["fulfilled"])
+        per_sample.append(row)
+    summary = {
+        "overall": _mean(s["overall"] for s in per_sample),
+        "semantic_consistency": _mean(s["semantic_consistency"] for s in per_sample),
+        "perceptual_quality": _mean(s["perceptual_quality"] for s in per_sample),
+        "success": _mean(s["fulfilled"] for s in per_sample),
+        "preservation": _mean(s["preservation"] for s in per_sample if s["preservation"] is not None),
+    }
+    summary.update({f"success_{op}": _mean(v) for op, v in sorted(by_op.items())})
+    return summary, per_sample
+
+
+def score_vqa(predictions: Sequence[str], references: Sequence[str], questions: Sequence[str]):
+    """Exact match after normalisation, overall and per question type."""
+    _need_same_length(predictions, references, "understanding/vqa")
+    if len(questions) != len(references):
+        raise ValueError(f"understanding/vqa: {len(questions)} questions for {len(references)} references")
+    per_sample, by_type = [], defaultdict(list)
+    for pred, ref, q in zip(predictions, references, questions):
+        ok = exact_match(pred, ref)
+        by_type[question_type(q)].append(ok)
+        per_sample.append({"correct": ok, "type": question_type(q)})
+    summary = {"vqa_accuracy": _mean(s["correct"] for s in per_sample)}
+    summary.update({f"vqa_{t}": _mean(v) for t, v in sorted(by_type.items())})
+    return summary, per_sample
+
+
+def score_captions(predictions: Sequence[str], scenes: Sequence, grid: int):
+    """Scene-graph F1: each caption is parsed back into objects and matched to the true scene."""
+    _need_same_length(predictions, scenes, "understanding/caption")
+    per_sample = []
+    for pred, scene in zip(predictions, scenes):
+        objs = parse_caption(pred, grid)
+        ref = _scene(scene)
+        per_sample.append({**scene_f1(objs, ref), "exact": Scene.of(objs) == ref})
+    summary = {
+        "caption_f1": _mean(s["f1"] for s in per_sample),
+        "caption_precision": _mean(s["precision"] for s in per_sample),
+        "caption_recall": _mean(s["recall"] for s in per_sample),
+        "caption_exact": _mean(s["exact"] for s in per_sample),
+    }
+    return summary, per_sample
+
+
+def score_fmnist_generation(images: Sequence[Image.Image], labels: Sequence[int], judge):
+    """Share of class-conditional samples the judge recognises as the prompted class."""
+    _need_same_length(images, labels, "fmnist/generation")
+    pred = judge.predict(list(images))
+    labels = np.asarray(labels, dtype=np.int64)
+    correct = pred == labels
+    summary = {"generation_accuracy": float(correct.mean()), "blank_fraction": float((pred < 0).mean())}
+    per_sample = [{"correct": bool(c), "predicted": int(p)} for c, p in zip(correct, pred)]
+    return summary, per_sample
+
+
+def score_fmnist_understanding(predictions: Sequence[str], references: Sequence[str], kinds: Sequence[str]):
+    """`understanding_accuracy`: naming the class ("what is this?"); `vqa_accuracy`: every question."""
+    _need_same_length(predictions, references, "fmnist/understanding")
+    per_sample, by_kind = [], defaultdict(list)
+    for pred, ref, kind in zip(predictions, references, kinds):
+        ok = exact_match(pred, ref)
+        by_kind[kind].append(ok)
+        per_sample.append({"correct": ok, "kind": kind})
+    summary = {"understanding_accuracy": _mean(by_kind.get("what", [])),
+               "vqa_accuracy": _mean(s["correct"] for s in per_sample)}
+    summary.update({f"vqa_{k}": _mean(v) for k, v in sorted(by_kind.items()) if k != "what"})
+    return summary, per_sample
+
+
+def _to_tensor(images: Sequence[Image.Image], size: tuple[int, int] | None = None) -> torch.Tensor:
+    arrs = []
+    for im in images:
+        im = im.convert("RGB")
+        if size is not None and im.size != size:
+            im = im.resize(size, Image.BICUBIC)
+        arrs.append(np.asarray(im, dtype=np.float32) / 255.0)
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
+
+
+def score_tokenizer(reconstructions: Sequence[Image.Image], originals: Sequence[Image.Image],
+                    codes: torch.Tensor | np.ndarray | None = None, codebook_size: int | None = None,
+                    psnr_cap: float = 100.0):
+    """PSNR (mean of per-image values, capped: identical images are infinitely sharp), SSIM
+    (torchmetrics, Gaussian window), and code usage / perplexity over the codebook."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    _need_same_length(reconstructions, originals, "tokenizer")
+    target = _to_tensor(originals)
+    preds = _to_tensor(reconstructions, size=(target.shape[3], target.shape[2]))
+    psnr = peak_signal_noise_ratio(preds, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    psnr = torch.nan_to_num(psnr, posinf=psnr_cap).clamp(max=psnr_cap)
+    kernel = min(11, target.shape[-1] - (1 - target.shape[-1] % 2))  # odd, no wider than the image
+    ssim = structural_similarity_index_measure(preds, target, data_range=1.0, reduction="none", kernel_size=kernel)
+    summary = {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
+    per_sample = [{"psnr": float(p), "ssim": float(s)} for p, s in zip(psnr, ssim)]
+    if codes is not None:
+        if not codebook_size:
+            raise ValueError("tokenizer: codes given without codebook_size")
+        flat = torch.as_tensor(np.asarray(codes)).long().flatten()
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= codebook_size):
+            raise ValueError(f"tokenizer: codes outside [0, {codebook_size})")
+        counts = torch.bincount(flat, minlength=codebook_size).double()
+        p = counts / counts.sum()
+        entropy = -float((p[p > 0] * p[p > 0].log()).sum())
+        summary["code_usage"] = float((counts > 0).double().mean())
+        summary["code_perplexity"] = math.exp(entropy)
+    return summary, per_sample

@@ -1,0 +1,56 @@
+"""Model dir I/O: export a trained model as a stock transformers model dir, and load one back.
+
+A model dir holds config.json + model.safetensors (save_pretrained), the tokenizer files,
+vocab_layout.json and manifest.json (vocabulary layout, visual tokenizer reference + hash,
+data version, training summary). Factorised image embeddings are folded before saving
+(exact, see arm.model.factorized), so AutoModelForCausalLM loads it with no custom code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from arm.io import atomic_path, atomic_write_json
+from arm.model import factorized
+from arm.text.tokenizer import load_tokenizer, save_tokenizer
+from arm.text.vocab import VocabLayout
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "arm-model/1"
+
+
+def export_model(model, tokenizer, layout: VocabLayout, manifest: dict, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write a complete model dir at `out` atomically (a crash leaves the previous one)."""
+    plain = copy.deepcopy(model).cpu()
+    factorized.fold(plain)
+    if dtype is not None:
+        plain = plain.to(dtype)
+    plain.config.use_cache = True  # training runs without a cache; generation wants one
+    if plain.config.vocab_size != layout.vocab_size:
+        raise ValueError(f"model vocab_size {plain.config.vocab_size} != layout {layout.vocab_size}")
+    manifest = {"format": MANIFEST_FORMAT, "vocab_layout": layout.to_json(), **manifest}
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        plain.save_pretrained(str(tmp))  # safetensors
+        save_tokenizer(tokenizer, layout, tmp)
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+    return Path(out)
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """(model, tokenizer, layout, manifest) of a model dir, with the layout checked against both."""
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"{directory}: not a model dir (no config.json)")
+    tok, layout = load_tokenizer(directory)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype).to(device)
+    if model.config.vocab_size != layout.vocab_size:
+        raise ValueError(f"{directory}: model vocab_size {model.config.vocab_size} != layout {layout.vocab_size}")
+    manifest_path = directory / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    return model.eval(), tok, layout, manifest

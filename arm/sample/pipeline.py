@@ -1,0 +1,326 @@
+"""The ARM pipeline: text-to-image, image understanding and editing from one model dir.
+
+    pipe = ArmPipeline.from_pretrained("models/arm-base")
+    images = pipe.generate(["a red circle"], n=4, cfg_scale=3.0, seed=0)
+    answers = pipe.describe(images, questions=["what colour is the circle?"] * 4)
+    edited = pipe.edit(images, ["make the circle blue"] * 4)
+
+A model dir holds the transformers causal LM (safetensors), its tokenizer, `vocab_layout.json`
+and `manifest.json`, which names the visual tokenizer dir. `run` takes a mixed list of tasks
+and decodes them as one batch (serving batches requests this way); `sample_image_tokens` and
+`sample_text_tokens` are the token-level API of RL and evaluation.
+
+Seeds: output k of a call gets seed `seed + k` (for `generate`, k = prompt index * n + sample),
+and a request's tokens depend only on its own seed, never on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from PIL import Image
+
+from arm.model.config import SamplingConfig
+from arm.sample.engine import Engine, Request, Result
+from arm.sample.images import as_pil, to_pil
+from arm.text.formats import format_prompt
+from arm.text.vocab import VocabLayout
+
+MANIFEST_FILE = "manifest.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Task:
+    """One request of a mixed batch: `text` is the prompt, question or instruction."""
+
+    kind: Literal["generate", "describe", "edit"]
+    text: str | None = None
+    image: Any = None  # PIL image, path, or float tensor [3, H, W] (describe, edit)
+    seed: int | None = None
+    cfg_scale: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+
+
+def visual_tokenizer_dir(model_dir: str | Path) -> Path | None:
+    """The visual tokenizer dir the model dir's manifest refers to (relative to the model dir or cwd)."""
+    path = Path(model_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON: {e}") from None
+    ref = manifest.get("visual_tokenizer")
+    if isinstance(ref, dict):
+        ref = ref.get("path") or ref.get("dir")
+    if not ref:
+        return None
+    for candidate in (Path(model_dir) / ref, Path(ref)):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"{path}: visual tokenizer {ref!r} not found (relative to {model_dir} or the working dir)")
+
+
+def uncond_prompt(prompt: list[int], layout: VocabLayout) -> list[int]:
+    """The unconditional twin of a generate/edit prompt: its text condition replaced by <uncond>.
+
+    An edit prompt keeps its source image (guidance then pushes towards the instruction, not away
+    from the source), as in the training format's condition dropout.
+    """
+    if not prompt or prompt[-1] != layout.boi:
+        raise ValueError("an image prompt must end with <boi>")
+    if len(prompt) > 1 and prompt[1] == layout.boi:  # edit: <bos> <boi> SRC <eoi> instruction <boi>
+        end = prompt.index(layout.eoi, 2)
+        return [*prompt[: end + 1], layout.uncond, layout.boi]
+    return [layout.bos, layout.uncond, layout.boi]
+
+
+class ArmPipeline:
+    def __init__(self, model, tokenizer, layout: VocabLayout, visual_tokenizer=None, config: SamplingConfig | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.visual = visual_tokenizer
+        self.config = config or SamplingConfig()
+        if int(model.config.vocab_size) < layout.vocab_size:
+            raise ValueError(f"model vocabulary {model.config.vocab_size} < layout vocabulary {layout.vocab_size}")
+        if visual_tokenizer is not None:
+            grid = tuple(visual_tokenizer.grid)
+            if visual_tokenizer.codebook_size != layout.codebook_size or grid != tuple(layout.grid):
+                raise ValueError(
+                    f"visual tokenizer ({visual_tokenizer.codebook_size} codes, grid {grid}) does not match the "
+                    f"model's layout ({layout.codebook_size} codes, grid {tuple(layout.grid)})"
+                )
+        self.engine = Engine(model, layout, jacobi_window=self.config.jacobi_window, max_batch=self.config.batch_size)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        tokenizer_dir: str | Path | None = None,
+        *,
+        config: SamplingConfig | None = None,
+        visual_tokenizer=None,
+    ) -> "ArmPipeline":
+        from transformers import AutoModelForCausalLM
+
+        from arm.text.tokenizer import load_tokenizer
+
+        config = config or SamplingConfig()
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"{model_dir}: model dir not found")
+        tokenizer, layout = load_tokenizer(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), local_files_only=True, use_safetensors=True, dtype=_DTYPES[config.dtype]
+        ).to(config.device)
+        if visual_tokenizer is None:
+            vt_dir = Path(tokenizer_dir) if tokenizer_dir is not None else visual_tokenizer_dir(model_dir)
+            if vt_dir is not None:
+                from arm.tokenizer.model import VisualTokenizer
+
+                visual_tokenizer = VisualTokenizer.from_pretrained(vt_dir, device=config.device)
+        return cls(model, tokenizer, layout, visual_tokenizer, config)
+
+    # ------------------------------------------------------------------ token-level API
+
+    def encode_text(self, text: str, what: str = "text") -> list[int]:
+        if not text or not text.strip():
+            raise ValueError(f"{what} is empty")
+        # user text is text: a literal "<eos>" in it must not become the special token
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        bad = [i for i in ids if i >= self.layout.n_text]
+        if bad:
+            raise ValueError(f"{what} {text!r} encodes to non-text token ids {bad[:5]}")
+        return ids
+
+    def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
+        """LongTensor [B, h*w] of image codes."""
+        vt = self._visual()
+        pil = [as_pil(im) for im in images]
+        return vt.encode(pil).reshape(len(pil), -1).long()
+
+    def decode_codes(self, codes: torch.Tensor) -> list[Image.Image]:
+        vt = self._visual()
+        h, w = self.layout.grid
+        pixels = vt.decode(codes.reshape(-1, h, w).long())
+        return [to_pil(p) for p in pixels]
+
+    def sample(self, requests: list[Request]) -> list[Result]:
+        return self.engine.run(requests)
+
+    def sample_image_tokens(
+        self,
+        prompt_ids_batch: Sequence[Sequence[int]],
+        uncond_ids_batch: Sequence[Sequence[int] | None] | None = None,
+        *,
+        cfg_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Codes LongTensor [B, h*w] for image prompts (each ends with <boi>). Without
+        `uncond_ids_batch` the unconditional twins come from `uncond_prompt`."""
+        prompts = [list(p) for p in prompt_ids_batch]
+        if uncond_ids_batch is None:
+            uncond_ids_batch = [None] * len(prompts)
+        if len(uncond_ids_batch) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(uncond_ids_batch)} uncond prompts")
+        seeds = self._seeds(seed, len(prompts))
+        c = self.config
+        scale = c.cfg_scale if cfg_scale is None else cfg_scale
+        reqs = [
+            Request(
+                prompt=p,
+                uncond_prompt=(list(u) if u is not None else uncond_prompt(p, self.layout)) if scale != 1 else None,
+                cfg_scale=scale,
+                temperature=c.temperature if temperature is None else temperature,
+                top_k=c.top_k if top_k is None else top_k,
+                top_p=c.top_p if top_p is None else top_p,
+                seed=s,
+                mode="image",
+            )
+            for p, u, s in zip(prompts, uncond_ids_batch, seeds)
+        ]
+        results = self.engine.run(reqs)
+        if not results:
+            return torch.empty(0, self.layout.tokens_per_image, dtype=torch.long)
+        return torch.stack([r.codes(self.layout).flatten() for r in results])
+
+    def sample_text_tokens(
+        self,
+        prompt_ids_batch: Sequence[Sequence[int]],
+        *,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        seed: int | Sequence[int] | None = None,
+    ) -> list[list[int]]:
+        """Text ids (without the closing <eos>) for text prompts, e.g. understand prompts ending with <sep>."""
+        c = self.config
+        seeds = self._seeds(seed, len(prompt_ids_batch))
+        reqs = [
+            Request(
+                prompt=list(p),
+                temperature=c.text_temperature if temperature is None else temperature,
+                top_k=c.top_k if top_k is None else top_k,
+                top_p=c.top_p if top_p is None else top_p,
+                max_new_tokens=c.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                seed=s,
+                mode="text",
+            )
+            for p, s in zip(prompt_ids_batch, seeds)
+        ]
+        return [r.text_ids(self.layout) for r in self.engine.run(reqs)]
+
+    # ------------------------------------------------------------------ task-level API
+
+    def run(self, tasks: Sequence[Task], seed: int | None = None) -> list[Image.Image | str]:
+        """Decode a mixed list of tasks as one batch: an image for generate/edit, a string for describe."""
+        base = self.config.seed if seed is None else seed
+        needs_image = [i for i, t in enumerate(tasks) if t.kind in ("describe", "edit")]
+        for i in needs_image:
+            if tasks[i].image is None:
+                raise ValueError(f"task {i} ({tasks[i].kind}) needs an image")
+        codes = self.encode_images([tasks[i].image for i in needs_image]) if needs_image else None
+        code_of = {i: codes[n].tolist() for n, i in enumerate(needs_image)}
+        reqs = [self._request(i, t, code_of.get(i), base + i if t.seed is None else t.seed) for i, t in enumerate(tasks)]
+        results = self.engine.run(reqs)
+        out: list[Image.Image | str] = [None] * len(tasks)  # type: ignore[list-item]
+        image_rows = [i for i, t in enumerate(tasks) if t.kind != "describe"]
+        if image_rows:
+            images = self.decode_codes(torch.stack([results[i].codes(self.layout) for i in image_rows]))
+            for i, im in zip(image_rows, images):
+                out[i] = im
+        for i, t in enumerate(tasks):
+            if t.kind == "describe":
+                out[i] = self.tokenizer.decode(results[i].text_ids(self.layout), skip_special_tokens=True).strip()
+        return out
+
+    def generate(self, prompts: str | Sequence[str], n: int = 1, *, cfg_scale: float | None = None,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None) -> list[Image.Image]:
+        """n images per prompt, prompt-major."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        tasks = [Task("generate", p, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+                 for p in prompts for _ in range(n)]
+        return self.run(tasks, seed=seed)  # type: ignore[return-value]
+
+    def describe(self, images: Sequence[Any], questions: Sequence[str | None] | None = None, *,
+                 temperature: float | None = None, max_new_tokens: int | None = None,
+                 seed: int | None = None) -> list[str]:
+        """A caption per image, or the answer to its question."""
+        images = list(images)
+        questions = list(questions) if questions is not None else [None] * len(images)
+        if len(questions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        tasks = [Task("describe", q, im, temperature=temperature, max_new_tokens=max_new_tokens)
+                 for im, q in zip(images, questions)]
+        return self.run(tasks, seed=seed)  # type: ignore[return-value]
+
+    def edit(self, images: Sequence[Any], instructions: Sequence[str], *, cfg_scale: float | None = None,
+             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None) -> list[Image.Image]:
+        images, instructions = list(images), list(instructions)
+        if len(instructions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+        tasks = [Task("edit", s, im, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+                 for im, s in zip(images, instructions)]
+        return self.run(tasks, seed=seed)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ internals
+
+    def _visual(self):
+        if self.visual is None:
+            raise RuntimeError(
+                "no visual tokenizer: the model dir's manifest.json names none; pass tokenizer_dir to from_pretrained"
+            )
+        return self.visual
+
+    def _seeds(self, seed: int | Sequence[int] | None, n: int) -> list[int]:
+        if seed is None or isinstance(seed, int):
+            base = self.config.seed if seed is None else seed
+            return [base + i for i in range(n)]
+        seeds = [int(s) for s in seed]
+        if len(seeds) != n:
+            raise ValueError(f"{n} prompts but {len(seeds)} seeds")
+        return seeds
+
+    def _request(self, i: int, t: Task, codes: list[int] | None, seed: int) -> Request:
+        c, lay = self.config, self.layout
+        if t.kind == "generate":
+            prompt = format_prompt("generate", lay, text=self.encode_text(t.text or "", f"task {i}: prompt"))
+        elif t.kind == "edit":
+            text = self.encode_text(t.text or "", f"task {i}: instruction")
+            prompt = format_prompt("edit", lay, image=codes, text=text)
+        elif t.kind == "describe":
+            question = self.encode_text(t.text, f"task {i}: question") if t.text is not None else None
+            prompt = format_prompt("understand", lay, image=codes, text=question)
+        else:
+            raise ValueError(f"task {i}: unknown kind {t.kind!r}")
+        if t.kind == "describe":
+            return Request(
+                prompt, temperature=c.text_temperature if t.temperature is None else t.temperature,
+                top_k=c.top_k if t.top_k is None else t.top_k, top_p=c.top_p if t.top_p is None else t.top_p,
+                max_new_tokens=c.max_new_tokens if t.max_new_tokens is None else t.max_new_tokens,
+                seed=seed, mode="text",
+            )
+        scale = c.cfg_scale if t.cfg_scale is None else t.cfg_scale
+        return Request(
+            prompt, uncond_prompt(prompt, lay) if scale != 1 else None, cfg_scale=scale,
+            temperature=c.temperature if t.temperature is None else t.temperature,
+            top_k=c.top_k if t.top_k is None else t.top_k, top_p=c.top_p if t.top_p is None else t.top_p,
+            seed=seed, mode="image",
+        )

@@ -1,0 +1,93 @@
+"""The package stage: the gated model into the BentoML model store, then a bento around it.
+
+`package(cfg, model_dir)` -> {"model_tag", "bento_tag", "labels", ...}; the bento is built by
+`bentoml build` in a subprocess (the service module reads its config at import, so the build
+sees exactly the environment the server will: ARM_SET pins the model tag just packaged).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from arm.config import ArmConfig
+from arm.io import atomic_write_json
+from arm.serve.launch import serve_env
+from arm.serve.store import PackageError, package_model
+
+BENTOFILE = Path("services/bentofile.yaml")
+GATE_FILE = Path("metrics/gate.json")
+
+
+def default_model_dir(cfg: ArmConfig, repo: Path) -> Path:
+    """The gate's promoted model if metrics/gate.json names one, else the first existing sampling.model_dirs."""
+    gate = repo / GATE_FILE
+    if gate.is_file():
+        try:
+            record = json.loads(gate.read_text())
+        except json.JSONDecodeError as e:
+            raise PackageError(f"{gate}: invalid JSON: {e}") from None
+        if isinstance(record, dict) and record.get("passed") is False:
+            raise PackageError(f"{gate}: the gate failed; nothing to package")
+        for key in ("promoted", "model_dir", "model"):
+            value = record.get(key) if isinstance(record, dict) else None
+            if isinstance(value, str) and (repo / value).is_dir():
+                return repo / value
+    for d in cfg.sampling.model_dirs:
+        if (repo / d).is_dir():
+            return repo / d
+    raise PackageError(f"no model dir given and none of {cfg.sampling.model_dirs} exists under {repo}")
+
+
+def build_bento(repo: Path, model_tag: str, *, name: str = "arm_service", bentofile: Path = BENTOFILE,
+                version: str | None = None, preset: str | None = None, timeout_s: float = 600) -> str:
+    """`bentoml build` with the service pinned to `model_tag`; returns the bento tag."""
+    env = serve_env(model_tag=model_tag, preset=preset)
+    # recorded in the bento, so `bentoml serve <bento>` uses this model and preset with no environment
+    args = ["--arg", f"model_tag={model_tag}"] + (["--arg", f"preset={preset}"] if preset else [])
+    cmd = [sys.executable, "-m", "bentoml", "build", "-f", str(bentofile), "--name", name, "--output", "tag", "--do-not-track", *args]
+    if version:
+        cmd += ["--version", version]
+    cmd.append(str(repo))
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout)[-3000:]
+        raise PackageError(f"bentoml build failed (exit {proc.returncode}):\n{tail}")
+    m = re.search(r"__tag__:(\S+)", proc.stdout)
+    if not m:
+        raise PackageError(f"bentoml build printed no tag:\n{proc.stdout[-2000:]}")
+    return m.group(1)
+
+
+def package(
+    cfg: ArmConfig,
+    model_dir: str | Path | None = None,
+    *,
+    repo: str | Path = ".",
+    version: str | None = None,
+    visual_tokenizer: str | Path | None = None,
+    metrics: str | Path | None = None,
+    build: bool = True,
+    record: str | Path | None = None,
+    logger: Any = None,
+) -> dict[str, Any]:
+    repo = Path(repo).resolve()
+    model_dir = Path(model_dir) if model_dir is not None else default_model_dir(cfg, repo)
+    tag, labels = package_model(
+        model_dir, name=cfg.serve.model_name, version=version, repo=repo,
+        visual_tokenizer=visual_tokenizer, metrics=metrics,
+    )
+    if logger:
+        logger.info("saved %s as %s", model_dir, tag)
+    result: dict[str, Any] = {"model_dir": str(model_dir), "model_tag": tag, "labels": labels, "bento_tag": None}
+    if build:
+        result["bento_tag"] = build_bento(repo, tag, name=cfg.serve.bento_name, version=version, preset=cfg.preset)
+        if logger:
+            logger.info("built bento %s", result["bento_tag"])
+    if record is not None:
+        atomic_write_json(record, result)
+    return result

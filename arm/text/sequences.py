@@ -1,0 +1,249 @@
+"""Training sequences: task examples -> token documents -> fixed-length packed rows.
+
+A *document* is one example in its task format (arm.text.formats) with a loss mask. Documents
+are packed into rows of `seq_len` tokens; every document restarts its position ids at 0, which
+is how transformers recognises packed sequences (masking_utils.find_packed_sequence_indices:
+with attention_mask=None it builds a block-diagonal causal mask for sdpa/eager, and the
+flash-attention varlen path reads the same resets), so no token attends across documents.
+
+The training stream is a sequence of *blocks*, each a pure function of (seed, block index):
+a fixed quota of documents per task (the mixture weights), drawn without replacement from a
+per-epoch permutation of each task's pool, CFG condition dropout drawn per document, packed
+best-fit-decreasing. A stream position is (block, row in block), so resuming seeks in O(1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from arm.text.formats import format_example
+from arm.text.vocab import VocabLayout
+
+TASKS: tuple[str, ...] = ("understand", "generate", "edit", "text")
+TASK_INDEX = {t: i for i, t in enumerate(TASKS)}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example with its images already as codes.
+
+    text: the question (understand), caption (generate), instruction (edit) or body (text).
+    """
+
+    id: str
+    task: str
+    split: str
+    text: str | None = None
+    answer: str | None = None  # understand target
+    image: tuple[int, ...] | None = None  # understand input, edit source
+    target_image: tuple[int, ...] | None = None  # generate / edit target
+    meta: Mapping = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class TokExample:
+    """An example with its text tokenized (ids without specials)."""
+
+    example: Example
+    text_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+
+    @property
+    def task(self) -> str:
+        return self.example.task
+
+
+def tokenize_examples(examples: Sequence[Example], encode) -> list[TokExample]:
+    """`encode(list[str]) -> list[list[int]]` runs once over all texts (batched)."""
+    texts = [e.text or "" for e in examples]
+    answers = [e.answer or "" for e in examples]
+    ids = encode(texts + answers)
+    n = len(examples)
+    return [TokExample(e, tuple(ids[i]), tuple(ids[n + i])) for i, e in enumerate(examples)]
+
+
+def document(ex: TokExample, layout: VocabLayout, uncond: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids and loss mask of one example (uncond: the CFG-dropped condition)."""
+    e = ex.example
+    try:
+        if e.task == "understand":
+            return format_example("understand", layout, text=list(ex.text_ids), image=e.image, target_text=list(ex.answer_ids))
+        if e.task == "generate":
+            return format_example("generate", layout, text=list(ex.text_ids), target_image=e.target_image, uncond=uncond)
+        if e.task == "edit":
+            return format_example(
+                "edit", layout, text=list(ex.text_ids), image=e.image, target_image=e.target_image, uncond=uncond
+            )
+        if e.task == "text":
+            return format_example("text", layout, text=list(ex.text_ids))
+    except ValueError as err:
+        raise ValueError(f"example {e.id} ({e.task}): {err}") from None
+    raise ValueError(f"example {e.id}: unknown task {e.task!r}; known: {TASKS}")
+
+
+@dataclass
+class Row:
+    """One packed row; tensors of shape [seq_len]."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    loss_mask: torch.Tensor  # 1 where the token is a target (predicted from the one before)
+    task_ids: torch.Tensor  # TASK_INDEX of the token's document, -1 on padding
+    n_docs: int
+    n_pad: int
+
+
+def pack(docs: Sequence[tuple[list[int], list[int], int]], seq_len: int, pad_id: int) -> list[Row]:
+    """Best-fit-decreasing packing of (ids, mask, task index) documents into rows of seq_len."""
+    order = sorted(range(len(docs)), key=lambda i: -len(docs[i][0]))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = len(docs[i][0])
+        if n > seq_len:
+            raise ValueError(f"document of {n} tokens does not fit seq_len {seq_len}")
+        best = -1
+        for b, room in enumerate(free):
+            if n <= room and (best < 0 or room < free[best]):
+                best = b
+        if best < 0:
+            bins.append([i])
+            free.append(seq_len - n)
+        else:
+            bins[best].append(i)
+            free[best] -= n
+    rows = []
+    for members in bins:
+        ids, pos, mask, task = [], [], [], []
+        for i in members:
+            d_ids, d_mask, t = docs[i]
+            ids += d_ids
+            pos += range(len(d_ids))
+            mask += d_mask
+            task += [t] * len(d_ids)
+        n_pad = seq_len - len(ids)
+        ids += [pad_id] * n_pad
+        pos += range(n_pad)  # padding is its own document: it attends nowhere else
+        mask += [0] * n_pad
+        task += [-1] * n_pad
+        rows.append(
+            Row(
+                torch.tensor(ids, dtype=torch.long),
+                torch.tensor(pos, dtype=torch.long),
+                torch.tensor(mask, dtype=torch.long),
+                torch.tensor(task, dtype=torch.long),
+                len(members),
+                n_pad,
+            )
+        )
+    return rows
+
+
+def collate(rows: Sequence[Row]) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.stack([r.input_ids for r in rows]),
+        "position_ids": torch.stack([r.position_ids for r in rows]),
+        "loss_mask": torch.stack([r.loss_mask for r in rows]),
+        "task_ids": torch.stack([r.task_ids for r in rows]),
+    }
+
+
+def block_quotas(weights: Mapping[str, float], pools: Mapping[str, int], block_docs: int) -> dict[str, int]:
+    """Documents of each task in one block: proportional to weight, at least 1 for a used task."""
+    used = {t: w for t, w in weights.items() if w > 0 and pools.get(t, 0) > 0}
+    if not used:
+        raise ValueError(f"no task has both a positive weight and examples: weights {dict(weights)}, pools {dict(pools)}")
+    total = sum(used.values())
+    return {t: max(1, round(block_docs * w / total)) for t, w in used.items()}
+
+
+class PackedStream:
+    """The deterministic, seekable stream of packed training rows (see module doc)."""
+
+    def __init__(
+        self,
+        examples: Sequence[TokExample],
+        layout: VocabLayout,
+        *,
+        seq_len: int,
+        weights: Mapping[str, float],
+        cfg_dropout: float,
+        seed: int,
+        block_docs: int,
+    ) -> None:
+        self.layout, self.seq_len, self.cfg_dropout, self.seed = layout, seq_len, cfg_dropout, seed
+        self.pools: dict[str, list[TokExample]] = {t: [] for t in TASKS}
+        self.too_long: dict[str, int] = {t: 0 for t in TASKS}
+        for ex in examples:
+            # the longest form of a document is its conditioned one
+            if len(document(ex, layout)[0]) > seq_len:
+                self.too_long[ex.task] += 1
+            else:
+                self.pools[ex.task].append(ex)
+        self.quotas = block_quotas(weights, {t: len(p) for t, p in self.pools.items()}, block_docs)
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def _perm(self, task: str, epoch: int) -> np.ndarray:
+        key = (TASK_INDEX[task], epoch)
+        if key not in self._perm_cache:
+            if len(self._perm_cache) > 64:
+                self._perm_cache.clear()
+            rng = np.random.default_rng([self.seed, 1, key[0], epoch])
+            self._perm_cache[key] = rng.permutation(len(self.pools[task]))
+        return self._perm_cache[key]
+
+    def block(self, b: int) -> list[Row]:
+        rng = np.random.default_rng([self.seed, 2, b])
+        docs = []
+        for task, q in self.quotas.items():
+            pool = self.pools[task]
+            for j in range(b * q, (b + 1) * q):
+                ex = pool[self._perm(task, j // len(pool))[j % len(pool)]]
+                uncond = task in ("generate", "edit") and rng.random() < self.cfg_dropout
+                ids, mask = document(ex, self.layout, uncond)
+                docs.append((ids, mask, TASK_INDEX[task]))
+        rows = pack(docs, self.seq_len, self.layout.pad)
+        return [rows[i] for i in rng.permutation(len(rows))]  # long documents not always first
+
+    def rows(self, block: int = 0, offset: int = 0) -> Iterator[tuple[tuple[int, int], Row]]:
+        """Rows from position (block, offset) on, each with the position of the row after it."""
+        while True:
+            rows = self.block(block)
+            for i in range(offset, len(rows)):
+                nxt = (block, i + 1) if i + 1 < len(rows) else (block + 1, 0)
+                yield nxt, rows[i]
+            block, offset = block + 1, 0
+
+
+def eval_rows(examples: Sequence[TokExample], layout: VocabLayout, seq_len: int, max_rows: int) -> dict[str, list[Row]]:
+    """Per task, its first validation documents (condition kept) that fill about max_rows rows.
+
+    Documents are chosen before packing (in the given order), not rows after it: packing sorts
+    by length, so cutting rows would keep only the longest documents.
+    """
+    out: dict[str, list[Row]] = {}
+    budget = int(max_rows * seq_len * 0.95)
+    for task in TASKS:
+        docs, used = [], 0
+        for ex in examples:
+            if ex.task != task:
+                continue
+            ids, mask = document(ex, layout)
+            if len(ids) > seq_len:
+                continue
+            if used + len(ids) > budget:
+                break
+            docs.append((ids, mask, TASK_INDEX[task]))
+            used += len(ids)
+        if docs:
+            out[task] = pack(docs, seq_len, layout.pad)
+    return out
+
+
+def padding_waste(rows: Sequence[Row]) -> float:
+    total = sum(len(r.input_ids) for r in rows)
+    return sum(r.n_pad for r in rows) / total if total else 0.0

@@ -1,0 +1,53 @@
+"""The tokenizer's losses. Each returns a scalar; the trainer weights them (params.yaml `tokenizer.loss`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from arm.tokenizer.vocab import PAD
+
+
+def reconstruction(recon: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"l1": (recon - target).abs().mean(), "l2": F.mse_loss(recon, target)}
+
+
+def _unit(f: torch.Tensor) -> torch.Tensor:
+    return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
+
+
+def perceptual(recon_feats: dict[int, torch.Tensor], target_feats: dict[int, torch.Tensor]) -> torch.Tensor:
+    """LPIPS-style distance in the frozen teacher's feature space: channel-normalised features,
+    squared difference summed over channels, averaged over positions and layers."""
+    terms = [(_unit(recon_feats[k]) - _unit(target_feats[k].detach())).pow(2).sum(1).mean() for k in recon_feats]
+    return torch.stack(terms).mean()
+
+
+def pool_to_grid(feats: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Teacher map [B, C, H, W] -> [B, h*w, C] on the token grid."""
+    if tuple(feats.shape[-2:]) != tuple(grid):
+        feats = F.adaptive_avg_pool2d(feats, grid)
+    return feats.flatten(2).transpose(1, 2)
+
+
+def distillation(pred: torch.Tensor, teacher_tokens: torch.Tensor) -> torch.Tensor:
+    """1 - cosine between the distillation head's output and the teacher's features, per token."""
+    return (1.0 - F.cosine_similarity(pred, teacher_tokens.detach(), dim=-1)).mean()
+
+
+def sigmoid_contrastive(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, text_ids: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+) -> torch.Tensor:
+    """SigLIP loss (Zhai et al. 2023) over all image-text pairs of the batch.
+
+    Pairs whose texts are identical count as positives: many images share a caption (a class
+    name, an empty picture), and calling those negatives would push apart what should match.
+    """
+    logits = image_emb @ text_emb.T * logit_scale.exp() + logit_bias
+    labels = (text_ids[:, None] == text_ids[None, :]).float() * 2.0 - 1.0
+    return -F.logsigmoid(labels * logits).sum() / image_emb.shape[0]
+
+
+def caption(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-word cross-entropy; padding is ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD)

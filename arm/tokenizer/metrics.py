@@ -1,0 +1,192 @@
+"""Held-out metrics of a visual tokenizer (issue 3, item 5).
+
+Reconstruction (PSNR, SSIM via torchmetrics) and code statistics on the val split; the shapes
+oracle's scene-exact accuracy on reconstructed shapes images; image->caption retrieval R@1 on
+shapes val; on the Fashion-MNIST test set (never trained on): text-aligned zero-shot
+classification with class prompts through the frozen text encoder, and a linear probe
+(scikit-learn logistic regression) on pooled token features.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from arm.tokenizer.data import ImageTextSet
+from arm.tokenizer.model import VisualTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def _encode_set(model: VisualTokenizer, data: ImageTextSet, batch: int, want_recon: bool = True):
+    """codes [N, h*w], recon uint8 [N,3,S,S] (optional), aligned emb [N, d], pooled features [N, D]."""
+    codes, recons, embs, pooled = [], [], [], []
+    dev = model.device
+    for i in range(0, len(data), batch):
+        x = data.pixels(range(i, min(i + batch, len(data)))).to(dev).float() / 255.0
+        q, c = model.quantize(x)
+        feats = model.features(q)
+        codes.append(c.cpu())
+        embs.append(model.align(feats).cpu())
+        pooled.append(feats.mean(1).cpu())
+        if want_recon:
+            r = model.pixel_decoder(feats).clamp(0, 1)
+            recons.append((r * 255.0).round().to(torch.uint8).cpu())
+    out = {
+        "codes": torch.cat(codes),
+        "emb": torch.cat(embs),
+        "pooled": torch.cat(pooled),
+    }
+    if want_recon:
+        out["recon"] = torch.cat(recons)
+    return out
+
+
+def reconstruction_metrics(recon_u8: torch.Tensor, target_u8: torch.Tensor) -> dict[str, float]:
+    """PSNR (dB) and SSIM on 8-bit images, both as averages over images."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    r, t = recon_u8.float() / 255.0, target_u8.float() / 255.0
+    psnr = peak_signal_noise_ratio(r, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    psnr = psnr.clamp(max=100.0)  # a perfect image would be +inf; cap so the mean stays finite
+    ssim = structural_similarity_index_measure(r, t, data_range=1.0, reduction="none")
+    return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
+
+
+def code_stats(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    counts = torch.bincount(codes.flatten(), minlength=codebook_size).double()
+    p = counts / counts.sum()
+    nz = p[p > 0]
+    entropy = float(-(nz * nz.log()).sum())
+    return {
+        "code_usage": float((counts > 0).sum()) / codebook_size,
+        "code_perplexity": math.exp(entropy),
+        "codes_used": int((counts > 0).sum()),
+        "codebook_size": codebook_size,
+    }
+
+
+def oracle_accuracy(recon_u8: torch.Tensor, scenes: list[list[dict]], world) -> dict[str, float]:
+    """Fraction of images whose reconstruction the oracle parses into exactly the true scene."""
+    from arm.data.oracle import parse
+    from arm.data.shapes import Scene
+
+    exact, cells_ok, cells = 0, 0, 0
+    for img, scene_json in zip(recon_u8, scenes):
+        truth = Scene.from_json(scene_json)
+        pred = parse(Image.fromarray(img.permute(1, 2, 0).numpy()), world)
+        exact += pred == truth
+        t = {(o.row, o.col): o for o in truth.objects}
+        p = {(o.row, o.col): o for o in pred.objects}
+        for r in range(world.grid):
+            for c in range(world.grid):
+                cells += 1
+                cells_ok += t.get((r, c)) == p.get((r, c))
+    n = max(1, len(scenes))
+    return {"oracle_scene_accuracy": exact / n, "oracle_cell_accuracy": cells_ok / max(1, cells)}
+
+
+def retrieval_r1(model: VisualTokenizer, emb: torch.Tensor, texts: list[list[str]]) -> dict[str, float]:
+    """Image -> caption R@1 among all distinct captions of the set (any of an image's captions counts)."""
+    keep = [i for i, ts in enumerate(texts) if ts]
+    if not keep:
+        return {"retrieval_r1": float("nan"), "retrieval_candidates": 0}
+    pool = sorted({t for i in keep for t in texts[i]})
+    index = {t: j for j, t in enumerate(pool)}
+    text_emb = model.embed_texts(pool)
+    top = (emb[keep] @ text_emb.T).argmax(1)
+    hits = sum(int(top[k]) in {index[t] for t in texts[i]} for k, i in enumerate(keep))
+    return {"retrieval_r1": hits / len(keep), "retrieval_candidates": len(pool)}
+
+
+def _fashion(root: str, subset: str, limit: int | None, image_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    from arm.data.sources import fashion_mnist as fm
+    from arm.tokenizer.images import pil_to_uint8
+
+    root_p = Path(root)
+    images, labels = fm.read_idx(root_p / f"{subset}-images-idx3-ubyte.gz", root_p / f"{subset}-labels-idx1-ubyte.gz", limit)
+    arr = np.stack([pil_to_uint8(Image.fromarray(im), image_size) for im in images])
+    return torch.from_numpy(arr), labels.astype(np.int64)
+
+
+@torch.no_grad()
+def _embed_pixels(model: VisualTokenizer, pixels_u8: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    embs, pooled = [], []
+    for i in range(0, len(pixels_u8), batch):
+        x = pixels_u8[i : i + batch].to(model.device).float() / 255.0
+        q, _ = model.quantize(x)
+        f = model.features(q)
+        embs.append(model.align(f).cpu())
+        pooled.append(f.mean(1).cpu())
+    return torch.cat(embs), torch.cat(pooled)
+
+
+def fashion_metrics(model: VisualTokenizer, cfg_eval, seed: int) -> dict[str, float]:
+    """Zero-shot (class prompts through the text encoder) and linear-probe accuracy on t10k."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from arm.data.sources import fashion_mnist as fm
+
+    test_px, test_y = _fashion(cfg_eval.fashion_mnist_root, "t10k", cfg_eval.zeroshot_limit, model.image_size)
+    test_emb, test_pooled = _embed_pixels(model, test_px, cfg_eval.batch_size)
+    phrases = [fm.PHRASES[c] for c in fm.CLASSES]
+    out: dict[str, float] = {"fashion_test_images": len(test_y)}
+    class_embs = []
+    for k, template in enumerate(cfg_eval.prompts):
+        e = model.embed_texts([template.format(p) for p in phrases])
+        class_embs.append(e)
+        acc = float(((test_emb @ e.T).argmax(1).numpy() == test_y).mean())
+        out[f"fashion_zeroshot_template{k}"] = acc
+    ensemble = torch.nn.functional.normalize(torch.stack(class_embs).mean(0), dim=-1)
+    out["fashion_zeroshot_accuracy"] = float(((test_emb @ ensemble.T).argmax(1).numpy() == test_y).mean())
+
+    train_px, train_y = _fashion(cfg_eval.fashion_mnist_root, "train", cfg_eval.probe_train, model.image_size)
+    _, train_pooled = _embed_pixels(model, train_px, cfg_eval.batch_size)
+    scaler = StandardScaler().fit(train_pooled.numpy())
+    probe = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+    probe.fit(scaler.transform(train_pooled.numpy()), train_y)
+    out["fashion_linear_probe_accuracy"] = float(probe.score(scaler.transform(test_pooled.numpy()), test_y))
+    return out
+
+
+def evaluate(model: VisualTokenizer, val: ImageTextSet, cfg, with_fashion: bool = True) -> dict[str, float]:
+    """All held-out metrics; `cfg` is the ArmConfig (world for the oracle, tokenizer.eval for limits)."""
+    ecfg = cfg.tokenizer.eval
+    model.eval()
+    if ecfg.val_limit is not None and len(val) > ecfg.val_limit:
+        val = val.subset(range(ecfg.val_limit))
+    metrics: dict[str, float] = {"val_images": len(val)}
+    if len(val):
+        enc = _encode_set(model, val, ecfg.batch_size)
+        target = val.pixels(range(len(val)))
+        metrics.update({f"val_{k}": v for k, v in reconstruction_metrics(enc["recon"], target).items()})
+        metrics.update(code_stats(enc["codes"], model.codebook_size))
+        shapes_idx = [i for i, s in enumerate(val.scenes) if s is not None]
+        metrics["shapes_val_images"] = len(shapes_idx)
+        if shapes_idx:
+            sel = torch.as_tensor(shapes_idx)
+            metrics.update({f"shapes_{k}": v for k, v in reconstruction_metrics(enc["recon"][sel], target[sel]).items()})
+            scenes = [val.scenes[i] for i in shapes_idx]
+            metrics.update(oracle_accuracy(enc["recon"][sel], scenes, cfg.world))
+            metrics["oracle_accuracy_on_originals"] = oracle_accuracy(target[sel], scenes, cfg.world)["oracle_scene_accuracy"]
+            metrics.update({f"shapes_{k}": v for k, v in code_stats(enc["codes"][sel], model.codebook_size).items()
+                            if k in ("code_usage", "code_perplexity")})
+            metrics.update(retrieval_r1(model, enc["emb"][sel], [val.texts[i] for i in shapes_idx]))
+    if with_fashion:
+        try:
+            metrics.update(fashion_metrics(model, ecfg, cfg.seed))
+        except Exception as e:  # Fashion-MNIST missing: the other metrics still stand
+            from arm.data.sources import SourceError
+
+            if not isinstance(e, (SourceError, FileNotFoundError)):
+                raise
+            log.warning("Fashion-MNIST metrics skipped: %s", e)
+            metrics["fashion_skipped"] = str(e)
+    return metrics

@@ -1,0 +1,407 @@
+"""The semantic FSQ visual tokenizer (DESIGN §1, the ARM paper's first pillar).
+
+pixels -> SigLIP vision encoder -> projection -> FSQ (codes) -> up-projection -> post-quant
+transformer -> shared features F, read by four heads:
+  pixel decoder (reconstruction), distillation head (teacher features), alignment head
+  (pooled F -> text-embedding space, sigmoid contrastive) and a caption decoder.
+Only the codes leave the tokenizer; every head reads them through F, so every loss shapes
+what a code means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from vector_quantize_pytorch import FSQ
+
+from arm.io import atomic_path
+from arm.tokenizer.config import TokenizerConfig
+from arm.tokenizer.images import to_pixels
+from arm.tokenizer.vocab import PAD, CaptionVocab
+
+FORMAT = "arm-visual-tokenizer"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _block(width: int, heads: int, dropout: float) -> nn.TransformerEncoderLayer:
+    return nn.TransformerEncoderLayer(
+        width, heads, 4 * width, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
+    )
+
+
+class PixelDecoder(nn.Module):
+    """Per-token MLP to a patch of pixels (the shapes world puts one object per patch), plus an
+    optional small conv refiner that smooths across patch borders for natural images."""
+
+    def __init__(self, width: int, hidden: int, patch: int, grid: tuple[int, int], conv_channels: int):
+        super().__init__()
+        self.patch, self.grid = patch, grid
+        out_ch = conv_channels or 3
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, patch * patch * out_ch))
+        self.out_ch = out_ch
+        self.refine = None
+        if conv_channels:
+            c = conv_channels
+            self.refine = nn.Sequential(
+                nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, 3, 1)
+            )
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        b = feats.shape[0]
+        (h, w), p, c = self.grid, self.patch, self.out_ch
+        x = self.mlp(feats).view(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h * p, w * p)
+        if self.refine is not None:
+            x = self.refine(x)
+        return torch.sigmoid(x)
+
+
+class AttentionPool(nn.Module):
+    """Multihead attention pooling (a learned query), as in SigLIP's MAP head."""
+
+    def __init__(self, width: int, heads: int, out_dim: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, out_dim)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        q = self.query.expand(feats.shape[0], -1, -1)
+        pooled, _ = self.attn(q, feats, feats, need_weights=False)
+        return self.proj(self.norm(pooled[:, 0] + feats.mean(1)))
+
+
+class CaptionHead(nn.Module):
+    """A small autoregressive transformer decoder that cross-attends to the token features."""
+
+    def __init__(self, width: int, hidden: int, layers: int, heads: int, vocab: int, max_length: int):
+        super().__init__()
+        self.memory = nn.Linear(width, hidden)
+        self.embed = nn.Embedding(vocab, hidden, padding_idx=PAD)
+        self.pos = nn.Parameter(torch.randn(1, max_length, hidden) * 0.02)
+        layer = nn.TransformerDecoderLayer(hidden, heads, 4 * hidden, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, layers)
+        self.norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, vocab)
+        self.max_length = max_length
+
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[1]
+        x = self.embed(tokens) + self.pos[:, :n]
+        mask = nn.Transformer.generate_square_subsequent_mask(n, device=tokens.device, dtype=x.dtype)
+        y = self.decoder(x, self.memory(feats), tgt_mask=mask, tgt_is_causal=True)
+        return self.out(self.norm(y))
+
+
+class VisualTokenizer(nn.Module):
+    """Images <-> discrete codes [B, h, w] in [0, codebook_size). See the module docstring.
+
+    Built from a plain JSON `spec` (what `save_pretrained` writes to config.json), so loading
+    never needs the hub: a pretrained encoder's weights are part of model.safetensors.
+    """
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        self.spec = json.loads(json.dumps(spec))  # a private plain-JSON copy
+        s = self.spec
+        self._levels = [int(v) for v in s["levels"]]
+        self._image_size = int(s["image_size"])
+        self._patch = int(s["patch_size"])
+        side = self._image_size // self._patch
+        self._grid = (side, side)
+        width = int(s["hidden_size"])
+        enc_cfg = SiglipVisionConfig(**s["encoder_config"])
+        if enc_cfg.image_size != self._image_size or enc_cfg.patch_size != self._patch:
+            raise ValueError(
+                f"encoder expects {enc_cfg.image_size}px images with {enc_cfg.patch_size}px patches, "
+                f"the tokenizer is configured for {self._image_size}/{self._patch}"
+            )
+        self.encoder = SiglipVisionModel(enc_cfg)
+        self.encoder_frozen = bool(s["encoder_frozen"])
+        self.proj_in = nn.Linear(enc_cfg.hidden_size, len(self._levels))
+        self.fsq = FSQ(levels=self._levels)
+        self.up = nn.Linear(len(self._levels), width)
+        n_tokens = side * side
+        self.pos = nn.Parameter(torch.randn(1, n_tokens, width) * 0.02)
+        self.post = nn.ModuleList([_block(width, int(s["heads"]), float(s["dropout"])) for _ in range(int(s["post_layers"]))])
+        self.post_norm = nn.LayerNorm(width)
+        self.pixel_decoder = PixelDecoder(width, int(s["decoder_hidden"]), self._patch, self._grid, int(s["decoder_conv_channels"]))
+        self.distill_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, int(s["distill_dim"])))
+        self.align_head = AttentionPool(width, int(s["heads"]), int(s["text_dim"]))
+        # SigLIP's learned temperature and bias, initialised as in the paper (t = 10, b = -10).
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        self.vocab = CaptionVocab(s["caption_vocab"])
+        c = s["caption"]
+        self.caption_head = CaptionHead(width, c["hidden_size"], c["layers"], c["heads"], len(self.vocab), c["max_length"])
+        if self.encoder_frozen:
+            self.encoder.requires_grad_(False)
+        self._text_encoder = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def build(
+        cls, cfg: TokenizerConfig, *, caption_vocab: list[str], text_dim: int, distill_dim: int
+    ) -> "VisualTokenizer":
+        """A fresh tokenizer for training; loads the pretrained encoder when `encoder.pretrained` is set."""
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        pretrained = None
+        if cfg.encoder.pretrained:
+            pretrained = SiglipVisionModel.from_pretrained(cfg.encoder.pretrained)
+            enc_cfg = pretrained.config.to_dict()
+        else:
+            e = cfg.encoder
+            enc_cfg = SiglipVisionConfig(
+                hidden_size=e.hidden_size,
+                intermediate_size=int(e.hidden_size * e.mlp_ratio),
+                num_hidden_layers=e.layers,
+                num_attention_heads=e.heads,
+                image_size=cfg.image_size,
+                patch_size=cfg.patch_size,
+                vision_use_head=False,
+            ).to_dict()
+        keep = {
+            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+            "image_size", "patch_size", "hidden_act", "layer_norm_eps", "attention_dropout",
+        }  # fmt: skip
+        enc_cfg = {k: v for k, v in enc_cfg.items() if k in keep}
+        enc_cfg["vision_use_head"] = False  # the tokenizer uses patch tokens; the pooling head is dead weight
+        frozen = cfg.encoder.freeze if cfg.encoder.freeze is not None else pretrained is not None
+        spec = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size,
+            "levels": list(cfg.levels),
+            "hidden_size": cfg.hidden_size,
+            "post_layers": cfg.post_layers,
+            "heads": cfg.heads,
+            "decoder_hidden": cfg.decoder_hidden,
+            "decoder_conv_channels": cfg.decoder_conv_channels,
+            "dropout": cfg.dropout,
+            "encoder_config": enc_cfg,
+            "encoder_source": cfg.encoder.pretrained,
+            "encoder_frozen": frozen,
+            "distill_dim": distill_dim,
+            "teacher": cfg.teacher.model_dump(mode="json"),
+            "text_dim": text_dim,
+            "text_encoder": cfg.text_encoder.model_dump(mode="json"),
+            "caption": cfg.caption.model_dump(mode="json"),
+            "caption_vocab": list(caption_vocab),
+        }
+        model = cls(spec)
+        if pretrained is not None:
+            missing, unexpected = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
+            if missing:
+                raise ValueError(f"pretrained encoder {cfg.encoder.pretrained}: missing weights {missing[:5]}")
+            if frozen:
+                model.encoder.requires_grad_(False)
+        return model
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def levels(self) -> list[int]:
+        return list(self._levels)
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self._levels)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self._grid
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def patch_size(self) -> int:
+        return self._patch
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj_in.weight.device
+
+    def train(self, mode: bool = True) -> "VisualTokenizer":
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()  # a frozen encoder keeps its inference behaviour
+        return self
+
+    # ------------------------------------------------------------------ the pipeline
+
+    def quantize(self, pixels01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixels [B,3,S,S] in [0,1] -> (quantized [B, N, n_levels] in [-1, 1], codes [B, N])."""
+        hidden = self.encoder(pixel_values=pixels01 * 2.0 - 1.0).last_hidden_state
+        z = self.proj_in(hidden)
+        q, codes = self.fsq(z)
+        return q, codes.long()
+
+    def features(self, q: torch.Tensor) -> torch.Tensor:
+        """Quantized vectors [B, N, n_levels] -> shared features F [B, N, hidden]."""
+        x = self.up(q) + self.pos
+        for block in self.post:
+            x = block(x)
+        return self.post_norm(x)
+
+    def codes_to_quantized(self, codes: torch.Tensor) -> torch.Tensor:
+        codes = self._check_codes(codes)
+        return self.fsq.indices_to_codes(codes.reshape(codes.shape[0], -1))
+
+    def forward(self, pixels01: torch.Tensor) -> dict[str, torch.Tensor]:
+        q, codes = self.quantize(pixels01)
+        feats = self.features(q)
+        return {"codes": codes, "features": feats, "recon": self.pixel_decoder(feats)}
+
+    def align(self, feats: torch.Tensor) -> torch.Tensor:
+        """Shared features -> L2-normalised embedding in the text encoder's space."""
+        return F.normalize(self.align_head(feats), dim=-1)
+
+    # ------------------------------------------------------------------ public API
+
+    @torch.no_grad()
+    def encode(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """Images (list of PIL, or [B,C,H,W] uint8 / float in [0,1]) -> LongTensor [B, h, w]."""
+        x = to_pixels(images, self._image_size).to(self.device)
+        _, codes = self.quantize(x)
+        return codes.view(x.shape[0], *self._grid).cpu()
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """LongTensor [B, h, w] (or [B, h*w]) -> FloatTensor [B, 3, S, S] in [0, 1] (on CPU)."""
+        q = self.codes_to_quantized(codes).to(self.device)
+        return self.pixel_decoder(self.features(q)).clamp(0, 1).cpu()
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+        """The text-aligned embedding of images, through their codes: [B, text_dim], unit norm."""
+        x = to_pixels(images, self._image_size).to(self.device)
+        q, _ = self.quantize(x)
+        return self.align(self.features(q)).cpu()
+
+    @torch.no_grad()
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """The same embedding straight from codes (no pixels): scores generated images cheaply."""
+        q = self.codes_to_quantized(codes).to(self.device)
+        return self.align(self.features(q)).cpu()
+
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from arm.tokenizer.config import TextEncoderConfig
+            from arm.tokenizer.text_encoder import TextEncoder
+
+            self._text_encoder = TextEncoder(TextEncoderConfig(**self.spec["text_encoder"]), device=self.device)
+        return self._text_encoder
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts: empty list")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts[{bad[0]}]: expected str, got {type(texts[bad[0]]).__name__}")
+        return self.text_encoder().embed(texts)
+
+    def similarity(self, images: Sequence[Any] | torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Cosine similarity [B_img, B_txt] between images (via their codes) and texts, in [-1, 1].
+
+        `sigmoid(similarity * exp(logit_scale) + logit_bias)` is the trained match probability.
+        """
+        return self.embed_images(images) @ self.embed_texts(texts).T
+
+    def similarity_codes(self, codes: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        return self.embed_codes(codes) @ self.embed_texts(texts).T
+
+    @torch.no_grad()
+    def caption(self, codes: torch.Tensor, max_length: int | None = None) -> list[str]:
+        """Greedy captions of code grids, from the caption head (for inspection)."""
+        from arm.tokenizer.vocab import BOS, EOS
+
+        feats = self.features(self.codes_to_quantized(codes).to(self.device))
+        n = min(max_length or self.caption_head.max_length, self.caption_head.max_length)
+        tokens = torch.full((feats.shape[0], 1), BOS, dtype=torch.long, device=self.device)
+        for _ in range(n - 1):
+            nxt = self.caption_head(feats, tokens)[:, -1].argmax(-1, keepdim=True)
+            tokens = torch.cat([tokens, nxt], 1)
+            if bool((tokens == EOS).any(1).all()):
+                break
+        return [self.vocab.decode(row.tolist()) for row in tokens.cpu()]
+
+    def codes_to_levels(self, codes: torch.Tensor) -> torch.Tensor:
+        """Per-level digit of each code: LongTensor [..., n_levels], digit i in [0, levels[i])."""
+        codes = self._check_codes(codes)
+        basis = torch.tensor([math.prod(self._levels[:i]) for i in range(len(self._levels))], device=codes.device)
+        levels = torch.tensor(self._levels, device=codes.device)
+        return (codes.unsqueeze(-1) // basis) % levels
+
+    def levels_to_codes(self, digits: torch.Tensor) -> torch.Tensor:
+        """Inverse of `codes_to_levels`."""
+        basis = torch.tensor([math.prod(self._levels[:i]) for i in range(len(self._levels))], device=digits.device)
+        return (digits.long() * basis).sum(-1)
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        if not isinstance(codes, torch.Tensor):
+            codes = torch.as_tensor(codes)
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise ValueError(f"codes: expected an integer tensor, got {codes.dtype}")
+        if codes.numel() == 0:
+            raise ValueError("codes: empty tensor")
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= self.codebook_size:
+            raise ValueError(f"codes: values must lie in [0, {self.codebook_size}), got [{lo}, {hi}]")
+        return codes.long()
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """config.json + model.safetensors, written to a temp dir and renamed into place."""
+        directory = Path(directory)
+        with atomic_path(directory) as tmp:
+            tmp.mkdir(parents=True)
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.spec, indent=2, sort_keys=True) + "\n")
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "VisualTokenizer":
+        directory = Path(directory)
+        cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not cfg_path.is_file() or not weights.is_file():
+            raise FileNotFoundError(f"{directory}: not a saved tokenizer (need {CONFIG_FILE} and {WEIGHTS_FILE})")
+        try:
+            spec = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path}: invalid JSON: {e}") from None
+        if spec.get("format") != FORMAT:
+            raise ValueError(f"{cfg_path}: not an {FORMAT} config (format={spec.get('format')!r})")
+        if int(spec.get("version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{cfg_path}: format version {spec['version']} is newer than this code ({FORMAT_VERSION})")
+        model = cls(spec)
+        state = load_file(str(weights))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{weights}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        return model.to(device).eval()

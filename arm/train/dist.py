@@ -1,0 +1,73 @@
+"""Process-group setup from torchrun-style environment variables.
+
+RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT are what torchrun, the `deepspeed`
+launcher and a Prefect work pool running either of them set. Without them this is one process:
+the variables are filled in for a world of one on a free local port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> DistEnv:
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError) as e:
+        raise RuntimeError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {e}") from None
+    if not 0 <= rank < world:
+        raise RuntimeError(f"RANK {rank} outside WORLD_SIZE {world}")
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise RuntimeError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT")
+    return DistEnv(rank, world, local)
+
+
+def device_for(e: DistEnv) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(e.local_rank)
+        return torch.device("cuda", e.local_rank)
+    return torch.device("cpu")
+
+
+def init(e: DistEnv) -> None:
+    """NCCL on GPUs, gloo on CPU; idempotent."""
+    import deepspeed
+    import torch.distributed as td
+
+    if td.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
+def barrier() -> None:
+    import torch.distributed as td
+
+    if td.is_initialized():
+        td.barrier()

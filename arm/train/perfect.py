@@ -1,0 +1,61 @@
+"""A perfect visual tokenizer for the shapes world: one code per grid cell, read off the scene.
+
+It stands in for the learned tokenizer when measuring the AR model alone (DESIGN §5): its codes
+lose nothing, so scores with it are the ceiling of what the AR model can reach. Codes follow the
+FSQ convention of vector-quantize-pytorch (first level least significant) with levels
+(kind + 1, colour + 1, size + 1); digit 0 on every level is the empty cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from arm.config import WorldConfig
+from arm.data.shapes import Scene, ShapeObject
+
+
+class PerfectTokenizer:
+    def __init__(self, world: WorldConfig) -> None:
+        self.world = world
+        self.kinds = list(world.kinds)
+        self.colors = list(world.colors)
+        self.sizes = list(world.sizes)
+        self.levels: tuple[int, ...] = (len(self.kinds) + 1, len(self.colors) + 1, len(self.sizes) + 1)
+        self.codebook_size = self.levels[0] * self.levels[1] * self.levels[2]
+        self.grid: tuple[int, int] = (world.grid, world.grid)
+
+    def _code(self, o: ShapeObject | None) -> int:
+        if o is None:
+            return 0
+        k, c, s = self.kinds.index(o.kind) + 1, self.colors.index(o.color) + 1, self.sizes.index(o.size) + 1
+        return k + self.levels[0] * (c + self.levels[1] * s)
+
+    def encode_scene(self, scene: Scene) -> list[int]:
+        g = self.world.grid
+        return [self._code(scene.at(r, c)) for r in range(g) for c in range(g)]
+
+    def codes_to_levels(self, codes: torch.Tensor) -> torch.Tensor:
+        """Per-level digits, shape [..., len(levels)]."""
+        out, rest = [], codes.long()
+        for lv in self.levels:
+            out.append(rest % lv)
+            rest = rest // lv
+        return torch.stack(out, -1)
+
+    def decode_scene(self, codes: Sequence[int]) -> tuple[Scene, int]:
+        """The scene and the number of cells whose code names no valid object (some digits zero)."""
+        g = self.world.grid
+        if len(codes) != g * g:
+            raise ValueError(f"a shapes image has {g * g} codes, got {len(codes)}")
+        digits = self.codes_to_levels(torch.tensor([int(c) for c in codes])).tolist()
+        objects, invalid = [], 0
+        for i, (k, c, s) in enumerate(digits):
+            if k == c == s == 0:
+                continue
+            if 0 in (k, c, s):
+                invalid += 1
+                continue
+            objects.append(ShapeObject(i // g, i % g, self.kinds[k - 1], self.colors[c - 1], self.sizes[s - 1]))
+        return Scene.of(objects), invalid

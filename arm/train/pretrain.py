@@ -1,0 +1,349 @@
+"""The pretraining stage: packed multi-task next-token prediction on a DeepSpeed engine.
+
+`pretrain(cfg)` runs in every process of a torchrun/deepspeed launch (or alone): it builds the
+text tokenizer and vocabulary, the packed stream, the model and the engine, resumes from the
+newest checkpoint of the same run, trains, evaluates per-task validation loss, checkpoints, and
+finally exports a stock transformers model dir (rank 0) with metrics and the loss curve.
+
+A run dir (checkpoints/pretrain/<fingerprint>) is keyed by everything that shapes the loss
+curve (params, data version, world size), so changed params never resume a stale run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from arm.config import ArmConfig
+from arm.io import atomic_path, atomic_write_json, atomic_write_text
+from arm.model.build import build_model, count_parameters, flops_per_token, use_factorized
+from arm.model.io import export_model
+from arm.text.sequences import TASKS, PackedStream, collate, eval_rows, padding_waste, tokenize_examples
+from arm.text.tokenizer import build_tokenizer, encode_texts, load_tokenizer, save_tokenizer
+from arm.train import checkpoint as ckpt
+from arm.train import dist
+from arm.train.data import ExampleSet, load_examples, training_texts
+from arm.train.flops import measured_peak_flops, mfu
+from arm.train.schedule import lr_multiplier
+
+log = logging.getLogger("arm.pretrain")
+
+# Fields that change how a run is watched, not what it computes: they stay out of the fingerprint.
+_BOOKKEEPING = {"log_every", "checkpoint_every", "keep_checkpoints", "time_limit_min", "output", "checkpoints", "metrics", "plot"}
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    position: tuple[int, int] = (0, 0)  # stream position of the next row
+    tokens: int = 0  # row tokens consumed (all ranks), padding included
+    target_tokens: int = 0  # tokens scored by the loss (all ranks)
+    train_time: float = 0.0  # seconds spent in training steps (not eval/checkpoint)
+    history: list[dict] = field(default_factory=list)
+
+    def client_state(self) -> dict:
+        return {"arm": json.dumps(self.__dict__)}
+
+    @staticmethod
+    def from_client_state(cs: dict) -> "TrainState":
+        d = json.loads(cs["arm"])
+        d["position"] = tuple(d["position"])
+        return TrainState(**d)
+
+
+def fingerprint(cfg: ArmConfig, data_version: str, world_size: int) -> str:
+    pre = {k: v for k, v in cfg.pretrain.model_dump(mode="json").items() if k not in _BOOKKEEPING}
+    blob = {
+        "seed": cfg.seed,
+        "text": cfg.text.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "pretrain": pre,
+        "data": data_version,
+        "world_size": world_size,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def ds_config(cfg: ArmConfig, world_size: int) -> dict:
+    p = cfg.pretrain
+    return {
+        "train_micro_batch_size_per_gpu": p.micro_batch,
+        "gradient_accumulation_steps": p.grad_accum,
+        "train_batch_size": p.micro_batch * p.grad_accum * world_size,
+        "gradient_clipping": p.grad_clip,
+        "zero_optimization": {"stage": p.zero_stage},
+        "bf16": {"enabled": p.precision == "bf16"},
+        "fp16": {"enabled": p.precision == "fp16"},
+        # our torch AdamW: no fused_adam extension to compile; ZeRO accepts it with this flag
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on norms and biases
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def token_losses(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-task (loss sum, target count) and the mean loss of a batch; token t predicts t+1."""
+    targets = batch["input_ids"][:, 1:]
+    mask = batch["loss_mask"][:, 1:].bool()
+    task = batch["task_ids"][:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    ce = ce.view_as(targets) * mask
+    sums = torch.stack([ce[task == i].sum() for i in range(len(TASKS))])
+    counts = torch.stack([(mask & (task == i)).sum() for i in range(len(TASKS))]).to(sums.dtype)
+    return sums, counts, ce.sum() / mask.sum().clamp(min=1)
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as td
+
+    if td.is_initialized() and td.get_world_size() > 1:
+        td.all_reduce(t)
+    return t
+
+
+@torch.no_grad()
+def evaluate(engine, rows_by_task: dict, denv: dist.DistEnv, device, micro_batch: int) -> dict[str, float]:
+    """Per-task validation loss (nats/target token). Rows are sharded over ranks with equal counts
+    (the last shard repeats a row with zero weight) so ZeRO-3's collective forwards stay in step."""
+    engine.eval()
+    out = {}
+    for task, rows in rows_by_task.items():
+        per_rank = math.ceil(len(rows) / denv.world_size)
+        mine = [(rows[i], 1.0) if i < len(rows) else (rows[0], 0.0)
+                for i in range(denv.rank * per_rank, (denv.rank + 1) * per_rank)]
+        acc = torch.zeros(2, dtype=torch.float64, device=device)
+        for i in range(0, len(mine), micro_batch):
+            chunk = mine[i : i + micro_batch]
+            batch = {k: v.to(device) for k, v in collate([r for r, _ in chunk]).items()}
+            weight = torch.tensor([w for _, w in chunk], device=device)
+            batch["loss_mask"] = batch["loss_mask"] * weight[:, None].long()
+            logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+            sums, counts, _ = token_losses(logits, batch)
+            acc += torch.stack([sums.sum(), counts.sum()]).double()
+        _all_reduce(acc)
+        out[task] = float(acc[0] / acc[1]) if acc[1] > 0 else float("nan")
+    engine.train()
+    return out
+
+
+def prepare_tokenizer(cfg: ArmConfig, data: ExampleSet, run_dir: Path, denv: dist.DistEnv):
+    """Rank 0 trains (or loads) the text tokenizer into the run dir; every rank then loads it."""
+    tok_dir = run_dir / "tokenizer"
+    if denv.is_main and not (tok_dir / "tokenizer.json").exists():
+        spec = data.image
+        tok, layout = build_tokenizer(cfg.text, training_texts(data.train), spec.codebook_size, spec.grid, spec.levels)
+        with atomic_path(tok_dir) as tmp:
+            save_tokenizer(tok, layout, tmp)
+    dist.barrier()
+    return load_tokenizer(tok_dir)
+
+
+def _seed_process(seed: int, rank: int) -> None:
+    s = seed * 1000 + rank
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def write_curve(history: list[dict], path: Path) -> None:
+    cols = ["step", "tokens", "lr", "loss", *[f"loss_{t}" for t in TASKS], *[f"val_{t}" for t in TASKS]]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow({c: ("" if row.get(c) is None or (isinstance(row.get(c), float) and math.isnan(row[c])) else row[c]) for c in cols})
+    atomic_write_text(path, buf.getvalue())
+
+
+def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = True) -> dict:
+    """Train (resuming if a checkpoint of this run exists) and export. Returns the metrics.
+
+    stop_after: stop with a checkpoint once this many optimizer steps are done in total, without
+    exporting (chunked training on preemptible workers; the resume test uses it).
+    """
+    import deepspeed
+
+    p = cfg.pretrain
+    # DeepSpeed compiles its CPU shared-memory allreduce once; keep the build in one cache for all runs
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[2] / ".arm-cache" / "torch_extensions"))
+    denv = dist.env()
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    dist.init(denv)
+    device = dist.device_for(denv)
+    t_start = time.perf_counter()
+
+    data = load_examples(cfg)
+    if not data.train:
+        raise ValueError("no training examples: check the curated store / tokens (pretrain.data, pretrain.images)")
+    fp = fingerprint(cfg, data.version, denv.world_size)
+    run_dir = Path(p.checkpoints) / fp[:16]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok, layout = prepare_tokenizer(cfg, data, run_dir, denv)
+    encode = partial(encode_texts, tok)
+    train_docs = tokenize_examples(data.train, encode)
+    stream = PackedStream(
+        train_docs, layout, seq_len=cfg.text.seq_len, weights=cfg.text.task_weights,
+        cfg_dropout=cfg.text.cfg_dropout, seed=cfg.seed, block_docs=cfg.text.pack_block,
+    )
+    val = eval_rows(tokenize_examples(data.val, encode), layout, cfg.text.seq_len, p.eval_rows)
+    waste = padding_waste(stream.block(0) + stream.block(1))
+
+    model = build_model(cfg.model, layout, seed=cfg.seed)
+    n_params = count_parameters(model)
+    optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, betas=p.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(p.schedule, p.warmup_steps, p.max_steps, p.min_lr_ratio))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config(cfg, denv.world_size))
+    _seed_process(cfg.seed, denv.rank)
+
+    state = TrainState()
+    tag = ckpt.latest_tag(run_dir)
+    if tag:
+        load_path, client = engine.load_checkpoint(str(run_dir), tag=tag)
+        if load_path is None:
+            raise RuntimeError(f"{run_dir}/{tag}: DeepSpeed could not load the checkpoint")
+        state = TrainState.from_client_state(client)
+        ckpt.load_rng(run_dir / tag, denv.rank)
+        if denv.is_main:
+            log.info("resumed %s at step %d", run_dir / tag, state.step)
+
+    def save() -> None:
+        tag_dir = run_dir / ckpt.tag_name(state.step)
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.save_rng(tag_dir, denv.rank)
+        engine.save_checkpoint(str(run_dir), tag=tag_dir.name, client_state=state.client_state())
+        dist.barrier()
+        if denv.is_main:
+            ckpt.prune(run_dir, p.keep_checkpoints)
+            write_curve(state.history, Path(p.plot))
+
+    flops = flops_per_token(cfg.model, layout, cfg.text.seq_len)
+    rows = stream.rows(*state.position)
+    per_micro = p.micro_batch * denv.world_size
+    bar = None
+    if progress and denv.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=p.max_steps, initial=state.step, desc="pretrain", unit="step")
+    stop_reason = "done"
+    while state.step < p.max_steps:
+        t0 = time.perf_counter()
+        acc = torch.zeros(2, len(TASKS), dtype=torch.float64, device=device)
+        n_tok = 0
+        for _ in range(p.grad_accum):
+            chunk = []
+            for _ in range(per_micro):
+                state.position, row = next(rows)
+                chunk.append(row)
+            mine = chunk[denv.rank * p.micro_batch : (denv.rank + 1) * p.micro_batch]
+            batch = {k: v.to(device) for k, v in collate(mine).items()}
+            logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+            sums, counts, loss = token_losses(logits, batch)
+            engine.backward(loss)
+            engine.step()
+            acc += torch.stack([sums.detach(), counts]).double()
+            n_tok += batch["input_ids"].numel() * denv.world_size
+        _all_reduce(acc)
+        state.step += 1
+        state.tokens += n_tok
+        state.target_tokens += int(acc[1].sum())
+        state.train_time += time.perf_counter() - t0
+        row = {"step": state.step, "tokens": state.tokens, "lr": engine.get_lr()[0],
+               "loss": float(acc[0].sum() / acc[1].sum().clamp(min=1))}
+        row.update({f"loss_{t}": float(acc[0, i] / acc[1, i]) if acc[1, i] > 0 else float("nan") for i, t in enumerate(TASKS)})
+        if state.step % p.eval_every == 0 or state.step == p.max_steps:
+            row.update({f"val_{t}": v for t, v in evaluate(engine, val, denv, device, p.micro_batch).items()})
+        state.history.append(row)
+        if bar is not None:
+            bar.update(1)
+            if state.step % p.log_every == 0:
+                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{state.tokens / max(state.train_time, 1e-9):.0f}")
+        if state.step % p.log_every == 0 and denv.is_main:
+            log.info("step %d loss %.4f lr %.2e", state.step, row["loss"], row["lr"])
+        if stop_after is not None and state.step >= stop_after and state.step < p.max_steps:
+            stop_reason = "stop_after"
+            break
+        if p.time_limit_min and time.perf_counter() - t_start > 60 * p.time_limit_min and state.step < p.max_steps:
+            stop_reason = "time_limit"
+            log.warning("time limit of %.1f min reached at step %d of %d", p.time_limit_min, state.step, p.max_steps)
+            break
+        if state.step % p.checkpoint_every == 0 and state.step < p.max_steps:
+            save()
+    if bar is not None:
+        bar.close()
+    save()
+    if stop_reason == "stop_after":
+        return {"stopped": stop_reason, "step": state.step, "run_dir": str(run_dir)}
+
+    # a consolidated copy of the weights on every rank for the export (ZeRO-3 shards them)
+    if p.zero_stage == 3:
+        sd = engine._zero3_consolidated_16bit_state_dict()
+        module = build_model(cfg.model, layout, seed=cfg.seed) if denv.is_main else None
+        if denv.is_main:
+            module.load_state_dict(sd)
+    else:
+        module = engine.module
+    final_val = {t[len("val_"):]: v for t, v in state.history[-1].items() if t.startswith("val_")}
+    tokens_per_s = state.tokens / max(state.train_time, 1e-9)
+    peak = measured_peak_flops() * denv.world_size if device.type == "cpu" else float("nan")
+    metrics = {
+        "steps": state.step,
+        "stopped": stop_reason,
+        "parameters": n_params,
+        "world_size": denv.world_size,
+        "tokens_seen": state.tokens,
+        "target_tokens_seen": state.target_tokens,
+        "train_seconds": round(state.train_time, 2),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "flops_per_token": flops.per_token,
+        "achieved_flops": tokens_per_s * flops.per_token,
+        "peak_flops_matmul": peak,
+        "mfu": mfu(tokens_per_s, flops.per_token, peak),
+        "padding_waste": round(waste, 4),
+        "final_train_loss": float(np.mean([h["loss"] for h in state.history[-max(1, p.log_every):]])),
+        "val_loss": final_val,
+        "examples": {"train": len(data.train), "val": len(data.val), "dropped_too_long": stream.too_long,
+                     "skipped": data.skipped},
+        "vocab_size": layout.vocab_size,
+        "run": run_dir.name,
+    }
+    if denv.is_main:
+        manifest = {
+            "visual_tokenizer": data.image.reference,
+            "data": {"version": data.version, "source": p.data, "images": p.images,
+                     "train_examples": len(data.train), "val_examples": len(data.val)},
+            "text_tokenizer": cfg.text.tokenizer,
+            "model": {"arch": cfg.model.arch, "parameters": n_params,
+                      "factorized_image_embeddings": "folded" if use_factorized(cfg.model, layout) else "none"},
+            "pretrain": {"steps": state.step, "tokens": state.tokens, "seed": cfg.seed, "run": run_dir.name,
+                         "val_loss": final_val},
+        }
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p.precision)
+        export_model(module, tok, layout, manifest, p.output, dtype=dtype)
+        atomic_write_json(p.metrics, metrics)
+        write_curve(state.history, Path(p.plot))
+    dist.barrier()
+    return metrics

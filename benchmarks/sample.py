@@ -1,0 +1,192 @@
+"""Sampling benchmark: KV cache vs recompute, CFG as one doubled batch vs two passes, and
+speculative Jacobi vs plain decoding (forward passes, wall time, output distribution).
+
+    .venv/bin/python benchmarks/sample.py                      # tiny preset shape, random init
+    .venv/bin/python benchmarks/sample.py --model models/arm-base
+    .venv/bin/python benchmarks/sample.py --grid 8              # longer image spans (64 tokens)
+
+Every comparison runs both variants in the same process on the same requests, reports a ratio,
+and checks that the variants agree token for token (they are exact rewrites of one another).
+Writes benchmarks/results/sample.json. CPU timings are noisy when other jobs share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from arm.config import load_config  # noqa: E402
+from arm.io import atomic_write_json  # noqa: E402
+from arm.sample.engine import Engine, Request  # noqa: E402
+from arm.sample.pipeline import uncond_prompt  # noqa: E402
+from arm.text.formats import format_prompt  # noqa: E402
+from arm.text.vocab import VocabLayout  # noqa: E402
+
+
+def load_model(args):
+    if args.model:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, use_safetensors=True)
+        return model.eval(), VocabLayout.load(args.model), f"trained: {args.model}"
+    from arm.model import factorized
+    from arm.model.build import build_model, count_parameters
+
+    cfg = load_config(args.params, args.preset)
+    grid = args.grid or cfg.tokenizer.image_size // cfg.tokenizer.patch_size
+    layout = VocabLayout(cfg.text.vocab_size, _prod(cfg.tokenizer.levels), (grid, grid), tuple(cfg.tokenizer.levels))
+    model = build_model(cfg.model, layout, seed=0)
+    factorized.fold(model)  # what export does: a stock transformers model
+    if args.init_std:
+        # a random model with the default 0.02 init is nearly context-free; a wider init makes its
+        # next-token choice depend on the context, a harder case for speculative decoding
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, args.init_std)
+    desc = f"random init, {args.preset} preset shape, {count_parameters(model) / 1e6:.2f}M params"
+    return model.eval(), layout, desc + (f", init std {args.init_std}" if args.init_std else "")
+
+
+def _prod(xs):
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def requests(layout: VocabLayout, n: int, *, cfg_scale: float, temperature: float, seed0: int = 0) -> list[Request]:
+    gen = torch.Generator().manual_seed(1234)
+    out = []
+    for i in range(n):
+        caption = torch.randint(0, layout.n_text, (int(torch.randint(4, 12, (1,), generator=gen)),), generator=gen).tolist()
+        prompt = format_prompt("generate", layout, text=caption)
+        out.append(Request(prompt, uncond_prompt(prompt, layout) if cfg_scale != 1 else None, cfg_scale=cfg_scale,
+                           temperature=temperature, seed=seed0 + i))
+    return out
+
+
+def timed(make_engine, reqs, repeats: int):
+    """Median wall time of `repeats` runs (after a warm-up), the tokens and the engine's stats."""
+    make_engine().run(reqs[:1])  # warm-up: allocator, kernels
+    times, toks, stats = [], None, None
+    for _ in range(repeats):
+        engine = make_engine()
+        t0 = time.perf_counter()
+        res = engine.run(reqs)
+        times.append(time.perf_counter() - t0)
+        toks, stats = [r.tokens for r in res], engine.stats
+    return statistics.median(times), toks, stats
+
+
+def compare(name, model, layout, reqs, base_kw, new_kw, repeats):
+    t_base, tok_base, s_base = timed(lambda: Engine(model, layout, **base_kw), reqs, repeats)
+    t_new, tok_new, s_new = timed(lambda: Engine(model, layout, **new_kw), reqs, repeats)
+    n = len(reqs)
+    row = {
+        "batch": n,
+        "baseline": base_kw,
+        "variant": new_kw,
+        "baseline_images_per_s": n / t_base,
+        "variant_images_per_s": n / t_new,
+        "speedup": t_base / t_new,
+        "baseline_forwards": s_base.forwards,
+        "variant_forwards": s_new.forwards,
+        "baseline_steps": s_base.steps,
+        "variant_steps": s_new.steps,
+        "identical_tokens": sum(a == b for a, b in zip(tok_base, tok_new)),
+        "of": n,
+    }
+    if s_new.drafted:
+        row["draft_acceptance"] = s_new.accepted_drafts / s_new.drafted
+    print(f"{name:34s} b={n:<3d} {row['baseline_images_per_s']:8.1f} -> {row['variant_images_per_s']:8.1f} img/s "
+          f"x{row['speedup']:.2f}  steps {s_base.steps}->{s_new.steps}  identical {row['identical_tokens']}/{n}", flush=True)
+    return row
+
+
+def distribution_check(model, layout, n: int, window: int, cfg_scale: float):
+    """Chi-square homogeneity of image-code frequencies: plain decoding on seeds [0, n) vs Jacobi on
+    seeds [n, 2n), so the test compares distributions, not the same noise twice."""
+    from scipy.stats import chi2_contingency
+
+    plain = Engine(model, layout).run(requests(layout, n, cfg_scale=cfg_scale, temperature=1.0, seed0=0))
+    jac = Engine(model, layout, jacobi_window=window).run(requests(layout, n, cfg_scale=cfg_scale, temperature=1.0, seed0=n))
+    counts = torch.zeros(2, layout.codebook_size)
+    for row, res in ((0, plain), (1, jac)):
+        for r in res:
+            counts[row] += torch.bincount(r.codes(layout).flatten(), minlength=layout.codebook_size).float()
+    used = counts.sum(0) > 0
+    chi2, p, dof, _ = chi2_contingency(counts[:, used].numpy())
+    print(f"distribution check (chi-square, {n} images each): p = {p:.3f}", flush=True)
+    return {"test": "chi-square homogeneity of code frequencies, plain seeds [0,n) vs Jacobi seeds [n,2n)",
+            "images_each": n, "chi2": float(chi2), "dof": int(dof), "p_value": float(p)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="trained model dir (default: models/arm-base if present)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--grid", type=int, default=None, help="override tokens per image side (random model)")
+    ap.add_argument("--init-std", type=float, default=None, help="re-initialise the random model with this std")
+    ap.add_argument("--window", type=int, default=4, help="Jacobi draft window")
+    ap.add_argument("--cfg-scale", type=float, default=3.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--output", default="benchmarks/results/sample.json")
+    args = ap.parse_args()
+    if args.model is None and args.grid is None and args.init_std is None and Path("models/arm-base/config.json").is_file():
+        args.model = "models/arm-base"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, layout, desc = load_model(args)
+    print(f"model: {desc}; {layout.tokens_per_image} tokens per image; torch threads {torch.get_num_threads()}", flush=True)
+
+    s = args.cfg_scale
+    results = {"model": desc, "tokens_per_image": layout.tokens_per_image, "cfg_scale": s, "window": args.window,
+               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+               "note": "CPU wall times; noisy when other jobs share the cores", "kv_cache": [], "cfg": [], "jacobi": []}
+    with torch.inference_mode():
+        for b in (1, 16):
+            reqs = requests(layout, b, cfg_scale=s, temperature=1.0)
+            results["kv_cache"].append(compare("KV cache vs recompute", model, layout, reqs,
+                                               {"use_cache": False}, {"use_cache": True}, args.repeats))
+        for b in (1, 16):
+            reqs = requests(layout, b, cfg_scale=s, temperature=1.0)
+            results["cfg"].append(compare("CFG doubled batch vs two passes", model, layout, reqs,
+                                          {"cfg_mode": "separate"}, {"cfg_mode": "batch"}, args.repeats))
+        for temp in (0.0, 1.0):
+            for b in (1, 16):
+                reqs = requests(layout, b, cfg_scale=s, temperature=temp)
+                row = compare(f"Jacobi W={args.window} vs plain (T={temp})", model, layout, reqs,
+                              {}, {"jacobi_window": args.window}, args.repeats)
+                row["temperature"] = temp
+                results["jacobi"].append(row)
+        # a single request, one image at a time: the latency case speculative decoding is for
+        single = requests(layout, 16, cfg_scale=s, temperature=1.0)
+        plain_steps = jac_steps = 0
+        for r in single:
+            e0, e1 = Engine(model, layout), Engine(model, layout, jacobi_window=args.window)
+            e0.run([r])
+            e1.run([r])
+            plain_steps += e0.stats.steps
+            jac_steps += e1.stats.steps
+        results["jacobi_per_image_steps"] = {"plain": plain_steps / 16, "jacobi": jac_steps / 16,
+                                             "ratio": plain_steps / max(jac_steps, 1)}
+        print(f"per image sequential steps: plain {plain_steps / 16:.2f}, Jacobi {jac_steps / 16:.2f}", flush=True)
+        results["distribution"] = distribution_check(model, layout, 200, args.window, s)
+    atomic_write_json(args.output, results)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""GEdit-Bench on the shapes world: instruction-guided edits judged by the scene oracle."""
+
+import json
+
+import datasets
+import evaluate
+
+from arm.config import WorldConfig
+from arm.eval.scoring import score_edit
+
+_DESCRIPTION = """\
+GEdit-Bench (Liu et al., 2025) scores an edit with a VLM judge on semantic consistency (SC, did
+the edit follow the instruction without over-editing, 0-10), perceptual quality (PQ, 0-10) and
+the overall G_O = sqrt(SC * PQ) per sample, averaged. Here the judge is the shapes oracle:
+SC = 10 * min(instruction fulfilled on the edited cells, share of the other cells preserved)
+(VIEScore's min of success and over-editing); PQ = 10 * share of the ink (in the image or in a
+clean re-render of its parsed scene) on which the two agree. `success` and `preservation` are
+reported on their own, in [0, 1], with success per edit operation.
+"""
+
+_CITATION = """\
+@article{liu2025step1xedit, title={Step1X-Edit: A Practical Framework for General Image Editing},
+author={Liu, Shiyu and others}, journal={arXiv:2504.17761}, year={2025}}
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: edited images (PIL).
+    references: JSON strings {"source_scene": [...], "target_scene": [...], "op": ...}.
+    world: the world config (dict or WorldConfig).
+    tolerance: per-channel distance (0-255) at which ink still counts as clean (default 48).
+    return_per_sample: also return per-image results under "per_sample".
+Returns:
+    overall, semantic_consistency, perceptual_quality (0-10); success, preservation and
+    success_<op> (0-1).
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class ShapesEdit(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references, world=None, tolerance=48, return_per_sample=False):
+        world = world if isinstance(world, WorldConfig) else WorldConfig.model_validate(world or {})
+        summary, per_sample = score_edit(predictions, [json.loads(r) for r in references], world, tolerance)
+        if return_per_sample:
+            summary["per_sample"] = per_sample
+        return summary

@@ -1,0 +1,50 @@
+"""WISE on the shapes world: knowledge prompts that name kind and colour only indirectly."""
+
+import json
+
+import datasets
+import evaluate
+
+from arm.config import WorldConfig
+from arm.eval.scoring import score_wise
+
+_DESCRIPTION = """\
+WISE (Niu et al., 2025) tests whether a text-to-image model brings world knowledge to a prompt
+that describes an object without naming it. Here prompts come from shapes.knowledge_prompt
+("a shape with three corners, the colour of grass, in the center"); the oracle parses each image
+and `score` is the share whose scene is exactly the implied one (kind, colour, size, position).
+Per-aspect accuracies say which part of the knowledge was used.
+"""
+
+_CITATION = """\
+@article{niu2025wise, title={WISE: A World Knowledge-Informed Semantic Evaluation for
+Text-to-Image Generation}, author={Niu, Yuwei and others}, journal={arXiv:2503.07265}, year={2025}}
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: generated images (PIL).
+    references: JSON strings of the implied scene (a list with one object).
+    world: the world config (dict or WorldConfig).
+    return_per_sample: also return per-image results under "per_sample".
+Returns:
+    score, kind_accuracy, color_accuracy, size_accuracy, position_accuracy (all in [0, 1]).
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class ShapesWise(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references, world=None, return_per_sample=False):
+        world = world if isinstance(world, WorldConfig) else WorldConfig.model_validate(world or {})
+        summary, per_sample = score_wise(predictions, [json.loads(r) for r in references], world)
+        if return_per_sample:
+            summary["per_sample"] = per_sample
+        return summary

@@ -1,0 +1,44 @@
+"""Visual tokenizer reconstruction: PSNR, SSIM (torchmetrics) and codebook usage."""
+
+import datasets
+import evaluate
+
+from arm.eval.scoring import score_tokenizer
+
+_DESCRIPTION = """\
+How much of an image survives encode -> decode through the discrete visual tokenizer. PSNR
+(dB, data range 1, per image then averaged; identical images are capped at `psnr_cap`) and SSIM
+(Gaussian window) come from torchmetrics. With the codes and the codebook size it also reports
+code_usage (share of codebook entries used) and code_perplexity (exp of the code entropy).
+"""
+
+_CITATION = ""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: reconstructed images (PIL); references: the original images (PIL), any size
+    (reconstructions are resized to them).
+    codes: optional integer codes of the images (any shape); codebook_size: required with codes.
+    psnr_cap: PSNR reported for identical images (default 100).
+    return_per_sample: also return per-image results under "per_sample".
+Returns:
+    psnr, ssim, and with codes: code_usage, code_perplexity.
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class Tokenizer(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
+        )
+
+    def _compute(self, predictions, references, codes=None, codebook_size=None, psnr_cap=100.0,
+                 return_per_sample=False):
+        summary, per_sample = score_tokenizer(predictions, references, codes, codebook_size, psnr_cap)
+        if return_per_sample:
+            summary["per_sample"] = per_sample
+        return summary

@@ -1,0 +1,34 @@
+"""Prefect flow of the rl stage: a thin wrapper around arm.rl.trainer.train_rl."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from arm.config import load_config
+
+
+@task(name="grpo")
+def grpo_task(params: str, preset: str | None, overrides: list[str] | None, stop_after: int | None) -> dict:
+    from arm.rl.trainer import train_rl
+
+    cfg = load_config(params, preset, overrides)
+    logger = get_run_logger()
+    logger.info("GRPO on %s for tasks %s, %d steps (seed %d)", cfg.rl.base, cfg.rl.tasks, cfg.rl.steps, cfg.rl.seed)
+    metrics = train_rl(cfg, stop_after=stop_after)
+    if metrics.get("stopped") == "stop_after":
+        logger.info("stopped after step %d with a checkpoint in %s", metrics["step"], metrics["run_dir"])
+    else:
+        r = metrics["rewards"]["reward"]
+        logger.info("reward %.4f -> %.4f, KL %.5f; model at %s", r["first"], r["last"], metrics["kl_final"] or 0.0,
+                    cfg.rl.output)
+    return metrics
+
+
+@flow(name="rl")
+def rl_flow(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None,
+            stop_after: int | None = None) -> dict:
+    return grpo_task(params, preset, overrides, stop_after)
+
+
+if __name__ == "__main__":
+    rl_flow()

@@ -1,0 +1,286 @@
+"""The ARM BentoML service: `bentoml serve services.service:ArmService` (or `arm serve`).
+
+Two services in two processes:
+  ArmService  public HTTP: the try-it page at `/`, POST /describe /generate /edit,
+              GET /metadata, GET /healthz (BentoML's liveness probe, which asks
+              `__is_alive__`: the model process must answer); bearer auth, body-size cap, input validation,
+              concurrency limit and request timeout. It never loads the model.
+  ArmModel    reached only through BentoML's local socket: loads the packaged model from the
+              BentoML model store and runs adaptive batches of validated items.
+Validation happens before batching, so a bad request never joins a batch; a request that
+fails inside the model is isolated by `BatchRunner` and its batch-mates still get answers.
+
+Configuration comes from params.yaml (`serve:` and `sampling:`), read at import in every
+process; ARM_PARAMS, ARM_PRESET and ARM_SET (`key=value;...`) override it. The model tag is
+`serve.model_tag` (default arm:latest).
+"""
+
+import asyncio
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from arm.serve.errors import RequestError
+from arm.serve.images import decode_image, png_base64
+from arm.serve.middleware import BearerAuthMiddleware, BodyLimitMiddleware
+from arm.serve.schemas import (
+    SEED_MAX,
+    DescribeItem,
+    DescribeResponse,
+    EditItem,
+    EditResponse,
+    GenerateItem,
+    GenerateResponse,
+    ModelInfo,
+    Outcome,
+    request_types,
+)
+from arm.serve.settings import load_settings
+
+log = logging.getLogger("arm.serve")
+
+# `arm package` builds the bento with --arg preset=... --arg model_tag=...; serving from source
+# has no arguments and uses params.yaml (plus ARM_PRESET / ARM_SET).
+ARGS = vars(bentoml.use_arguments())
+CFG = load_settings(ARGS.get("preset"), [f"serve.model_tag={ARGS['model_tag']}"] if ARGS.get("model_tag") else [])
+SERVE, SAMPLING, LIMITS = CFG.serve, CFG.sampling, CFG.serve.limits
+T = request_types(LIMITS)
+STATIC = Path(__file__).resolve().parent / "static"
+BATCH = dict(
+    batchable=SERVE.batching.enabled,
+    max_batch_size=SERVE.batching.max_batch_size,
+    max_latency_ms=SERVE.batching.max_latency_ms,
+)
+
+
+# ----------------------------------------------------------------------------- model process
+
+
+@bentoml.service(
+    name="arm_model",
+    resources=dict(SERVE.resources),
+    workers=1,
+    threads=1,  # one batch at a time: torch already uses every core for one batch
+    traffic={"timeout": SERVE.traffic.timeout_s * 2},  # the front enforces the user-facing timeout
+)
+class ArmModel:
+    bento_model = bentoml.models.BentoModel(SERVE.model_tag)
+
+    def __init__(self) -> None:
+        from arm.serve import store
+        from arm.serve.runner import BatchRunner, load_pipeline
+
+        stored = self.bento_model
+        model_dir = Path(stored.path) / store.MODEL_SUBDIR
+        files = (stored.info.metadata or {}).get("files")
+        if SERVE.verify_checksums:
+            if not files:
+                raise RuntimeError(f"{stored.tag}: no file checksums in its metadata; package it with `arm package`")
+            store.verify_files(model_dir, files)
+        t0 = time.perf_counter()
+        self.runner = BatchRunner(load_pipeline(model_dir, SAMPLING, SERVE.torch_threads), LIMITS)
+        self.info_ = ModelInfo(
+            **store.model_info(stored),
+            batching=SERVE.batching.enabled,
+            max_batch_size=SERVE.batching.max_batch_size,
+        )
+        log.info("loaded %s in %.1fs (batching %s)", stored.tag, time.perf_counter() - t0, SERVE.batching.enabled)
+
+    @bentoml.api(**BATCH)
+    def generate_batch(self, items: list[GenerateItem]) -> list[Outcome]:
+        return self.runner.generate(items)
+
+    @bentoml.api(**BATCH)
+    def describe_batch(self, items: list[DescribeItem]) -> list[Outcome]:
+        return self.runner.describe(items)
+
+    @bentoml.api(**BATCH)
+    def edit_batch(self, items: list[EditItem]) -> list[Outcome]:
+        return self.runner.edit(items)
+
+    @bentoml.api
+    async def model_info(self) -> ModelInfo:
+        # async: answered on the event loop, not queued behind a running batch
+        return self.info_
+
+
+# ----------------------------------------------------------------------------- public process
+
+web = FastAPI(title="ARM", docs_url=None, redoc_url=None, openapi_url=None)
+web.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _error(e: RequestError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+def _server_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _seed(seed: int | None) -> int:
+    return secrets.randbelow(SEED_MAX + 1) if seed is None else seed
+
+
+def _outcomes(raw: Any) -> list[Outcome]:
+    return [o if isinstance(o, Outcome) else Outcome.model_validate(o) for o in raw]
+
+
+@bentoml.service(
+    name="arm",
+    workers=1,
+    traffic={"timeout": SERVE.traffic.timeout_s, "max_concurrency": SERVE.traffic.max_concurrency},
+)
+@bentoml.asgi_app(web, path="/")
+class ArmService:
+    model = bentoml.depends(ArmModel)
+
+    def __init__(self) -> None:
+        self._info: dict[str, Any] | None = None
+
+    async def _run(self, method: str, items: list[Any]) -> list[Outcome] | JSONResponse:
+        try:
+            raw = await getattr(self.model.to_async, method)(items=items)
+        except bentoml.exceptions.BentoMLException as e:
+            code = int(getattr(e, "error_code", 500))
+            log.warning("model service %s failed: %s %s", method, code, e)
+            if code in (429, 503):
+                return _server_error(503, "the model is overloaded; retry later")
+            return _server_error(502, "the model service failed; see the server log")
+        outcomes = _outcomes(raw)
+        if len(outcomes) != len(items):
+            return _server_error(502, f"the model service returned {len(outcomes)} results for {len(items)} inputs")
+        failed = [o.error for o in outcomes if not o.ok]
+        if failed:
+            return _server_error(500, f"inference failed for this request: {failed[0]}")
+        return outcomes
+
+    async def _model_info(self, fresh: bool = False) -> dict[str, Any]:
+        if self._info is None or fresh:
+            info = await asyncio.wait_for(self.model.to_async.model_info(), timeout=5)
+            self._info = info.model_dump() if hasattr(info, "model_dump") else dict(info)
+        return self._info
+
+    @bentoml.api(route="/generate")
+    async def generate(
+        self,
+        prompt: T.Text,
+        n: T.N = 1,
+        cfg_scale: T.CfgScale = SAMPLING.cfg_scale,
+        temperature: T.Temperature = SAMPLING.temperature,
+        top_k: T.TopK = SAMPLING.top_k,
+        top_p: T.TopP = SAMPLING.top_p,
+        seed: T.Seed = None,
+    ) -> GenerateResponse:
+        """Text to image: n PNG images (base64); image k uses seed + k."""
+        seed = _seed(seed)
+        items = [
+            GenerateItem(prompt=prompt, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                         seed=(seed + k) % (SEED_MAX + 1))
+            for k in range(n)
+        ]
+        out = await self._run("generate_batch", items)
+        if isinstance(out, JSONResponse):
+            return out  # type: ignore[return-value]
+        return GenerateResponse(images=[o.image for o in out], seed=seed, model=(await self._model_info())["tag"])
+
+    @bentoml.api(route="/describe")
+    async def describe(
+        self,
+        image: T.Image,
+        question: T.Question = None,
+        max_new_tokens: T.MaxNewTokens = min(SAMPLING.max_new_tokens, LIMITS.max_new_tokens),
+        temperature: T.Temperature = SAMPLING.text_temperature,
+        seed: T.Seed = None,
+    ) -> DescribeResponse:
+        """Image to text: a caption, or the answer to `question`."""
+        try:
+            png = await asyncio.to_thread(lambda: png_base64(decode_image(image, "image", LIMITS)))
+        except RequestError as e:
+            return _error(e)  # type: ignore[return-value]
+        if question is not None and not question.strip():
+            question = None
+        item = DescribeItem(image=png, question=question, max_new_tokens=max_new_tokens, temperature=temperature,
+                            seed=_seed(seed))
+        out = await self._run("describe_batch", [item])
+        if isinstance(out, JSONResponse):
+            return out  # type: ignore[return-value]
+        return DescribeResponse(text=out[0].text or "", model=(await self._model_info())["tag"])
+
+    @bentoml.api(route="/edit")
+    async def edit(
+        self,
+        image: T.Image,
+        instruction: T.Text,
+        cfg_scale: T.CfgScale = SAMPLING.cfg_scale,
+        temperature: T.Temperature = SAMPLING.temperature,
+        top_k: T.TopK = SAMPLING.top_k,
+        top_p: T.TopP = SAMPLING.top_p,
+        seed: T.Seed = None,
+    ) -> EditResponse:
+        """Image + instruction to image (PNG, base64)."""
+        try:
+            png = await asyncio.to_thread(lambda: png_base64(decode_image(image, "image", LIMITS)))
+        except RequestError as e:
+            return _error(e)  # type: ignore[return-value]
+        seed = _seed(seed)
+        item = EditItem(image=png, instruction=instruction, cfg_scale=cfg_scale, temperature=temperature,
+                        top_k=top_k, top_p=top_p, seed=seed)
+        out = await self._run("edit_batch", [item])
+        if isinstance(out, JSONResponse):
+            return out  # type: ignore[return-value]
+        return EditResponse(image=out[0].image or "", seed=seed, model=(await self._model_info())["tag"])
+
+    # ------------------------------------------------------------------ page, health, metadata
+
+    @web.get("/", include_in_schema=False)
+    async def page(self) -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def __is_alive__(self) -> bool:
+        # BentoML's GET /healthz (and /livez) calls this: alive = the model process answers.
+        try:
+            await self._model_info(fresh=True)
+        except Exception as e:
+            log.warning("health check: model service unavailable (%s)", type(e).__name__)
+            return False
+        return True
+
+    @web.get("/metadata")
+    async def metadata(self) -> JSONResponse:
+        try:
+            info = await self._model_info()
+        except Exception as e:
+            return JSONResponse({"error": f"model service unavailable ({type(e).__name__})"}, status_code=503)
+        labels = info.get("labels", {})
+        return JSONResponse(
+            {
+                "model": info["tag"],
+                "created_at": info.get("created_at"),
+                "data_version": labels.get("data_version"),
+                "git_revision": labels.get("git_revision"),
+                "labels": labels,
+                "eval": info.get("eval", {}),
+                "batching": {"enabled": info.get("batching"), "max_batch_size": info.get("max_batch_size")},
+                "defaults": {
+                    "cfg_scale": SAMPLING.cfg_scale,
+                    "temperature": SAMPLING.temperature,
+                    "top_k": SAMPLING.top_k,
+                    "top_p": SAMPLING.top_p,
+                    "max_new_tokens": min(SAMPLING.max_new_tokens, LIMITS.max_new_tokens),
+                },
+                "limits": LIMITS.model_dump(mode="json"),
+            }
+        )
+
+
+# Outermost first: unauthenticated requests are refused before their body is read.
+ArmService.add_asgi_middleware(BearerAuthMiddleware, token_env=SERVE.token_env)
+ArmService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=LIMITS.max_body_bytes)
