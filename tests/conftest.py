@@ -18,7 +18,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["s3_servers"]  # tests/s3_servers.py: SeaweedFS and moto S3 fixtures
+pytest_plugins = ["s3_servers", "repo_copy"]  # S3 servers (SeaweedFS, moto); throwaway repo copies
 
 
 @pytest.fixture

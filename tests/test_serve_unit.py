@@ -319,7 +319,7 @@ def test_service_definition_takes_its_config_from_params(tmp_path):
         "import json, services.service as s\n"
         "m, a = s.ArmModel, s.ArmService\n"
         "print(json.dumps({'traffic': a.config['traffic'], 'batchable': m.apis['generate_batch'].batchable,"
-        " 'max_batch': m.apis['describe_batch'].max_batch_size, 'tag': str(m.bento_model.tag),"
+        " 'max_batch': m.apis['describe_batch'].max_batch_size, 'tag': str(m.inner.bento_model),"
         " 'front_batchable': a.apis['generate'].batchable}))\n"
     )
     env = {**os.environ, "ARM_SET": "serve.traffic.timeout_s=7;serve.traffic.max_concurrency=3;"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,12 +38,18 @@ def _validation_table(results: list[dict[str, Any]], only_failed: bool) -> Table
     return t
 
 
+def _prefect_env() -> None:
+    # Prefect's ephemeral API server gets 20 s to start by default: too tight on a busy 2-core box.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("curate")
     def curate_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
                    set_: Optional[list[str]] = SetOpt) -> None:
         """Curate the configured sources into the DuckDB store (stats, filters, dedup, splits)."""
         resolve_config(params, preset, set_)  # config errors exit 2 before Prefect starts
+        _prefect_env()
         from arm.data.curate import CurateError
         from flows.curate import curate_flow
 
@@ -58,6 +65,7 @@ def register(app: typer.Typer) -> None:
                      set_: Optional[list[str]] = SetOpt) -> None:
         """Validate the curated store with the Great Expectations suite; exit 1 on failure."""
         cfg = resolve_config(params, preset, set_)
+        _prefect_env()
         from arm.data.validate import DataValidationError
         from flows.validate import validate_flow
 

@@ -35,7 +35,8 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-
     centred = rewards - rewards.mean(1, keepdim=True)
     if not scale:
         return centred
-    return centred / (rewards.std(1, keepdim=True) + eps)
+    std = rewards.std(1, keepdim=True)
+    return torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
 
 
 @dataclass

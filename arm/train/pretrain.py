@@ -40,8 +40,6 @@ from arm.train.data import ExampleSet, load_examples, training_texts
 from arm.train.flops import measured_peak_flops, mfu
 from arm.train.schedule import lr_multiplier
 
-log = logging.getLogger("arm.pretrain")
-
 # Fields that change how a run is watched, not what it computes: they stay out of the fingerprint.
 _BOOKKEEPING = {"log_every", "checkpoint_every", "keep_checkpoints", "time_limit_min", "output", "checkpoints", "metrics", "plot"}
 
@@ -177,7 +175,8 @@ def write_curve(history: list[dict], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = True) -> dict:
+def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = True,
+             logger: logging.Logger | logging.LoggerAdapter | None = None) -> dict:
     """Train (resuming if a checkpoint of this run exists) and export. Returns the metrics.
 
     stop_after: stop with a checkpoint once this many optimizer steps are done in total, without
@@ -185,6 +184,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     """
     import deepspeed
 
+    log = logger or logging.getLogger("arm.pretrain")
     p = cfg.pretrain
     # DeepSpeed compiles its CPU shared-memory allreduce once; keep the build in one cache for all runs
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[2] / ".arm-cache" / "torch_extensions"))
@@ -347,3 +347,29 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         write_curve(state.history, Path(p.plot))
     dist.barrier()
     return metrics
+
+
+def pretrain_multiprocess(params: str, preset: str | None, overrides: list[str], nproc: int,
+                          stop_after: int | None = None) -> dict:
+    """Run the stage in `nproc` local processes via torchrun; returns rank 0's metrics."""
+    import subprocess
+    import sys
+
+    from arm.config import load_config
+
+    cfg = load_config(params, preset, overrides)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "arm.train.launch", "--params", str(params)]
+    if preset:
+        cmd += ["--preset", preset]
+    for o in overrides:
+        cmd += ["--set", o]
+    if stop_after:
+        cmd += ["--stop-after", str(stop_after)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode}): {' '.join(cmd)}")
+    if stop_after and stop_after < cfg.pretrain.max_steps:
+        return {"stopped": "stop_after", "step": stop_after, "run_dir": cfg.pretrain.checkpoints}
+    return json.loads(Path(cfg.pretrain.metrics).read_text())
