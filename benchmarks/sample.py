@@ -74,30 +74,38 @@ def requests(layout: VocabLayout, n: int, *, cfg_scale: float, temperature: floa
     return out
 
 
-def timed(make_engine, reqs, repeats: int):
-    """Median wall time of `repeats` runs (after a warm-up), the tokens and the engine's stats."""
-    make_engine().run(reqs[:1])  # warm-up: allocator, kernels
-    times, toks, stats = [], None, None
+def run_once(make_engine, reqs, batch):
+    """All `reqs`, `batch` at a time (batch 1 = one image after the other: the latency case)."""
+    engine = make_engine()
+    t0 = time.perf_counter()
+    res = [r for i in range(0, len(reqs), batch) for r in engine.run(reqs[i : i + batch])]
+    return time.perf_counter() - t0, [r.tokens for r in res], engine.stats
+
+
+def compare(name, model, layout, reqs, batch, base_kw, new_kw, repeats):
+    """Baseline and variant alternate (so drifting machine load hits both alike); the best of
+    `repeats` runs is the estimate of each, as timeit does: load only ever adds time."""
+    make_base = lambda: Engine(model, layout, **base_kw)  # noqa: E731
+    make_new = lambda: Engine(model, layout, **new_kw)  # noqa: E731
+    make_base().run(reqs[:1])  # warm-up: allocator, kernels
+    make_new().run(reqs[:1])
+    t_base, t_new = [], []
     for _ in range(repeats):
-        engine = make_engine()
-        t0 = time.perf_counter()
-        res = engine.run(reqs)
-        times.append(time.perf_counter() - t0)
-        toks, stats = [r.tokens for r in res], engine.stats
-    return statistics.median(times), toks, stats
-
-
-def compare(name, model, layout, reqs, base_kw, new_kw, repeats):
-    t_base, tok_base, s_base = timed(lambda: Engine(model, layout, **base_kw), reqs, repeats)
-    t_new, tok_new, s_new = timed(lambda: Engine(model, layout, **new_kw), reqs, repeats)
+        tb, tok_base, s_base = run_once(make_base, reqs, batch)
+        tn, tok_new, s_new = run_once(make_new, reqs, batch)
+        t_base.append(tb)
+        t_new.append(tn)
     n = len(reqs)
     row = {
-        "batch": n,
+        "batch": batch,
+        "images": n,
         "baseline": base_kw,
         "variant": new_kw,
-        "baseline_images_per_s": n / t_base,
-        "variant_images_per_s": n / t_new,
-        "speedup": t_base / t_new,
+        "baseline_images_per_s": n / min(t_base),
+        "variant_images_per_s": n / min(t_new),
+        "speedup": min(t_base) / min(t_new),
+        "speedup_median": statistics.median(t_base) / statistics.median(t_new),
+        # forwards / steps are totals over all images of the run
         "baseline_forwards": s_base.forwards,
         "variant_forwards": s_new.forwards,
         "baseline_steps": s_base.steps,
@@ -107,8 +115,9 @@ def compare(name, model, layout, reqs, base_kw, new_kw, repeats):
     }
     if s_new.drafted:
         row["draft_acceptance"] = s_new.accepted_drafts / s_new.drafted
-    print(f"{name:34s} b={n:<3d} {row['baseline_images_per_s']:8.1f} -> {row['variant_images_per_s']:8.1f} img/s "
-          f"x{row['speedup']:.2f}  steps {s_base.steps}->{s_new.steps}  identical {row['identical_tokens']}/{n}", flush=True)
+    print(f"{name:34s} b={batch:<3d} {row['baseline_images_per_s']:8.1f} -> {row['variant_images_per_s']:8.1f} img/s "
+          f"x{row['speedup']:.2f} (median x{row['speedup_median']:.2f})  forwards {s_base.forwards}->{s_new.forwards}  "
+          f"identical {row['identical_tokens']}/{n}", flush=True)
     return row
 
 
@@ -139,7 +148,8 @@ def main() -> None:
     ap.add_argument("--init-std", type=float, default=None, help="re-initialise the random model with this std")
     ap.add_argument("--window", type=int, default=4, help="Jacobi draft window")
     ap.add_argument("--cfg-scale", type=float, default=3.0)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--images", type=int, default=16, help="images per measurement")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--output", default="benchmarks/results/sample.json")
     args = ap.parse_args()
@@ -154,35 +164,25 @@ def main() -> None:
     s = args.cfg_scale
     results = {"model": desc, "tokens_per_image": layout.tokens_per_image, "cfg_scale": s, "window": args.window,
                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-               "note": "CPU wall times; noisy when other jobs share the cores", "kv_cache": [], "cfg": [], "jacobi": []}
+               "note": "CPU wall times, best of `repeats` alternating runs; noisy when other jobs share the cores", "kv_cache": [], "cfg": [], "jacobi": []}
     with torch.inference_mode():
+        n = args.images
         for b in (1, 16):
-            reqs = requests(layout, b, cfg_scale=s, temperature=1.0)
-            results["kv_cache"].append(compare("KV cache vs recompute", model, layout, reqs,
+            reqs = requests(layout, n, cfg_scale=s, temperature=1.0)
+            results["kv_cache"].append(compare("KV cache vs recompute", model, layout, reqs, b,
                                                {"use_cache": False}, {"use_cache": True}, args.repeats))
         for b in (1, 16):
-            reqs = requests(layout, b, cfg_scale=s, temperature=1.0)
-            results["cfg"].append(compare("CFG doubled batch vs two passes", model, layout, reqs,
+            reqs = requests(layout, n, cfg_scale=s, temperature=1.0)
+            results["cfg"].append(compare("CFG doubled batch vs two passes", model, layout, reqs, b,
                                           {"cfg_mode": "separate"}, {"cfg_mode": "batch"}, args.repeats))
         for temp in (0.0, 1.0):
             for b in (1, 16):
-                reqs = requests(layout, b, cfg_scale=s, temperature=temp)
-                row = compare(f"Jacobi W={args.window} vs plain (T={temp})", model, layout, reqs,
+                reqs = requests(layout, n, cfg_scale=s, temperature=temp)
+                row = compare(f"Jacobi W={args.window} vs plain (T={temp})", model, layout, reqs, b,
                               {}, {"jacobi_window": args.window}, args.repeats)
                 row["temperature"] = temp
+                row["steps_per_image"] = {"plain": row["baseline_steps"] * b / n, "jacobi": row["variant_steps"] * b / n}
                 results["jacobi"].append(row)
-        # a single request, one image at a time: the latency case speculative decoding is for
-        single = requests(layout, 16, cfg_scale=s, temperature=1.0)
-        plain_steps = jac_steps = 0
-        for r in single:
-            e0, e1 = Engine(model, layout), Engine(model, layout, jacobi_window=args.window)
-            e0.run([r])
-            e1.run([r])
-            plain_steps += e0.stats.steps
-            jac_steps += e1.stats.steps
-        results["jacobi_per_image_steps"] = {"plain": plain_steps / 16, "jacobi": jac_steps / 16,
-                                             "ratio": plain_steps / max(jac_steps, 1)}
-        print(f"per image sequential steps: plain {plain_steps / 16:.2f}, Jacobi {jac_steps / 16:.2f}", flush=True)
         results["distribution"] = distribution_check(model, layout, 200, args.window, s)
     atomic_write_json(args.output, results)
     print(f"wrote {args.output}")

@@ -1,19 +1,14 @@
 """Prefect flow of the gate stage: a thin wrapper around arm.eval.gate.
 
-A rejected candidate raises GateRejected after metrics/gate.json is written, which fails the
-flow (and stops a pipeline before packaging)."""
+A rejected candidate ends the flow run in a Failed state (after metrics/gate.json is written), so
+a pipeline stops before packaging; `arm gate` then exits 1. Promotion happens only on a pass."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
+from prefect.states import Failed
 
 from arm.config import load_config
-
-
-class GateRejected(RuntimeError):
-    def __init__(self, result: dict):
-        super().__init__(f"{result['candidate']} rejected by the gate: {', '.join(result['failed'])}")
-        self.result = result
 
 
 @task(name="gate")
@@ -25,19 +20,24 @@ def gate_task(params: str, preset: str | None, overrides: list[str] | None, cand
     cfg = load_config(params, preset, overrides)
     result = gate(cfg, candidate, promoted)
     logger = get_run_logger()
-    if not result.passed:
-        raise GateRejected(result.to_json())
-    logger.info("gate passed: %s", result.candidate)
-    if promote:
+    if result.passed and promote:
         record = promote_model(cfg, result, candidate, promoted)
         logger.info("promoted %s (replacing %s)", record["model"], record["replaced"])
     return result.to_json()
 
 
+def rejection_message(result: dict) -> str:
+    return f"{result['candidate']} rejected by the gate: {', '.join(result['failed'])}"
+
+
 @flow(name="gate")
 def gate_flow(candidate: str, params: str = "params.yaml", preset: str | None = None,
-              overrides: list[str] | None = None, promoted: str | None = None, promote: bool = False) -> dict:
-    return gate_task(params, preset, overrides, candidate, promoted, promote)
+              overrides: list[str] | None = None, promoted: str | None = None, promote: bool = False):
+    result = gate_task(params, preset, overrides, candidate, promoted, promote)
+    if not result["passed"]:
+        return Failed(message=rejection_message(result))
+    get_run_logger().info("gate passed: %s", result["candidate"])
+    return result
 
 
 if __name__ == "__main__":

@@ -186,6 +186,14 @@ def test_arm_evaluate_cli_on_a_model_dir(tmp_path):
             f"--set=eval.reports_dir={tmp_path / 'reports'}", f"--set=eval.fmnist.cache_dir={tmp_path / 'cache'}",
             "--set=sampling.max_new_tokens=8"]
     runner = CliRunner()
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    # The ephemeral API server starts in a subprocess; on a busy 2-core machine it needs longer.
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
+        _cli_run(runner, app, model_dir, sets, tmp_path)
+
+
+def _cli_run(runner, app, model_dir, sets, tmp_path):
     r = runner.invoke(app, ["evaluate", str(model_dir), "--preset", "micro", *sets])
     assert r.exit_code == 1 and "arm eval-prompts" in r.output  # no prompt sets yet: a clear error
     r = runner.invoke(app, ["eval-prompts", "--preset", "micro", *sets])

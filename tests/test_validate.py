@@ -107,13 +107,19 @@ def test_missing_store_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_flows_and_cli_run_the_stages(tmp_path, monkeypatch):
+def test_flows_and_cli_run_the_stages(tmp_path):
     """The Prefect flows (ephemeral, no server) in-process, then `arm validate` failing as a user sees it."""
     from flows.curate import curate_flow
     from flows.validate import validate_flow
 
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
     # The ephemeral API server starts in a subprocess; on a busy 2-core machine it needs longer.
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
+        _flows_then_cli(tmp_path, curate_flow, validate_flow)
+
+
+def _flows_then_cli(tmp_path, curate_flow, validate_flow):
 
     store = tmp_path / "store"
     ov = overrides(tmp_path, store)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,9 +40,18 @@ def _validation_table(results: list[dict[str, Any]], only_failed: bool) -> Table
     return t
 
 
-def _prefect_env() -> None:
-    # Prefect's ephemeral API server gets 20 s to start by default: too tight on a busy 2-core box.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+@contextmanager
+def _prefect_settings() -> Iterator[None]:
+    """Prefect's ephemeral API server gets 20 s to start by default: too tight on a busy 2-core box.
+    Settings are read when prefect is imported, so the longer wait is set here, not in the env."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout
+    from prefect.settings import temporary_settings
+
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        yield
+        return
+    with temporary_settings(updates={timeout: max(timeout.value(), 120)}):
+        yield
 
 
 def register(app: typer.Typer) -> None:
@@ -49,12 +60,12 @@ def register(app: typer.Typer) -> None:
                    set_: Optional[list[str]] = SetOpt) -> None:
         """Curate the configured sources into the DuckDB store (stats, filters, dedup, splits)."""
         resolve_config(params, preset, set_)  # config errors exit 2 before Prefect starts
-        _prefect_env()
         from arm.data.curate import CurateError
         from flows.curate import curate_flow
 
         try:
-            metrics = curate_flow(params=str(params), preset=preset, overrides=list(set_ or []))
+            with _prefect_settings():
+                metrics = curate_flow(params=str(params), preset=preset, overrides=list(set_ or []))
         except CurateError as e:
             console.print(f"[red]curate failed: {e}[/red]", highlight=False)
             raise typer.Exit(1) from None
@@ -65,12 +76,12 @@ def register(app: typer.Typer) -> None:
                      set_: Optional[list[str]] = SetOpt) -> None:
         """Validate the curated store with the Great Expectations suite; exit 1 on failure."""
         cfg = resolve_config(params, preset, set_)
-        _prefect_env()
         from arm.data.validate import DataValidationError
         from flows.validate import validate_flow
 
         try:
-            report = validate_flow(params=str(params), preset=preset, overrides=list(set_ or []))
+            with _prefect_settings():
+                report = validate_flow(params=str(params), preset=preset, overrides=list(set_ or []))
         except DataValidationError as e:
             console.print(_validation_table(e.result["results"], only_failed=True))
             console.print(f"[red]{e.result['n_failed']} of {e.result['n_expectations']} expectations failed "

@@ -80,14 +80,17 @@ def register(app: typer.Typer) -> None:
                  set_: Optional[list[str]] = SetOpt) -> None:
         """Check a candidate against thresholds and the promoted model; exit 1 if it is rejected."""
         cfg = resolve_config(params, preset, set_)
+        from prefect.exceptions import FailedRun
+
         from arm.eval.gate import GateError
-        from flows.gate import GateRejected, gate_flow
+        from flows.gate import gate_flow
 
         try:
             candidate = candidate or default_candidate(cfg)
-            gate_flow(str(candidate), params=str(params), preset=preset, overrides=list(set_ or []),
-                      promoted=str(promoted) if promoted else None, promote=promote)
-        except GateRejected as e:
+            state = gate_flow(str(candidate), params=str(params), preset=preset, overrides=list(set_ or []),
+                              promoted=str(promoted) if promoted else None, promote=promote, return_state=True)
+            state.result()  # the gate's own error, or FailedRun for a rejected candidate
+        except FailedRun as e:  # rejected: the table is printed and metrics/gate.json written
             console.print(f"[red]{e}[/red]", highlight=False)
             raise typer.Exit(1) from None
         except (GateError, FileNotFoundError) as e:

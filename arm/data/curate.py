@@ -171,14 +171,19 @@ def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger) -
     return metrics
 
 
+def _q(path: Path) -> str:
+    """A path as a SQL string literal (quotes doubled)."""
+    return "'" + path.as_posix().replace("'", "''") + "'"
+
+
 def _finish(cfg: ArmConfig, con: duckdb.DuckDBPyConnection, root: Path, staging: Path,
             counts: dict[str, int], logger: logging.Logger) -> dict[str, Any]:
     con.execute(f"SET threads TO {max(1, cfg.data.workers)}")
-    con.execute(f"SET temp_directory = '{(staging / 'duckdb_tmp').as_posix()}'")
-    con.execute(f"CREATE VIEW stats AS SELECT * FROM read_parquet('{(staging / 'stats.parquet').as_posix()}')")
+    con.execute(f"SET temp_directory = {_q(staging / 'duckdb_tmp')}")
+    con.execute(f"CREATE VIEW stats AS SELECT * FROM read_parquet({_q(staging / 'stats.parquet')})")
     con.execute(f"""CREATE TEMP TABLE image_stage AS
         SELECT file_row_number AS stage_row, sha256, width, height, phash, thumb
-        FROM read_parquet('{(staging / 'images.parquet').as_posix()}', file_row_number = true)""")
+        FROM read_parquet({_q(staging / 'images.parquet')}, file_row_number = true)""")
     con.execute("""CREATE TEMP TABLE image_index AS
         SELECT sha256, arg_min(stage_row, stage_row) AS stage_row, any_value(phash) AS phash,
                any_value(thumb) AS thumb, any_value(width) AS width, any_value(height) AS height
@@ -192,7 +197,7 @@ def _finish(cfg: ArmConfig, con: duckdb.DuckDBPyConnection, root: Path, staging:
         CREATE TABLE rejections AS
         SELECT r.ord, r.source, r.ref, r.task, r.reason, r.detail, r.stage FROM (
             SELECT ord, source, ref, task, reason, detail, stage
-            FROM read_parquet('{(staging / 'rejections.parquet').as_posix()}')
+            FROM read_parquet({_q(staging / 'rejections.parquet')})
             UNION ALL
             SELECT s.ord, s.source, s.ref, s.task, f.reason, f.detail, f.stage
             FROM filtered f JOIN stats s USING (ord)

@@ -28,7 +28,7 @@ from typing import Any
 import imagehash
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageFile, ImageOps, ImageStat, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from arm.data.records import RawRecord
 
@@ -170,13 +170,15 @@ def thumbnail(rgb: Image.Image) -> bytes:
     return rgb.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX).tobytes()
 
 
+_LEVELS = np.tile(np.arange(256, dtype=np.float64), 3)
+
+
 def pixel_std(rgb: Image.Image) -> float:
-    # From per-band histograms: exact, and no float copy of a large image.
-    st = ImageStat.Stat(rgb)
-    n = st.count[0] * len(st.count)
-    total, total2 = sum(st.sum), sum(st.sum2)
-    mean = total / n
-    return float(max(total2 / n - mean * mean, 0.0) ** 0.5)
+    # From the 3x256-bin histogram (computed in C): exact, O(1) memory for any image size.
+    hist = np.asarray(rgb.histogram(), dtype=np.float64)
+    n = hist.sum()
+    mean = (hist @ _LEVELS) / n
+    return float(max((hist @ (_LEVELS * _LEVELS)) / n - mean * mean, 0.0) ** 0.5)
 
 
 def png_encode(rgb: Image.Image) -> bytes:

@@ -121,14 +121,18 @@ def gate(
 
 def print_table(result: GateResult, console: Console) -> None:
     table = Table(title=f"gate: {result.candidate} vs {result.promoted or 'thresholds only (nothing promoted)'}")
-    for col in ("check", "metric", "value", "limit", "reference", "result"):
-        table.add_column(col, justify="right" if col in ("value", "limit", "reference") else "left")
-    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    for col in ("check", "metric", "value", "limit", "ref", "result"):
+        table.add_column(col, justify="right" if col in ("value", "limit", "ref") else "left", no_wrap=True)
+    fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     for c in result.checks:
-        verdict = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
-        table.add_row(c.kind, c.metric, fmt(c.value), fmt(c.limit), fmt(c.reference),
-                      verdict + (f" ({c.note})" if c.note else ""))
+        verdict = "[red]FAIL[/red]" if not c.passed else "[yellow]skip[/yellow]" if c.note else "[green]pass[/green]"
+        table.add_row(c.kind, c.metric, fmt(c.value), fmt(c.limit), fmt(c.reference), verdict)
     console.print(table)
+    for c in result.checks:
+        if c.note:
+            console.print(f"  {c.kind} {c.metric}: {c.note}", highlight=False)
+    console.print("limit: the lowest passing value; ref: the floor (over_floor) or the promoted "
+                  "model's score (regression)", style="dim", highlight=False)
     console.print("[bold green]PASSED[/bold green]" if result.passed else "[bold red]REJECTED[/bold red]")
 
 

@@ -97,3 +97,15 @@ class DegradedPipeline:
     def describe(self, images, questions=None, **kw):
         answers = self.inner.describe(images, questions, **kw)
         return ["seven" if self.rng.random() < self.p else a for a in answers]  # never a right answer here
+
+
+def noise_weights(model, relative_std: float, seed: int = 0) -> None:
+    """Degrades a torch model in place: every parameter gets Gaussian noise with a standard
+    deviation of `relative_std` times that parameter's own (seeded, so reproducible)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            scale = float(p.float().std()) if p.numel() > 1 else float(p.abs().mean())
+            p.add_((torch.randn(p.shape, generator=gen) * relative_std * scale).to(p.dtype).to(p.device))

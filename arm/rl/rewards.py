@@ -138,8 +138,13 @@ def consistency(rollouts: Sequence[Rollout], ctx: RewardContext) -> list[float]:
 @register("preservation", tasks=("edit",))
 def preservation(rollouts: Sequence[Rollout], ctx: RewardContext) -> list[float]:
     """Edit consistency: the share of cells the instruction does not touch (and that hold an
-    object before or after) that kept their state, as in the shapes_edit benchmark."""
-    return [edit_check(r.prompt.source, r.prompt.target, r.parsed, ctx.world.grid)["preservation"] for r in rollouts]
+    object before or after) that kept their state, as in the shapes_edit benchmark. With no such
+    cell nothing could be broken: 1."""
+    out = []
+    for r in rollouts:
+        kept = edit_check(r.prompt.source, r.prompt.target, r.parsed, ctx.world.grid)["preservation"]
+        out.append(1.0 if kept is None else float(kept))
+    return out
 
 
 @register("alignment", needs_alignment=True)

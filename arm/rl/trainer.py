@@ -244,7 +244,7 @@ class GRPOTrainer:
                 parts_log.append((len(sel), parts))
         total = sum(m for m, _ in parts_log)
         avg = lambda f: sum(m * f(p) for m, p in parts_log) / total  # noqa: E731
-        return {"loss": avg(lambda p: float(p.loss)), "policy": avg(lambda p: p.policy), "kl": avg(lambda p: p.kl),
+        return {"loss": avg(lambda p: float(p.loss.detach())), "policy": avg(lambda p: p.policy), "kl": avg(lambda p: p.kl),
                 "clip_fraction": avg(lambda p: p.clip_fraction), "ratio": avg(lambda p: p.ratio_mean)}
 
     def step(self) -> dict:

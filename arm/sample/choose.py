@@ -58,7 +58,9 @@ def choose(
     if bool(sampled.any()):
         rows = sampled.nonzero(as_tuple=True)[0]
         scaled = logits[rows] / temperature[rows].unsqueeze(-1)
-        scaled = filter_logits(scaled, top_k[rows], top_p[rows])
+        k, p = top_k[rows], top_p[rows]
+        if bool(((k > 0) | (p < 1)).any()):  # the sort is most of the cost of a draw: skip it when unused
+            scaled = filter_logits(scaled, k, p)
         # disallowed tokens must get exactly zero mass, also under a high temperature
         scaled = scaled.masked_fill(~allowed[rows], float("-inf"))
         probs = scaled.softmax(-1).double()

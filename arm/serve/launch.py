@@ -99,14 +99,16 @@ class ServerProcess:
             return "(no log)"
         return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
 
-    def stop(self, timeout_s: float = 20) -> None:
+    def stop(self, grace_s: float = 5) -> None:
+        """SIGTERM, then SIGKILL after `grace_s`: BentoML 1.4's entry worker can idle ~50 s in its
+        shutdown after the model worker has exited, and nothing is left to flush by then."""
         if self.proc is None or self.proc.poll() is not None:
             self._close_log()
             return
         pgid = os.getpgid(self.proc.pid)
         os.killpg(pgid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=timeout_s)
+            self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(pgid, signal.SIGKILL)
             self.proc.wait(timeout=10)

@@ -100,6 +100,7 @@ class TokenizeConfig(Strict):
     """The tokenize stage: every curated image encoded once into code shards plus an index."""
 
     output: str = "data/tokens"
+    metrics: str = "metrics/tokenize.json"
     shard_size: int = Field(4096, ge=1)
     batch_size: int = Field(256, ge=1)
 

@@ -174,7 +174,7 @@ def train_tokenizer(
     stop_at: int | None = None,
     progress: bool = True,
     evaluate: bool = True,
-    log_fn: Callable[[str], None] | None = None,
+    logger: logging.Logger | None = None,
 ) -> dict[str, Any]:
     """Trains, saves `tokenizer.output`, writes metrics and the loss curve; returns the metrics.
 
@@ -184,7 +184,7 @@ def train_tokenizer(
     from arm.tokenizer.data import store_sets
 
     tcfg = cfg.tokenizer
-    say = log_fn or log.info
+    say = (logger or log).info
     if tcfg.train.threads:
         torch.set_num_threads(tcfg.train.threads)
     device = resolve_device(tcfg.device)

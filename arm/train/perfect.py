@@ -59,3 +59,33 @@ class PerfectTokenizer:
                 continue
             objects.append(ShapeObject(i // g, i % g, self.kinds[k - 1], self.colors[c - 1], self.sizes[s - 1]))
         return Scene.of(objects), invalid
+
+
+class PerfectVisualTokenizer(PerfectTokenizer):
+    """The perfect tokenizer behind the visual tokenizer API (encode images / decode codes).
+
+    encode reads a scene with the shapes oracle, decode renders it, so the sampling pipeline and
+    the eval harness run unchanged on an oracle-code model (DESIGN §5's AR-only measurement).
+    A cell whose code names no valid object decodes to an empty cell.
+    """
+
+    @property
+    def image_size(self) -> int:
+        return self.world.image_size
+
+    def encode(self, images) -> torch.Tensor:
+        from arm.data.oracle import parse
+
+        if isinstance(images, torch.Tensor):
+            images = [(im.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy() for im in images]
+        out = [self.encode_scene(parse(im, self.world)) for im in images]
+        return torch.tensor(out, dtype=torch.long).view(len(out), *self.grid)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        from arm.data.shapes import render_array
+
+        flat = codes.reshape(codes.shape[0], -1).tolist()
+        arrays = [render_array(self.decode_scene(c)[0], self.world) for c in flat]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0

@@ -118,9 +118,10 @@ $("desc-form").addEventListener("submit", async (ev) => {
     const question = $("desc-question").value.trim();
     const payload = { image: await readFile($("desc-image")) };
     if (question) payload.question = question;
+    const t0 = performance.now();
     const res = await call("/describe", payload);
     $("desc-text").textContent = res.text;
-    setStatus(status, "");
+    setStatus(status, `answered in ${Math.round(performance.now() - t0)} ms`);
   } catch (e) {
     setStatus(status, e.message, true);
   } finally {

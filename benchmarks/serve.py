@@ -1,0 +1,185 @@
+"""Load test of the BentoML service: throughput and latency with adaptive batching on vs off.
+
+    .venv/bin/python benchmarks/serve.py [--model-dir models/arm-base] [--preset tiny]
+
+Packages the model into a temporary BentoML home, serves it twice with `bentoml serve` on
+127.0.0.1 (serve.batching.enabled true / false), and drives /generate and /describe with a
+bounded asyncio client at 1, 8 and 32 concurrent clients. Without a trained model it uses a
+randomly initialised model of the preset's architecture: the cost per token is the same.
+Writes benchmarks/results/serve.json with the ratio batching-on / batching-off per level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from arm.config import ArmConfig, load_config  # noqa: E402
+from arm.io import atomic_write_json  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100])."""
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
+
+
+def payloads(cfg: ArmConfig, n: int, seed: int = 0) -> dict[str, list[dict]]:
+    from arm.data import shapes
+
+    rng = random.Random(seed)
+    gen, desc = [], []
+    for i in range(n):
+        scene = shapes.random_scene(rng, cfg.world)
+        gen.append({"prompt": shapes.caption(scene, cfg.world.grid), "seed": i})
+        buf = io.BytesIO()
+        shapes.render(scene, cfg.world).save(buf, format="PNG")
+        question, _ = shapes.vqa_pair(rng, scene, cfg.world)
+        desc.append({"image": base64.b64encode(buf.getvalue()).decode(), "question": question, "seed": i})
+    return {"generate": gen, "describe": desc}
+
+
+async def drive(url: str, route: str, bodies: list[dict], concurrency: int, timeout_s: float) -> dict:
+    """`concurrency` clients, each sending its next request when the previous one is answered."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    queue = list(bodies)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
+
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(route, json=body)
+                    ok = r.status_code == 200
+                    key = str(r.status_code)
+                except httpx.HTTPError as e:
+                    ok, key = False, type(e).__name__
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors[key] = errors.get(key, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    n = len(latencies)
+    return {
+        "requests": len(bodies),
+        "ok": n,
+        "errors": errors,
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(n / wall, 3) if wall > 0 else 0.0,
+        "p50_ms": round(1000 * percentile(latencies, 50), 1) if n else None,
+        "p99_ms": round(1000 * percentile(latencies, 99), 1) if n else None,
+        "mean_ms": round(1000 * statistics.fmean(latencies), 1) if n else None,
+    }
+
+
+def run_mode(cfg: ArmConfig, model_tag: str, batching: bool, levels: list[int], per_client: int, min_requests: int,
+             work: Path, preset: str) -> dict:
+    from arm.serve.launch import ServerProcess, serve_env
+
+    env = serve_env(model_tag=model_tag, preset=preset, overrides=[f"serve.batching.enabled={str(batching).lower()}"])
+    env.pop("ARM_SERVE_TOKEN", None)  # measure the model path, not auth
+    log = work / f"server-batching-{'on' if batching else 'off'}.log"
+    most = max(max(levels) * per_client, min_requests)
+    data = payloads(cfg, most + 64)
+    out: dict[str, dict] = {}
+    with ServerProcess(REPO, env, log_path=log, ready_timeout_s=300) as srv:
+        # warm-up: lazy init, and BentoML's batching optimizer fits its latency model on the first calls
+        for route in ("generate", "describe"):
+            asyncio.run(drive(srv.url, f"/{route}", data[route][-64:], 4, cfg.serve.traffic.timeout_s))
+        for route in ("generate", "describe"):
+            out[route] = {}
+            for c in levels:
+                n = max(c * per_client, min_requests)
+                res = asyncio.run(drive(srv.url, f"/{route}", data[route][:n], c, cfg.serve.traffic.timeout_s))
+                out[route][str(c)] = res
+                print(f"batching {'on ' if batching else 'off'} {route:8s} c={c:2d}: {res['throughput_rps']:7.2f} req/s "
+                      f"p50 {res['p50_ms']} ms p99 {res['p99_ms']} ms errors {res['errors']}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", type=Path, default=None, help="exported model dir (default: sampling.model_dirs, else random)")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--per-client", type=int, default=4, help="requests per client at each level")
+    ap.add_argument("--min-requests", type=int, default=24)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
+    args = ap.parse_args()
+
+    cfg = load_config(REPO / "params.yaml", preset=args.preset)
+    work = Path(tempfile.mkdtemp(prefix="arm-serve-bench-"))
+    os.environ["BENTOML_HOME"] = str(work / "bentoml")  # never touches the user's model store
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    from arm.serve.package import package
+    from arm.serve.smoke import build_random_model
+
+    model_dir = args.model_dir
+    if model_dir is None:
+        model_dir = next((REPO / d for d in cfg.sampling.model_dirs if (REPO / d).is_dir()), None)
+    random_init = model_dir is None
+    if random_init:
+        model_dir = build_random_model(cfg, work / "random")
+    tag = package(cfg, model_dir, repo=REPO, build=False)["model_tag"]
+    print(f"model {model_dir} -> {tag} ({'random init' if random_init else 'trained'}); logs in {work}", flush=True)
+
+    results = {}
+    for batching in (True, False):
+        results["on" if batching else "off"] = run_mode(cfg, tag, batching, args.levels, args.per_client,
+                                                        args.min_requests, work, args.preset)
+    ratios = {
+        route: {
+            c: {
+                "throughput_on_over_off": round(results["on"][route][c]["throughput_rps"]
+                                                / max(results["off"][route][c]["throughput_rps"], 1e-9), 2),
+                "p99_over_p50_on": round(results["on"][route][c]["p99_ms"] / results["on"][route][c]["p50_ms"], 2)
+                if results["on"][route][c]["p50_ms"] else None,
+            }
+            for c in results["on"][route]
+        }
+        for route in ("generate", "describe")
+    }
+    report = {
+        "benchmark": "serve",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "model_dir": str(model_dir),
+        "random_init": random_init,
+        "preset": args.preset,
+        "levels": args.levels,
+        "batching": cfg.serve.batching.model_dump(),
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "note": "CPU numbers on a machine shared with other jobs are noisy; compare ratios from the same run",
+        "results": results,
+        "ratios": ratios,
+        "targets": {"throughput_on_over_off_at_32": ">= 3", "p99_over_p50_at_8": "< 2"},
+    }
+    atomic_write_json(args.out, report)
+    print(json.dumps(ratios, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Prefect flow of the train_tokenizer stage: a thin wrapper around arm.tokenizer.train.train_tokenizer."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from arm.config import load_config
+
+
+@task(name="train_tokenizer")
+def train_tokenizer_task(params: str, preset: str | None, overrides: list[str] | None, resume: bool) -> dict:
+    from arm.tokenizer.train import train_tokenizer
+
+    cfg = load_config(params, preset, overrides)
+    logger = get_run_logger()
+    metrics = train_tokenizer(cfg, resume=resume, logger=logger)
+    logger.info("tokenizer at %s: %s", cfg.tokenizer.output,
+                {k: metrics.get(k) for k in ("shapes_psnr", "oracle_scene_accuracy", "code_usage",
+                                             "fashion_zeroshot_accuracy", "train_seconds")})
+    return metrics
+
+
+@flow(name="train_tokenizer")
+def train_tokenizer_flow(params: str = "params.yaml", preset: str | None = None,
+                         overrides: list[str] | None = None, resume: bool = True) -> dict:
+    return train_tokenizer_task(params, preset, overrides, resume)
+
+
+if __name__ == "__main__":
+    train_tokenizer_flow()

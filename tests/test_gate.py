@@ -1,0 +1,130 @@
+"""The promotion gate both ways: a good candidate passes and is promoted, a degraded one is
+rejected (thresholds, prior-only floor, regression against the promoted model), and `arm gate`
+exits non-zero on rejection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from arm.config import ConfigError, load_config
+from arm.eval.gate import GateError, gate, promote
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cfg_for(tmp: Path, *overrides: str):
+    return load_config(REPO / "params.yaml", preset="micro", overrides=[
+        f"eval.prompts.dir={tmp / 'prompts'}", f"eval.metrics_dir={tmp / 'metrics'}",
+        f"eval.reports_dir={tmp / 'reports'}", f"eval.fmnist.cache_dir={tmp / 'cache'}",
+        f"gate.output={tmp / 'gate.json'}", f"gate.promoted={tmp / 'promoted.json'}",
+        "gate.thresholds={shapes_geneval.overall: 0.5, understanding.vqa_accuracy: 0.5}",
+        "gate.min_over_floor={shapes_geneval.overall: 0.1}",
+        "gate.max_regression={shapes_geneval.overall: 0.02, shapes_edit.overall: 0.5, understanding.vqa_accuracy: 0.02}",
+        *overrides])
+
+
+def metrics_file(tmp: Path, name: str, geneval: float, vqa: float, edit: float = 5.0, floor: float = 0.1,
+                 manifest: str = "m1") -> Path:
+    path = tmp / f"eval_{name}.json"
+    path.write_text(json.dumps({
+        "model": name, "prompts": {"manifest_sha256": manifest},
+        "scores": {"shapes_geneval": {"overall": geneval}, "understanding": {"vqa_accuracy": vqa},
+                   "shapes_edit": {"overall": edit}},
+        "floor": {"shapes_geneval": {"overall": floor}},
+    }))
+    return path
+
+
+def test_thresholds_floor_and_missing_metrics(tmp_path):
+    cfg = cfg_for(tmp_path)
+    ok = gate(cfg, metrics_file(tmp_path, "a", 0.6, 0.7))
+    assert ok.passed and ok.promoted is None
+    assert {c.kind for c in ok.checks} == {"threshold", "over_floor"}  # nothing promoted: no regression checks
+    written = json.loads((tmp_path / "gate.json").read_text())
+    assert written["passed"] is True and written["failed"] == []
+    low = gate(cfg, metrics_file(tmp_path, "b", 0.45, 0.7))
+    assert not low.passed and low.to_json()["failed"] == ["threshold:shapes_geneval.overall"]
+    prior_only = gate(cfg, metrics_file(tmp_path, "c", 0.55, 0.7, floor=0.5))  # above threshold, not above its floor
+    assert prior_only.to_json()["failed"] == ["over_floor:shapes_geneval.overall"]
+    missing = tmp_path / "eval_d.json"
+    missing.write_text(json.dumps({"model": "d", "scores": {"shapes_geneval": {"overall": 0.9}}, "floor": {}}))
+    res = gate(cfg, missing)
+    assert set(res.to_json()["failed"]) == {"threshold:understanding.vqa_accuracy", "over_floor:shapes_geneval.overall"}
+    assert json.loads((tmp_path / "gate.json").read_text())["passed"] is False
+
+
+def test_regression_against_the_promoted_model(tmp_path):
+    cfg = cfg_for(tmp_path)
+    first = metrics_file(tmp_path, "v1", 0.8, 0.9, edit=6.0)
+    res = gate(cfg, first)
+    record = promote(cfg, res, first)
+    assert record["model"] == "v1" and json.loads((tmp_path / "promoted.json").read_text())["scores"] == record["scores"]
+    within = gate(cfg, metrics_file(tmp_path, "v2", 0.79, 0.89, edit=5.6))  # inside every tolerance
+    assert within.passed and within.promoted == "v1"
+    worse = gate(cfg, metrics_file(tmp_path, "v3", 0.7, 0.95, edit=6.0))  # better VQA, but GenEval regressed
+    assert worse.to_json()["failed"] == ["regression:shapes_geneval.overall"]
+    other_sets = gate(cfg, metrics_file(tmp_path, "v4", 0.7, 0.95, manifest="m2"))
+    assert other_sets.passed and any(c.kind == "comparable" and "skipped" in c.note for c in other_sets.checks)
+    with pytest.raises(GateError, match="failed the gate"):
+        promote(cfg, worse, tmp_path / "eval_v3.json")
+    assert json.loads((tmp_path / "promoted.json").read_text())["model"] == "v1"
+
+
+def test_bad_inputs_are_clear(tmp_path):
+    cfg = cfg_for(tmp_path)
+    with pytest.raises(GateError, match="not found"):
+        gate(cfg, tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(GateError, match="invalid JSON"):
+        gate(cfg, tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="benchmark"):
+        cfg_for(tmp_path, "gate.thresholds={geneval_overall: 0.5}")
+
+
+def test_evaluated_good_model_passes_degraded_is_rejected(tmp_path):
+    """Real `evaluate` runs, not hand-written metrics: the reference pipeline at its ceiling and the
+    same pipeline with 60% of its outputs corrupted."""
+    from arm.eval.prompts import build_prompt_sets, load_prompt_sets
+    from arm.eval.reference import DegradedPipeline, OraclePipeline
+    from arm.eval.run import evaluate
+
+    cfg = cfg_for(tmp_path)
+    build_prompt_sets(cfg)
+    sets, _, _ = load_prompt_sets(cfg)
+    evaluate(cfg, None, pipeline=OraclePipeline(cfg, sets), name="good")
+    good = tmp_path / "metrics" / "eval_good.json"
+    res = gate(cfg, good)
+    assert res.passed
+    promote(cfg, res, good)
+    evaluate(cfg, None, pipeline=DegradedPipeline(OraclePipeline(cfg, sets), 0.6, seed=0), name="degraded")
+    bad = gate(cfg, tmp_path / "metrics" / "eval_degraded.json")
+    assert not bad.passed and bad.promoted == "good"
+    assert "regression:shapes_geneval.overall" in bad.to_json()["failed"]
+    assert json.loads((tmp_path / "promoted.json").read_text())["model"] == "good"
+
+
+@pytest.mark.slow
+def test_arm_gate_exit_codes(tmp_path):
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+    from typer.testing import CliRunner
+
+    from arm.cli import app
+
+    sets = ["--preset", "micro", f"--set=gate.output={tmp_path / 'gate.json'}",
+            f"--set=gate.promoted={tmp_path / 'promoted.json'}",
+            "--set=gate.thresholds={shapes_geneval.overall: 0.5}", "--set=gate.min_over_floor={}"]
+    good, bad = metrics_file(tmp_path, "good", 0.8, 0.9), metrics_file(tmp_path, "bad", 0.3, 0.9)
+    runner = CliRunner()
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
+        r = runner.invoke(app, ["gate", "--candidate", str(good), "--promote", *sets])
+        assert r.exit_code == 0, r.output
+        assert json.loads((tmp_path / "promoted.json").read_text())["model"] == "good"
+        r = runner.invoke(app, ["gate", "--candidate", str(bad), "--promote", *sets])
+        assert r.exit_code == 1 and "rejected" in r.output
+        assert json.loads((tmp_path / "gate.json").read_text())["passed"] is False
+        assert json.loads((tmp_path / "promoted.json").read_text())["model"] == "good"
+        r = runner.invoke(app, ["gate", "--candidate", str(tmp_path / "missing.json"), *sets])
+        assert r.exit_code == 1 and "not found" in r.output

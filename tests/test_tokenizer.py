@@ -1,0 +1,231 @@
+"""The visual tokenizer's API: encode/decode, save/load, code digits, bad input, losses, metrics."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from arm.data import shapes
+from arm.tokenizer import losses as L
+from arm.tokenizer.metrics import code_stats, oracle_accuracy, reconstruction_metrics
+from arm.tokenizer.model import VisualTokenizer
+from arm.tokenizer.vocab import CaptionVocab
+
+VOCAB = CaptionVocab.build(["a small red circle in the center", "a photo of a dress"], 64).tokens
+
+
+@pytest.fixture
+def tok(micro_cfg):
+    torch.manual_seed(0)
+    return VisualTokenizer.build(micro_cfg.tokenizer, caption_vocab=VOCAB, text_dim=16, distill_dim=8).eval()
+
+
+def scene_images(cfg, n, seed=0):
+    rng = random.Random(seed)
+    scenes = [shapes.random_scene(rng, cfg.world) for _ in range(n)]
+    return scenes, [shapes.render(s, cfg.world) for s in scenes]
+
+
+def test_encode_decode_round_trip_shapes_dtypes_ranges(tok, micro_cfg):
+    _, images = scene_images(micro_cfg, 5)
+    codes = tok.encode(images)
+    assert codes.dtype == torch.long and codes.shape == (5, *tok.grid)
+    assert tok.grid == (3, 3) and tok.image_size == 48
+    assert int(codes.min()) >= 0 and int(codes.max()) < tok.codebook_size == 45
+    out = tok.decode(codes)
+    assert out.dtype == torch.float32 and out.shape == (5, 3, 48, 48)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    # flat [B, h*w] codes decode the same as the grid
+    assert torch.equal(tok.decode(codes.view(5, -1)), out)
+    # PIL list and float tensor inputs give the same codes
+    x = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images]).float() / 255
+    assert torch.equal(tok.encode(x), codes)
+
+
+def test_codes_to_levels_matches_fsq_and_inverts(tok):
+    codes = torch.arange(tok.codebook_size)
+    digits = tok.codes_to_levels(codes)
+    assert digits.shape == (tok.codebook_size, len(tok.levels))
+    for i, lv in enumerate(tok.levels):
+        assert int(digits[:, i].max()) == lv - 1 and int(digits[:, i].min()) == 0
+    assert torch.equal(digits, tok.fsq.indices_to_level_indices(codes).long())
+    assert torch.equal(tok.levels_to_codes(digits), codes)
+    grid = codes[:18].view(2, 3, 3)
+    assert tok.codes_to_levels(grid).shape == (2, 3, 3, len(tok.levels))
+    # every code is a distinct digit tuple: the embedding-by-levels of the AR model is lossless
+    assert len({tuple(d) for d in digits.tolist()}) == tok.codebook_size
+
+
+def test_save_load_identity(tok, micro_cfg, tmp_path):
+    d = tok.save_pretrained(tmp_path / "tok")
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    spec = json.loads((d / "config.json").read_text())
+    assert spec["levels"] == [5, 3, 3] and spec["format"] == "arm-visual-tokenizer"
+    back = VisualTokenizer.from_pretrained(d)
+    a, b = tok.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, images = scene_images(micro_cfg, 4, seed=3)
+    codes = tok.encode(images)
+    assert torch.equal(back.encode(images), codes)
+    assert torch.equal(back.decode(codes), tok.decode(codes))
+    assert (back.codebook_size, back.grid, back.levels, back.image_size) == (45, (3, 3), [5, 3, 3], 48)
+    # overwriting an existing dir is atomic too
+    tok.save_pretrained(d)
+    assert VisualTokenizer.from_pretrained(d).levels == [5, 3, 3]
+
+
+def test_from_pretrained_errors(tmp_path, tok):
+    with pytest.raises(FileNotFoundError, match="not a saved tokenizer"):
+        VisualTokenizer.from_pretrained(tmp_path / "missing")
+    d = tok.save_pretrained(tmp_path / "t")
+    (d / "config.json").write_text("{nope")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        VisualTokenizer.from_pretrained(d)
+
+
+def test_bad_input(tok, micro_cfg):
+    _, images = scene_images(micro_cfg, 2)
+    x = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images]).float() / 255
+    with pytest.raises(ValueError, match="channels"):
+        tok.encode(x[:, :2])
+    with pytest.raises(ValueError, match="empty batch"):
+        tok.encode(x[:0])
+    with pytest.raises(ValueError, match="empty batch"):
+        tok.encode([])
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        tok.encode(bad)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tok.encode(x * 255)
+    with pytest.raises(ValueError, match="batch"):
+        tok.encode(x[0])
+    with pytest.raises(TypeError, match="PIL"):
+        tok.encode(["not an image"])
+    # wrong size -> resized to the configured size; grey and RGBA are converted
+    big = [im.resize((96, 96), Image.NEAREST) for im in images]
+    assert tok.encode(big).shape == (2, 3, 3)
+    assert tok.encode(torch.nn.functional.interpolate(x, size=(64, 64))).shape == (2, 3, 3)
+    grey = x.mean(1, keepdim=True)
+    assert torch.equal(tok.encode(grey), tok.encode(grey.expand(-1, 3, -1, -1)))
+    rgba = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+    assert torch.equal(tok.encode(rgba), tok.encode(x))
+    assert tok.encode([im.convert("L") for im in images]).shape == (2, 3, 3)
+    assert torch.equal(tok.encode((x * 255).round().to(torch.uint8)), tok.encode(x))
+    # decode: codes out of range, float codes, empty
+    with pytest.raises(ValueError, match="values must lie"):
+        tok.decode(torch.full((1, 3, 3), tok.codebook_size))
+    with pytest.raises(ValueError, match="integer"):
+        tok.decode(torch.zeros(1, 3, 3))
+    with pytest.raises(ValueError, match="empty"):
+        tok.decode(torch.zeros(0, 3, 3, dtype=torch.long))
+
+
+def test_config_rejects_misaligned_patch_and_bad_levels(micro_cfg):
+    from arm.tokenizer.config import TokenizerConfig
+
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        TokenizerConfig(image_size=48, patch_size=10)
+    with pytest.raises(ValueError, match=">= 3"):
+        TokenizerConfig(levels=[2, 5])
+    with pytest.raises(ValueError, match="extra"):
+        TokenizerConfig.model_validate({"levelz": [5]})
+
+
+def test_pretrained_frozen_encoder_path(micro_cfg, tmp_path):
+    """The 7b preset's path (frozen pretrained SigLIP by name), with a tiny random SigLIP on disk."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(1)
+    enc = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=2, image_size=48, patch_size=16))
+    enc.save_pretrained(tmp_path / "siglip")
+    cfg = micro_cfg.tokenizer.model_copy(update={
+        "encoder": micro_cfg.tokenizer.encoder.model_copy(update={"pretrained": str(tmp_path / "siglip")})})
+    tok = VisualTokenizer.build(cfg, caption_vocab=VOCAB, text_dim=16, distill_dim=8)
+    assert tok.encoder_frozen and not any(p.requires_grad for p in tok.encoder.parameters())
+    assert any(p.requires_grad for p in tok.proj_in.parameters())
+    ref = enc.state_dict()
+    got = tok.encoder.state_dict()
+    assert all(torch.equal(got[k], ref[k]) for k in got)
+    tok.train()
+    assert not tok.encoder.training  # a frozen encoder stays in eval mode
+    # a mismatched pretrained resolution is a clear error
+    bad = micro_cfg.tokenizer.model_copy(update={"image_size": 64, "patch_size": 16, "encoder": cfg.encoder})
+    with pytest.raises(ValueError, match="encoder expects 48px"):
+        VisualTokenizer.build(bad, caption_vocab=VOCAB, text_dim=16, distill_dim=8)
+    # saved and loaded without the source dir: the weights travel in model.safetensors
+    d = tok.save_pretrained(tmp_path / "tok")
+    (tmp_path / "siglip" / "model.safetensors").unlink()
+    back = VisualTokenizer.from_pretrained(d)
+    x = torch.rand(2, 3, 48, 48)
+    assert torch.equal(back.encode(x), tok.eval().encode(x))
+
+
+def test_siglip_teacher_from_local_dir(tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from arm.tokenizer.config import TeacherConfig
+    from arm.tokenizer.teachers import build_teacher
+
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(tmp_path / "s")
+    t = build_teacher(TeacherConfig(kind="siglip", name=str(tmp_path / "s"), distill_layer=-1, perceptual_layers=[1]), (3, 3))
+    f = t.features(torch.rand(2, 3, 48, 48))
+    assert f[-1].shape == (2, 32, 4, 4) and f[1].shape == (2, 32, 4, 4)
+    assert L.pool_to_grid(f[-1], (3, 3)).shape == (2, 9, 32)
+    assert not any(p.requires_grad for p in t.parameters())
+
+
+def test_efficientnet_teacher_classifies_a_cat():
+    """The ImageNet weights load into the right network: scikit-image's cat is a cat."""
+    skdata = pytest.importorskip("skimage.data")
+    from arm.tokenizer.efficientnet_lite import load_efficientnet_lite0
+
+    net = load_efficientnet_lite0()
+    img = Image.fromarray(skdata.chelsea()).resize((224, 224), Image.BICUBIC)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        top = int(net(x).argmax())
+    assert top in (281, 282, 283, 284, 285, 286, 287)  # ImageNet's domestic and wild cats
+
+
+def test_contrastive_loss_counts_identical_texts_as_positives():
+    emb = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    scale, bias = torch.tensor(np.log(10.0)), torch.tensor(-10.0)
+    same = L.sigmoid_contrastive(emb, emb, torch.tensor([0, 0, 1, 2]), scale, bias)
+    distinct = L.sigmoid_contrastive(emb, emb, torch.tensor([0, 3, 1, 2]), scale, bias)
+    assert not torch.isclose(same, distinct)
+    aligned = L.sigmoid_contrastive(emb, emb, torch.arange(4), torch.tensor(np.log(30.0)), torch.tensor(-5.0))
+    shuffled = L.sigmoid_contrastive(emb, emb.flip(0), torch.arange(4), torch.tensor(np.log(30.0)), torch.tensor(-5.0))
+    assert aligned < shuffled
+
+
+def test_vocab_round_trip():
+    v = CaptionVocab.build(["a small red circle in the top left, and a blue square"], 100)
+    ids = v.encode("a blue circle in the top left", 40)
+    assert ids[0] == 1 and ids[-1] == 2
+    assert v.decode(ids) == "a blue circle in the top left"
+    assert v.encode("a purple hexagon", 40)[2:4] == [3, 3]  # unknown words -> <unk>
+    assert len(v.encode("word " * 100, 10)) == 10
+
+
+def test_metric_helpers(micro_cfg):
+    scenes, images = scene_images(micro_cfg, 6)
+    u8 = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])
+    perfect = reconstruction_metrics(u8, u8)
+    assert perfect["psnr"] == 100.0 and perfect["ssim"] == pytest.approx(1.0, abs=1e-4)
+    darker = (u8.int() - 20).clamp(0, 255).to(torch.uint8)  # 20 levels off almost everywhere: ~22 dB
+    assert reconstruction_metrics(darker, u8)["psnr"] == pytest.approx(20 * np.log10(255 / 20), abs=0.5)
+    assert oracle_accuracy(u8, [s.to_json() for s in scenes], micro_cfg.world)["oracle_scene_accuracy"] == 1.0
+    blank = torch.full_like(u8, 255)
+    assert oracle_accuracy(blank, [s.to_json() for s in scenes], micro_cfg.world)["oracle_scene_accuracy"] == 0.0
+    s = code_stats(torch.tensor([0, 0, 1, 2]), 8)
+    assert s["code_usage"] == 3 / 8 and s["codes_used"] == 3
+    assert s["code_perplexity"] == pytest.approx(np.exp(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))))
