@@ -12,16 +12,21 @@ Writes benchmarks/results/sample.json. CPU timings are noisy when other jobs sha
 
 from __future__ import annotations
 
-import argparse
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
-import torch
+# run as a script, this file's folder comes first on sys.path, where benchmarks/tokenize.py would
+# shadow the standard library's tokenize module: search the repo root instead
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
 
 from arm.config import load_config  # noqa: E402
 from arm.io import atomic_write_json  # noqa: E402

@@ -11,22 +11,25 @@ Writes benchmarks/results/serve.json with the ratio batching-on / batching-off p
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import base64
-import io
-import json
-import os
-import platform
-import random
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
+# Before any other import: the repo, not benchmarks/, goes first on the path, so sibling
+# scripts (benchmarks/tokenize.py) cannot shadow stdlib modules that asyncio/inspect import.
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:1] = [str(REPO)]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import base64  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -96,22 +99,27 @@ async def drive(url: str, route: str, bodies: list[dict], concurrency: int, time
 
 
 def run_mode(cfg: ArmConfig, model_tag: str, batching: bool, levels: list[int], per_client: int, min_requests: int,
-             work: Path, preset: str) -> dict:
+             work: Path, preset: str, torch_threads: int | None) -> dict:
     from arm.serve.launch import ServerProcess, serve_env
 
-    env = serve_env(model_tag=model_tag, preset=preset, overrides=[f"serve.batching.enabled={str(batching).lower()}"])
+    overrides = [f"serve.batching.enabled={str(batching).lower()}"]
+    if torch_threads:
+        overrides.append(f"serve.torch_threads={torch_threads}")
+    env = serve_env(model_tag=model_tag, preset=preset, overrides=overrides)
     env.pop("ARM_SERVE_TOKEN", None)  # measure the model path, not auth
     log = work / f"server-batching-{'on' if batching else 'off'}.log"
     most = max(max(levels) * per_client, min_requests)
     data = payloads(cfg, most + 64)
     out: dict[str, dict] = {}
     with ServerProcess(REPO, env, log_path=log, ready_timeout_s=300) as srv:
-        # warm-up: lazy init, and BentoML's batching optimizer fits its latency model on the first calls
+        # warm-up: lazy init, and BentoML's batching optimizer fits its latency model on the first
+        # calls. One client only: the optimizer's learned wait is an average of past queueing waits,
+        # so a burst here would inflate the single-client latency measured next.
         for route in ("generate", "describe"):
-            asyncio.run(drive(srv.url, f"/{route}", data[route][-64:], 4, cfg.serve.traffic.timeout_s))
+            asyncio.run(drive(srv.url, f"/{route}", data[route][-16:], 1, cfg.serve.traffic.timeout_s))
         for route in ("generate", "describe"):
             out[route] = {}
-            for c in levels:
+            for c in sorted(levels):
                 n = max(c * per_client, min_requests)
                 res = asyncio.run(drive(srv.url, f"/{route}", data[route][:n], c, cfg.serve.traffic.timeout_s))
                 out[route][str(c)] = res
@@ -127,6 +135,8 @@ def main() -> None:
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--per-client", type=int, default=4, help="requests per client at each level")
     ap.add_argument("--min-requests", type=int, default=24)
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="model process intra-op threads (1 avoids OpenMP oversubscription on a shared 2-core box; 0 = torch default)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
     args = ap.parse_args()
 
@@ -149,7 +159,7 @@ def main() -> None:
     results = {}
     for batching in (True, False):
         results["on" if batching else "off"] = run_mode(cfg, tag, batching, args.levels, args.per_client,
-                                                        args.min_requests, work, args.preset)
+                                                        args.min_requests, work, args.preset, args.torch_threads or None)
     ratios = {
         route: {
             c: {
@@ -170,6 +180,7 @@ def main() -> None:
         "preset": args.preset,
         "levels": args.levels,
         "batching": cfg.serve.batching.model_dump(),
+        "torch_threads": args.torch_threads or None,
         "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "note": "CPU numbers on a machine shared with other jobs are noisy; compare ratios from the same run",
         "results": results,

@@ -125,6 +125,10 @@ def test_wise_truth_blank_half_and_aspects(cfg, sets):
                       references=refs[:1], world=cfg.world)
     assert wrong == {"score": 0.0, "kind_accuracy": 1.0, "color_accuracy": 0.0, "size_accuracy": 1.0,
                      "position_accuracy": 1.0}
+    g = cfg.world.grid  # the right object plus something in every other cell: no aspect credit
+    full = Scene.of([o] + [replace(o, row=r, col=c) for r in range(g) for c in range(g) if (r, c) != (o.row, o.col)])
+    filled = m.compute(predictions=[shapes.render(full, cfg.world)], references=refs[:1], world=cfg.world)
+    assert all(v == 0.0 for v in filled.values())
 
 
 # ----------------------------------------------------------------------------- edit

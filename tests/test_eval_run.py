@@ -208,3 +208,24 @@ def _cli_run(runner, app, model_dir, sets, tmp_path):
     assert (tmp_path / "reports" / "eval_arm-base" / "index.html").is_file()
     r = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--preset", "micro", *sets])
     assert r.exit_code == 1 and "not found" in r.output
+
+
+def test_noise_weights_degrades_deterministically():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from arm.eval.reference import noise_weights
+
+    def model():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=4, num_key_value_heads=2))
+
+    ids = torch.arange(10).unsqueeze(0)
+    clean, a, b = model(), model(), model()
+    noise_weights(a, 0.5, seed=1)
+    noise_weights(b, 0.5, seed=1)
+    with torch.no_grad():
+        la, lb, lc = a(ids).logits, b(ids).logits, clean(ids).logits
+    assert torch.equal(la, lb) and not torch.allclose(la, lc)
+    w0, w1 = clean.model.layers[0].mlp.up_proj.weight.detach(), a.model.layers[0].mlp.up_proj.weight.detach()
+    assert 0.4 < float((w1 - w0).std() / w0.std()) < 0.6

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from arm.sample.choose import choose, filter_logits
+from arm.sample.choose import choose, filter_logits, gumbel
 from arm.sample.engine import Engine, Request
 from arm.sample.rows import Rows
 from arm.text.formats import format_prompt
@@ -228,19 +228,22 @@ def test_jacobi_accepts_drafts_on_a_predictable_model():
 
 def test_choose_filters_and_draws_from_the_distribution():
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(1, 10, generator=gen).expand(4000, 10)
-    allowed = torch.ones(4000, 10, dtype=torch.bool)
+    n = 4000
+    logits = torch.randn(1, 10, generator=gen).expand(n, 10)
+    allowed = torch.ones(n, 10, dtype=torch.bool)
     allowed[:, 0] = False
-    u = torch.rand(4000, generator=gen, dtype=torch.float64)
-    ones = torch.ones(4000)
-    drawn = choose(logits, allowed, u, ones, torch.zeros(4000, dtype=torch.long), ones)
+    noise = torch.stack([gumbel(gen, 10) for _ in range(n)])
+    ones = torch.ones(n)
+    drawn = choose(logits, allowed, noise, ones, torch.zeros(n, dtype=torch.long), ones)
     assert int((drawn == 0).sum()) == 0
     probs = logits[0].masked_fill(~allowed[0], float("-inf")).softmax(-1)
-    freq = torch.bincount(drawn, minlength=10).double() / 4000
+    freq = torch.bincount(drawn, minlength=10).double() / n
     assert float((freq - probs.double()).abs().max()) < 0.03
     greedy = logits[0].masked_fill(~allowed[0], float("-inf")).argmax()
-    top1 = choose(logits, allowed, u, ones, torch.ones(4000, dtype=torch.long), ones)
-    nucleus = choose(logits, allowed, u, ones, torch.zeros(4000, dtype=torch.long), ones * 1e-6)
+    top1 = choose(logits, allowed, noise, ones, torch.ones(n, dtype=torch.long), ones)
+    nucleus = choose(logits, allowed, noise, ones, torch.zeros(n, dtype=torch.long), ones * 1e-6)
     assert bool((top1 == greedy).all()) and bool((nucleus == greedy).all())
+    hot = choose(logits, allowed, noise, ones * 50, torch.full((n,), 3, dtype=torch.long), ones)
+    assert set(hot.tolist()) == set(logits[0].masked_fill(~allowed[0], -1e9).topk(3).indices.tolist())
     kept = filter_logits(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), torch.tensor([3]), torch.tensor([1.0]))
     assert kept[0, :3].tolist() == [3.0, 2.0, 1.0] and kept[0, 3] < -1e30

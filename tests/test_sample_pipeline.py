@@ -139,3 +139,46 @@ def test_cli_no_default_model(tmp_path, monkeypatch):
     params.write_text("sampling:\n  model_dirs: [models/none-here]\n")
     res = runner.invoke(cli_app, ["generate", "a circle", "-o", "o.png", "--params", str(params)])
     assert res.exit_code == 2 and "models/none-here" in res.output
+
+
+def _write_model(model_dir, codebook_size, grid, levels, manifest):
+    from arm.text.tokenizer import save_tokenizer, train_bpe, wrap
+
+    tok, layout = wrap(train_bpe(TEXTS, 300, 1), codebook_size, tuple(grid), tuple(levels))
+    save_tokenizer(tok, layout, model_dir)
+    cfg = LlamaConfig(vocab_size=layout.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    return layout
+
+
+def test_manifest_tokenizer_fingerprint_must_match(model_dir, tmp_path):
+    from arm.tokenizer.tokens import tokenizer_fingerprint
+
+    vt_dir = model_dir.parent / "tokenizer"
+    good = tmp_path / "good"
+    _write_model(good, 45, (3, 3), (5, 3, 3), {"visual_tokenizer": {"kind": "visual_tokenizer", "path": str(vt_dir),
+                                                                    "sha256": tokenizer_fingerprint(vt_dir)}})
+    assert ArmPipeline.from_pretrained(good).visual is not None
+    bad = tmp_path / "bad"
+    _write_model(bad, 45, (3, 3), (5, 3, 3), {"visual_tokenizer": {"path": str(vt_dir), "sha256": "0" * 20}})
+    with pytest.raises(ValueError, match="changed since"):
+        ArmPipeline.from_pretrained(bad)
+    res = runner.invoke(app, ["generate", "a circle", "-o", str(tmp_path / "o.png"), "--model", str(bad)])
+    assert res.exit_code == 2 and "changed since" in res.output
+
+
+def test_oracle_manifest_builds_the_oracle_tokenizer(tmp_path, micro_cfg):
+    from arm.rl.codec import OracleVisualTokenizer
+
+    world = micro_cfg.world
+    oracle = OracleVisualTokenizer(world)
+    d = tmp_path / "oracle-model"
+    _write_model(d, oracle.codebook_size, oracle.grid, oracle.levels,
+                 {"visual_tokenizer": {"kind": "oracle", "world": world.model_dump(mode="json")}})
+    pipe = ArmPipeline.from_pretrained(d)
+    assert isinstance(pipe.visual, OracleVisualTokenizer)
+    (image,) = pipe.generate("a red circle", cfg_scale=1.0, seed=0)
+    assert image.size == (world.image_size, world.image_size)

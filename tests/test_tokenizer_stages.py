@@ -211,4 +211,23 @@ def test_cli_encode_decode(micro_tokenizer, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     r = CliRunner().invoke(app, ["tokenizer", "encode", str(bad), "--model", str(root / "model")])
-    assert r.exit_code == 2 and "cannot read image" in r.output
+    assert r.exit_code == 2 and "cannot read image" in " ".join(r.output.split())
+
+
+@pytest.mark.slow
+def test_cli_stages_run_as_prefect_flows(micro_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from arm.cli import app
+
+    sets = []
+    for o in _paths([f"data.store={micro_store}", f"tokenizer.text_cache={tmp_path}/tc", "tokenizer.train.steps=4"], tmp_path):
+        sets += ["--set", o]
+    common = ["--params", str(REPO / "params.yaml"), "--preset", "micro", *sets]
+    r = CliRunner().invoke(app, ["train-tokenizer", *common])
+    assert r.exit_code == 0, r.output
+    assert "oracle_scene_accuracy" in r.output and (tmp_path / "model" / "config.json").is_file()
+    r = CliRunner().invoke(app, ["tokenize", *common])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "tokens" / "manifest.json").read_text())
+    assert manifest["images"] > 0 and json.loads((tmp_path / "tokenize.json").read_text())["images"] == manifest["images"]

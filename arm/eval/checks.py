@@ -57,16 +57,19 @@ WISE_ASPECTS = ("kind", "color", "size", "position")
 
 
 def wise_check(spec: Scene, parsed: Scene) -> dict[str, bool]:
-    """`match`: the parsed scene is exactly the implied one; the aspects say which part was right."""
+    """`match`: the parsed scene is exactly the implied one. The aspects say which attributes of
+    the drawn object are right; they need exactly one drawn object (the prompt implies one), so
+    an image that fills every cell gets no aspect right."""
     if len(spec.objects) != 1:
         raise ValueError(f"wise: a knowledge prompt implies one object, spec has {len(spec.objects)}")
     o = spec.objects[0]
+    p = parsed.objects[0] if len(parsed.objects) == 1 else None
     return {
         "match": parsed == spec,
-        "kind": any(p.kind == o.kind for p in parsed.objects),
-        "color": any(p.color == o.color for p in parsed.objects),
-        "size": any(p.size == o.size for p in parsed.objects),
-        "position": parsed.at(o.row, o.col) is not None,
+        "kind": p is not None and p.kind == o.kind,
+        "color": p is not None and p.color == o.color,
+        "size": p is not None and p.size == o.size,
+        "position": p is not None and (p.row, p.col) == (o.row, o.col),
     }
 
 

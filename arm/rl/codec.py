@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -49,6 +50,31 @@ class OracleCodec:
 
     def alignment(self, codes: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         raise CodecError("the oracle tokenizer has no contrastive head: give the `alignment` reward weight 0")
+
+
+class OracleVisualTokenizer:
+    """The perfect shapes tokenizer behind the VisualTokenizer interface the sampling pipeline and
+    the evaluate stage use (`encode`, `decode`, `grid`, `codebook_size`), so a model trained on
+    oracle codes can be sampled and benchmarked: ArmPipeline(model, tok, layout, OracleVisualTokenizer(world))."""
+
+    def __init__(self, world: WorldConfig) -> None:
+        self.codec = OracleCodec(world)
+        self.grid = self.codec.grid
+        self.codebook_size = self.codec.codebook_size
+        self.levels = list(self.codec.perfect.levels)
+
+    def encode(self, images) -> torch.Tensor:
+        return self.codec.encode_images([_pil(im) for im in images]).view(len(images), *self.grid)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        arrs = [torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0) for im in self.codec.decode(codes.reshape(codes.shape[0], -1))]
+        return torch.stack(arrs).permute(0, 3, 1, 2)
+
+
+def _pil(image) -> Image.Image:
+    from arm.sample.images import as_pil
+
+    return as_pil(image)
 
 
 class LearnedCodec:

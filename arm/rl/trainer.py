@@ -137,6 +137,8 @@ class GRPOTrainer:
 
         self.cfg, self.r = cfg, cfg.rl
         self.progress = progress
+        if self.r.threads:
+            torch.set_num_threads(self.r.threads)
         base = Path(self.r.base)
         if not base.is_dir():
             raise FileNotFoundError(f"rl.base {base}: model dir not found (run `arm pretrain` first)")
@@ -396,8 +398,6 @@ def train_rl(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
 
     stop_after: stop with a checkpoint once this many steps are done in total, without exporting.
     """
-    if cfg.rl.threads:
-        torch.set_num_threads(cfg.rl.threads)
     torch.manual_seed(cfg.rl.seed)
     return GRPOTrainer(cfg, progress=progress).train(stop_after=stop_after)
 

@@ -1,10 +1,16 @@
 """Turning next-token logits into tokens: guidance, temperature, top-k, top-p, and the draw.
 
-The draw is an inverse-CDF lookup with one uniform number per (request, output position), in
-token-id order. A token is thus a deterministic function of (logits, that number): a request's
-output depends only on its own seed, never on what else is in the batch, and speculative Jacobi
-decoding can verify a sampled draft exactly (the same number is reused at the same position).
-With u ~ U(0, 1) the lookup draws exactly from the filtered distribution.
+The draw is Gumbel-max with noise fixed per (request, output position): token =
+argmax(logits / T + g) over the allowed, filtered tokens, where g ~ Gumbel(0, 1) i.i.d. per
+vocabulary entry, which is an exact sample from softmax(logits / T) restricted to that set.
+The noise for position t comes from the request's own seeded generator, so:
+
+* a request's output depends only on its seed, never on what else is in the batch;
+* speculative Jacobi decoding can verify a sampled draft exactly: it reuses the noise of that
+  position, so an accepted token is the token plain decoding would have drawn. Gumbel noise is
+  a near-maximal coupling: when the distribution at a position moves only a little after the
+  context changes, the same token usually wins again (an inverse-CDF lookup with one uniform
+  per position, the obvious alternative, loses that whenever mass shifts among earlier ids).
 """
 
 from __future__ import annotations
@@ -37,18 +43,24 @@ def filter_logits(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
     return logits.masked_fill(removed, neg)
 
 
+def gumbel(generator: torch.Generator, vocab: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise [vocab] for one output position (float32, CPU)."""
+    u = torch.rand(vocab, generator=generator, dtype=torch.float64).clamp_(min=1e-300)
+    return (-torch.log(-torch.log(u))).float()
+
+
 def choose(
     logits: torch.Tensor,
     allowed: torch.Tensor,
-    uniform: torch.Tensor,
+    noise: torch.Tensor | None,
     temperature: torch.Tensor,
     top_k: torch.Tensor,
     top_p: torch.Tensor,
 ) -> torch.Tensor:
     """One token per row of `logits` [N, V], restricted to `allowed` [N, V] (bool).
 
-    temperature 0 is greedy (argmax; ties go to the lowest id). Otherwise the token is the first
-    whose cumulative probability (in id order) exceeds `uniform` [N] times the total mass.
+    temperature 0 is greedy (argmax; ties go to the lowest id) and needs no noise; otherwise
+    `noise` [N, V] holds each row's Gumbel noise (rows of greedy requests are ignored).
     """
     logits = logits.float()
     neg = torch.finfo(logits.dtype).min
@@ -56,19 +68,15 @@ def choose(
     out = logits.argmax(-1)
     sampled = temperature > 0
     if bool(sampled.any()):
+        if noise is None:
+            raise ValueError("sampling with temperature > 0 needs noise")
         rows = sampled.nonzero(as_tuple=True)[0]
         scaled = logits[rows] / temperature[rows].unsqueeze(-1)
         k, p = top_k[rows], top_p[rows]
         if bool(((k > 0) | (p < 1)).any()):  # the sort is most of the cost of a draw: skip it when unused
             scaled = filter_logits(scaled, k, p)
-        # disallowed tokens must get exactly zero mass, also under a high temperature
-        scaled = scaled.masked_fill(~allowed[rows], float("-inf"))
-        probs = scaled.softmax(-1).double()
-        cdf = probs.cumsum(-1)
-        target = (uniform[rows].double() * cdf[:, -1]).unsqueeze(-1)
-        # right=True: the first index whose cdf is strictly above the target has nonzero mass
-        idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-        # rounding can put the target at the very top: fall back to the last token with mass
-        last = (probs > 0).long().cumsum(-1).argmax(-1)
-        out[rows] = torch.minimum(idx, last)
+        # disallowed and filtered tokens must never win, whatever their noise
+        removed = ~allowed[rows] | (scaled <= neg)
+        perturbed = (scaled + noise[rows].to(scaled.device)).masked_fill(removed, float("-inf"))
+        out[rows] = perturbed.argmax(-1)
     return out

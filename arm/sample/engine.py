@@ -3,13 +3,13 @@
 One loop serves plain and speculative decoding. Each step feeds, per request, the last accepted
 token (not yet in the KV cache) followed by up to `jacobi_window` draft tokens, and reads the
 next-token logits at every one of those positions in a single forward. The draw at output
-position t uses the request's own uniform number u[t] (see `choose`), so:
+position t uses the request's own Gumbel noise for t (see `choose`), so:
 
 * window 0 is ordinary KV-cached decoding (one forward per token);
 * window W > 0 is speculative Jacobi decoding: the token after the pending one is always
   accepted; each following one is accepted while the draft before it equals what the model
   drew there. Accepted tokens are exactly the tokens plain decoding would draw with the same
-  u[t] (greedy or sampled): the speed-up is lossless by construction. Draws after the first
+  noise (greedy or sampled): the speed-up is lossless by construction. Draws after the first
   mismatch become the next step's drafts (the Jacobi fixed-point iteration).
 
 Classifier-free guidance adds, for each guided image request, an unconditional row that follows
@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from arm.sample.choose import choose, guide
+from arm.sample.choose import choose, gumbel, guide
 from arm.sample.constraints import Grammar, Mode
 from arm.sample.rows import Rows
 from arm.text.vocab import VocabLayout
@@ -81,11 +81,24 @@ class _State:
     mode: Mode
     length: int  # output positions it may produce
     last_needed: int  # last position whose token needs a forward
-    uniform: torch.Tensor
+    generator: torch.Generator
     guided: bool
     out: list[int] = field(default_factory=list)
     drafts: list[int] = field(default_factory=list)
     done: bool = False
+    noise: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> Gumbel noise, until committed
+    next_noise: int = 0
+
+    def noise_at(self, t: int, vocab: int) -> torch.Tensor:
+        # drawn in position order from the request's own stream: position t always gets the same noise
+        while self.next_noise <= t:
+            self.noise[self.next_noise] = gumbel(self.generator, vocab)
+            self.next_noise += 1
+        return self.noise[t]
+
+    def forget_noise(self) -> None:
+        for t in [t for t in self.noise if t < len(self.out)]:
+            del self.noise[t]
 
 
 class Engine:
@@ -103,7 +116,7 @@ class Engine:
             raise ValueError(f"cfg_mode must be 'batch' or 'separate', got {cfg_mode!r}")
         if jacobi_window < 0:
             raise ValueError(f"jacobi_window must be >= 0, got {jacobi_window}")
-        self.model = model.eval()
+        self.model = model
         self.layout = layout
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.config.vocab_size)
@@ -112,7 +125,8 @@ class Engine:
         self.cfg_mode = cfg_mode
         self.window = jacobi_window
         self.max_batch = max_batch
-        self.stats = Stats()
+        self.stats = Stats()  # totals over every run of this engine
+        self.last_stats = Stats()  # the last batch
 
     # ------------------------------------------------------------------ public
 
@@ -121,8 +135,14 @@ class Engine:
         """Results in request order. Chunking into batches never changes a result."""
         results: list[Result] = []
         size = self.max_batch or max(len(requests), 1)
-        for start in range(0, len(requests), size):
-            results.extend(self._run_batch(requests[start : start + size]))
+        # eval mode while sampling (no dropout), then back: RL samples from the model it trains
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(requests), size):
+                results.extend(self._run_batch(requests[start : start + size]))
+        finally:
+            self.model.train(was_training)
         return results
 
     # ------------------------------------------------------------------ one batch
@@ -149,9 +169,8 @@ class Engine:
         length = self.grammar.length(mode, r.max_new_tokens)
         last_needed = self.layout.tokens_per_image - 1 if mode == "image" else length - 1
         gen = torch.Generator().manual_seed(int(r.seed))
-        uniform = torch.rand(length, generator=gen, dtype=torch.float64)
         guided = mode == "image" and r.cfg_scale != 1 and r.uncond_prompt is not None
-        return _State(r, mode, length, last_needed, uniform, guided)
+        return _State(r, mode, length, last_needed, gen, guided)
 
     def _run_batch(self, requests: list[Request]) -> list[Result]:
         states = [self._state(i, r) for i, r in enumerate(requests)]
@@ -238,11 +257,17 @@ class Engine:
         positions = [len(states[i].out) + c for i, c in zip(flat_req, flat_col)]
         allowed = torch.stack([self.grammar.allowed(states[i].mode, t) for i, t in zip(flat_req, positions)])
         dev = logits.device
-        uniform = torch.stack([states[i].uniform[t] for i, t in zip(flat_req, positions)]).to(dev)
+        v = picked.shape[-1]
+        noise = None
+        if any(states[i].req.temperature > 0 for i in flat_req):
+            zeros = torch.zeros(v)
+            noise = torch.stack([
+                states[i].noise_at(t, v) if states[i].req.temperature > 0 else zeros for i, t in zip(flat_req, positions)
+            ]).to(dev)
         temp = torch.tensor([states[i].req.temperature for i in flat_req], device=dev)
         top_k = torch.tensor([states[i].req.top_k for i in flat_req], dtype=torch.long, device=dev)
         top_p = torch.tensor([states[i].req.top_p for i in flat_req], device=dev)
-        drawn = choose(picked, allowed, uniform, temp, top_k, top_p).tolist()
+        drawn = choose(picked, allowed, noise, temp, top_k, top_p).tolist()
 
         n_valid = {}
         cursor = 0
@@ -266,6 +291,7 @@ class Engine:
             stats.drafted += len(drafts)
             stats.accepted_drafts += accepted - 1
             n_valid[i] = accepted
+            s.forget_noise()
             self._force(s)
             if not s.done:
                 self._redraft(s, ys[accepted:])

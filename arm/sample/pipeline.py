@@ -49,16 +49,22 @@ class Task:
     max_new_tokens: int | None = None
 
 
-def visual_tokenizer_dir(model_dir: str | Path) -> Path | None:
-    """The visual tokenizer dir the model dir's manifest refers to (relative to the model dir or cwd)."""
+def read_manifest(model_dir: str | Path) -> dict:
     path = Path(model_dir) / MANIFEST_FILE
     if not path.is_file():
-        return None
+        return {}
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON: {e}") from None
-    ref = manifest.get("visual_tokenizer")
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return manifest
+
+
+def visual_tokenizer_dir(model_dir: str | Path) -> Path | None:
+    """The visual tokenizer dir the model dir's manifest refers to (relative to the model dir or cwd)."""
+    ref = read_manifest(model_dir).get("visual_tokenizer")
     if isinstance(ref, dict):
         ref = ref.get("path") or ref.get("dir")
     if not ref:
@@ -66,7 +72,39 @@ def visual_tokenizer_dir(model_dir: str | Path) -> Path | None:
     for candidate in (Path(model_dir) / ref, Path(ref)):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"{path}: visual tokenizer {ref!r} not found (relative to {model_dir} or the working dir)")
+    raise FileNotFoundError(
+        f"{Path(model_dir) / MANIFEST_FILE}: visual tokenizer {ref!r} not found (relative to {model_dir} or the working dir)"
+    )
+
+
+def load_visual_tokenizer(model_dir: str | Path, device: str = "cpu"):
+    """The visual tokenizer a model was trained with, as its manifest names it, or None.
+
+    A learned tokenizer's files must still hash to the fingerprint recorded at pretraining: codes
+    of a retrained tokenizer mean something else to the model. The oracle (perfect shapes
+    tokenizer, used to measure the AR model alone) is rebuilt from the recorded world.
+    """
+    ref = read_manifest(model_dir).get("visual_tokenizer")
+    if isinstance(ref, dict) and ref.get("kind") == "oracle":
+        from arm.config import WorldConfig
+        from arm.rl.codec import OracleVisualTokenizer
+
+        return OracleVisualTokenizer(WorldConfig.model_validate(ref.get("world") or {}))
+    vt_dir = visual_tokenizer_dir(model_dir)
+    if vt_dir is None:
+        return None
+    if isinstance(ref, dict) and ref.get("sha256"):
+        from arm.tokenizer.tokens import tokenizer_fingerprint
+
+        now = tokenizer_fingerprint(vt_dir)
+        if now != ref["sha256"]:
+            raise ValueError(
+                f"{vt_dir}: visual tokenizer changed since {model_dir} was trained (fingerprint {now[:12]}, "
+                f"manifest says {str(ref['sha256'])[:12]}); pass the original tokenizer dir explicitly"
+            )
+    from arm.tokenizer.model import VisualTokenizer
+
+    return VisualTokenizer.from_pretrained(vt_dir, device=device)
 
 
 def uncond_prompt(prompt: list[int], layout: VocabLayout) -> list[int]:
@@ -85,7 +123,7 @@ def uncond_prompt(prompt: list[int], layout: VocabLayout) -> list[int]:
 
 class ArmPipeline:
     def __init__(self, model, tokenizer, layout: VocabLayout, visual_tokenizer=None, config: SamplingConfig | None = None):
-        self.model = model.eval()
+        self.model = model
         self.tokenizer = tokenizer
         self.layout = layout
         self.visual = visual_tokenizer
@@ -123,11 +161,12 @@ class ArmPipeline:
             str(model_dir), local_files_only=True, use_safetensors=True, dtype=_DTYPES[config.dtype]
         ).to(config.device)
         if visual_tokenizer is None:
-            vt_dir = Path(tokenizer_dir) if tokenizer_dir is not None else visual_tokenizer_dir(model_dir)
-            if vt_dir is not None:
+            if tokenizer_dir is not None:
                 from arm.tokenizer.model import VisualTokenizer
 
-                visual_tokenizer = VisualTokenizer.from_pretrained(vt_dir, device=config.device)
+                visual_tokenizer = VisualTokenizer.from_pretrained(tokenizer_dir, device=config.device)
+            else:
+                visual_tokenizer = load_visual_tokenizer(model_dir, config.device)
         return cls(model, tokenizer, layout, visual_tokenizer, config)
 
     # ------------------------------------------------------------------ token-level API

@@ -66,6 +66,7 @@ class LossWeights(Strict):
     distill: float = Field(0.5, ge=0)
     contrastive: float = Field(0.5, ge=0)
     caption: float = Field(0.2, ge=0)
+    usage: float = Field(0.1, ge=0)  # entropy regulariser against codebook collapse
 
 
 class TokenizerTrainConfig(Strict):
@@ -79,6 +80,8 @@ class TokenizerTrainConfig(Strict):
     # Images per step that pass through the teacher (perceptual + distillation losses): the
     # teacher costs more than the tokenizer on CPU, and a sub-batch keeps its signal.
     teacher_batch: int | None = Field(32, ge=1)
+    usage_temperature: float = Field(0.25, gt=0)  # of the soft code assignment (level units)
+    usage_tokens: int = Field(4096, ge=2)  # tokens per step in the usage regulariser
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(10, ge=1)
     cache_mb: int = Field(2048, ge=0)  # decoded training images kept in memory up to this size

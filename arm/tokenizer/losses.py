@@ -51,3 +51,25 @@ def sigmoid_contrastive(
 def caption(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Next-word cross-entropy; padding is ignored."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD)
+
+
+def code_usage(soft_levels: list[torch.Tensor], max_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Entropy regulariser against codebook collapse (MAGVIT-v2's LFQ entropy loss, for FSQ):
+    mean per-token entropy of the soft code assignment (low: each token commits to a code)
+    minus the entropy of the batch-average assignment (high: the batch spreads over codes).
+
+    The soft assignment factorises over FSQ dimensions, so the joint distribution over codes is
+    the outer product of the per-dimension ones; at most `max_tokens` tokens enter the average.
+    """
+    flat = [p.reshape(-1, p.shape[-1]) for p in soft_levels]
+    n = flat[0].shape[0]
+    if n > max_tokens:
+        pick = torch.randperm(n, generator=generator)[:max_tokens].to(flat[0].device)
+        flat = [p[pick] for p in flat]
+    eps = 1e-8
+    per_token = sum(-(p * (p + eps).log()).sum(-1) for p in flat).mean()
+    joint = flat[0]
+    for p in flat[1:]:
+        joint = (joint.unsqueeze(-1) * p.unsqueeze(1)).reshape(joint.shape[0], -1)
+    avg = joint.mean(0)
+    return per_token + (avg * (avg + eps).log()).sum()

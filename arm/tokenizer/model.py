@@ -252,12 +252,30 @@ class VisualTokenizer(nn.Module):
 
     # ------------------------------------------------------------------ the pipeline
 
+    def pre_quant(self, pixels01: torch.Tensor) -> torch.Tensor:
+        """pixels [B,3,S,S] in [0,1] -> continuous latents z [B, N, n_levels] (before FSQ)."""
+        hidden = self.encoder(pixel_values=pixels01 * 2.0 - 1.0).last_hidden_state
+        return self.proj_in(hidden)
+
     def quantize(self, pixels01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels [B,3,S,S] in [0,1] -> (quantized [B, N, n_levels] in [-1, 1], codes [B, N])."""
-        hidden = self.encoder(pixel_values=pixels01 * 2.0 - 1.0).last_hidden_state
-        z = self.proj_in(hidden)
-        q, codes = self.fsq(z)
+        q, codes = self.fsq(self.pre_quant(pixels01))
         return q, codes.long()
+
+    def soft_levels(self, z: torch.Tensor, temperature: float) -> list[torch.Tensor]:
+        """Per FSQ dimension, a soft assignment of z to that dimension's levels: [..., L_i] each.
+
+        FSQ's bound (tanh) puts level l of dimension i at integer l - L_i // 2 in these units,
+        so a Gaussian kernel on the distance to each integer is a soft version of the rounding.
+        """
+        out = []
+        for i, lv in enumerate(self._levels):
+            half = (lv - 1) * (1 + 1e-3) / 2
+            offset = 0.5 if lv % 2 == 0 else 0.0
+            u = torch.tanh(z[..., i] + math.atanh(offset / half)) * half - offset
+            grid = torch.arange(lv, device=z.device, dtype=z.dtype) - lv // 2
+            out.append(torch.softmax(-((u.unsqueeze(-1) - grid) ** 2) / temperature, dim=-1))
+        return out
 
     def features(self, q: torch.Tensor) -> torch.Tensor:
         """Quantized vectors [B, N, n_levels] -> shared features F [B, N, hidden]."""
@@ -271,9 +289,10 @@ class VisualTokenizer(nn.Module):
         return self.fsq.indices_to_codes(codes.reshape(codes.shape[0], -1))
 
     def forward(self, pixels01: torch.Tensor) -> dict[str, torch.Tensor]:
-        q, codes = self.quantize(pixels01)
+        z = self.pre_quant(pixels01)
+        q, codes = self.fsq(z)
         feats = self.features(q)
-        return {"codes": codes, "features": feats, "recon": self.pixel_decoder(feats)}
+        return {"z": z, "codes": codes.long(), "features": feats, "recon": self.pixel_decoder(feats)}
 
     def align(self, feats: torch.Tensor) -> torch.Tensor:
         """Shared features -> L2-normalised embedding in the text encoder's space."""

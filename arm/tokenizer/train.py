@@ -33,7 +33,7 @@ from arm.tokenizer.vocab import PAD, CaptionVocab
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = ("l1", "l2", "perceptual", "distill", "contrastive", "caption")
+LOSS_NAMES = ("l1", "l2", "perceptual", "distill", "contrastive", "caption", "usage")
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -230,20 +230,21 @@ def train_tokenizer(
     opt = torch.optim.AdamW(param_groups(model, tcfg.train.weight_decay), lr=tcfg.train.lr, betas=(0.9, 0.95))
     total = tcfg.train.steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.train.warmup_steps, total, tcfg.train.min_lr_ratio))
-    start, curve, elapsed = 0, [], 0.0
+    start, curve, elapsed, cpu = 0, [], 0.0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         start, curve, elapsed = int(state["step"]), list(state["curve"]), float(state["elapsed"])
+        cpu = float(state.get("cpu", 0.0))
         say(f"resumed from {ckpt_path} at step {start}")
 
     def checkpoint(step: int) -> None:
         save_checkpoint(ckpt_path, {
             "fingerprint": fp, "step": step, "spec": json.dumps(model.spec), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
-            "curve": curve, "elapsed": elapsed,
+            "curve": curve, "elapsed": elapsed, "cpu": cpu,
         })
 
     grid = model.grid
@@ -254,13 +255,17 @@ def train_tokenizer(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=start, desc="tokenizer", unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in range(start, end):
         idx = batch_indices(len(train), tcfg.train.batch_size, cfg.seed, step)
         x = train.pixels(idx).to(device).float() / 255.0
         out = model(x)
         feats, recon = out["features"], out["recon"]
         parts = L.reconstruction(recon, x)
+        if w.usage > 0:
+            g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+            soft = model.soft_levels(out["z"], tcfg.train.usage_temperature)
+            parts["usage"] = L.code_usage(soft, tcfg.train.usage_tokens, g)
         if teacher is not None:
             tb = tcfg.train.teacher_batch or len(idx)  # the batch is already shuffled: its head is a sample
             with torch.no_grad():
@@ -300,12 +305,12 @@ def train_tokenizer(
         if (step + 1) % tcfg.train.log_every == 0:
             log.debug("step %d %s", step + 1, row)
         if (step + 1) % tcfg.train.checkpoint_every == 0 or step + 1 == end:
-            elapsed_now = elapsed + time.perf_counter() - t0
-            elapsed, t0 = elapsed_now, time.perf_counter()
+            elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + time.process_time() - c0
+            t0, c0 = time.perf_counter(), time.process_time()
             checkpoint(step + 1)
     if bar is not None:
         bar.close()
-    elapsed += time.perf_counter() - t0
+    elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + time.process_time() - c0
     if end < total:
         say(f"stopped at step {end} of {total}; checkpoint in {ckpt_path}")
         return {"stopped_at": end, "curve": curve}
@@ -317,6 +322,8 @@ def train_tokenizer(
     metrics: dict[str, Any] = {
         "train_steps": total,
         "train_seconds": round(elapsed, 2),
+        # CPU time of all threads: on a shared machine wall time overstates the cost.
+        "train_cpu_seconds": round(cpu, 2),
         "setup_seconds": round(setup_s, 2),
         "train_images": len(train),
         "train_texts": len(texts.table),
