@@ -137,7 +137,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000], help="input records per run")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--baseline-max", type=int, default=20_000, help="records the baseline processes at most")
+    ap.add_argument("--baseline-max", type=int, default=10_000, help="records the baseline processes at most")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "curate.json")
     ap.add_argument("--child", choices=["ours", "baseline"])
     ap.add_argument("--n-scenes", type=int)

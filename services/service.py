@@ -5,8 +5,9 @@ Two services in two processes:
               GET /metadata, GET /healthz (BentoML's liveness probe, which asks
               `__is_alive__`: the model process must answer); bearer auth, body-size cap, input validation,
               concurrency limit and request timeout. It never loads the model.
-  ArmModel    reached only through BentoML's local socket: loads the packaged model from the
-              BentoML model store and runs adaptive batches of validated items.
+  ArmModel    reached only through BentoML's local socket (JSON, arm.serve.client): loads the
+              packaged model from the BentoML model store and runs adaptive batches of
+              validated items.
 Validation happens before batching, so a bad request never joins a batch; a request that
 fails inside the model is isolated by `BatchRunner` and its batch-mates still get answers.
 
@@ -27,6 +28,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from arm.serve.client import ModelClient, ModelServiceError
 from arm.serve.errors import RequestError
 from arm.serve.images import decode_image, png_base64
 from arm.serve.middleware import BearerAuthMiddleware, BodyLimitMiddleware
@@ -144,15 +146,30 @@ class ArmService:
 
     def __init__(self) -> None:
         self._info: dict[str, Any] | None = None
+        self._client: ModelClient | None = None
 
-    async def _run(self, method: str, items: list[Any]) -> list[Outcome] | JSONResponse:
+    @property
+    def client(self) -> ModelClient:
+        # created on first use, inside the server's event loop; the address is the one BentoML
+        # wired for the dependency (a unix socket when both run under one `bentoml serve`)
+        if self._client is None:
+            self._client = ModelClient(self.model.to_async.url, timeout_s=SERVE.traffic.timeout_s * 2)
+        return self._client
+
+    @bentoml.on_shutdown
+    async def _close_client(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self, route: str, items: list[Any]) -> list[Outcome] | JSONResponse:
         try:
-            raw = await getattr(self.model.to_async, method)(items=items)
-        except bentoml.exceptions.BentoMLException as e:
-            code = int(getattr(e, "error_code", 500))
-            log.warning("model service %s failed: %s %s", method, code, e)
-            if code in (429, 503):
+            raw = await self.client.call(route, {"items": [it.model_dump() for it in items]})
+        except ModelServiceError as e:
+            log.warning("model service %s failed: %s", route, e)
+            if e.status in (429, 503):
                 return _server_error(503, "the model is overloaded; retry later")
+            if e.status == 504:
+                return _server_error(504, "the model did not answer in time")
             return _server_error(502, "the model service failed; see the server log")
         outcomes = _outcomes(raw)
         if len(outcomes) != len(items):
@@ -164,8 +181,7 @@ class ArmService:
 
     async def _model_info(self, fresh: bool = False) -> dict[str, Any]:
         if self._info is None or fresh:
-            info = await asyncio.wait_for(self.model.to_async.model_info(), timeout=5)
-            self._info = info.model_dump() if hasattr(info, "model_dump") else dict(info)
+            self._info = ModelInfo.model_validate(await self.client.call("/model_info", {}, timeout_s=5)).model_dump()
         return self._info
 
     @bentoml.api(route="/generate")
@@ -186,7 +202,7 @@ class ArmService:
                          seed=(seed + k) % (SEED_MAX + 1))
             for k in range(n)
         ]
-        out = await self._run("generate_batch", items)
+        out = await self._run("/generate_batch", items)
         if isinstance(out, JSONResponse):
             return out  # type: ignore[return-value]
         return GenerateResponse(images=[o.image for o in out], seed=seed, model=(await self._model_info())["tag"])
@@ -209,7 +225,7 @@ class ArmService:
             question = None
         item = DescribeItem(image=png, question=question, max_new_tokens=max_new_tokens, temperature=temperature,
                             seed=_seed(seed))
-        out = await self._run("describe_batch", [item])
+        out = await self._run("/describe_batch", [item])
         if isinstance(out, JSONResponse):
             return out  # type: ignore[return-value]
         return DescribeResponse(text=out[0].text or "", model=(await self._model_info())["tag"])
@@ -233,7 +249,7 @@ class ArmService:
         seed = _seed(seed)
         item = EditItem(image=png, instruction=instruction, cfg_scale=cfg_scale, temperature=temperature,
                         top_k=top_k, top_p=top_p, seed=seed)
-        out = await self._run("edit_batch", [item])
+        out = await self._run("/edit_batch", [item])
         if isinstance(out, JSONResponse):
             return out  # type: ignore[return-value]
         return EditResponse(image=out[0].image or "", seed=seed, model=(await self._model_info())["tag"])

@@ -46,6 +46,7 @@ from arm.data.store import DB_NAME, IMAGES_DIR, ImageBuffer, RowBuffer, write_sh
 from arm.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
+DUCKDB_MEMORY_LIMIT = "768MB"
 CHUNK = 256  # records per pool task: big enough to amortise pickling, small enough to stream
 STAGE = "curate"
 
@@ -179,6 +180,10 @@ def _q(path: Path) -> str:
 def _finish(cfg: ArmConfig, con: duckdb.DuckDBPyConnection, root: Path, staging: Path,
             counts: dict[str, int], logger: logging.Logger) -> dict[str, Any]:
     con.execute(f"SET threads TO {max(1, cfg.data.workers)}")
+    # Bounded: past this DuckDB spills to the staging folder, so memory stays flat in N.
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+    # Every table that is kept is written with ORDER BY; intermediate ones need no order.
+    con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET temp_directory = {_q(staging / 'duckdb_tmp')}")
     con.execute(f"CREATE VIEW stats AS SELECT * FROM read_parquet({_q(staging / 'stats.parquet')})")
     con.execute(f"""CREATE TEMP TABLE image_stage AS
@@ -192,7 +197,8 @@ def _finish(cfg: ArmConfig, con: duckdb.DuckDBPyConnection, root: Path, staging:
 
     cols = [c for c in STATS_SCHEMA.names if c not in ("split_key", "text_sha")]
     select = ", ".join(("meta::JSON AS meta" if c == "meta" else c) for c in cols)
-    con.execute(f"CREATE TABLE samples AS SELECT {select} FROM kept ORDER BY ord")
+    # Wide columns (texts, meta) are read from the staging file once, here, for kept rows only.
+    con.execute(f"CREATE TABLE samples AS SELECT {select} FROM stats WHERE ord IN (SELECT ord FROM kept) ORDER BY ord")
     con.execute(f"""
         CREATE TABLE rejections AS
         SELECT r.ord, r.source, r.ref, r.task, r.reason, r.detail, r.stage FROM (

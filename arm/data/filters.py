@@ -78,29 +78,41 @@ def bands(distance: int, bits: int = 64) -> list[tuple[int, int]]:
 
 def apply_filters(con: duckdb.DuckDBPyConnection, f: FilterConfig) -> None:
     """Reads view `stats` and table `image_index` (sha256, phash, thumb); creates tables
-    `kept` (stats rows that survive) and `filtered` (ord, reason, detail, stage)."""
+    `kept` (ord of each surviving row) and `filtered` (ord, reason, detail, stage).
+
+    Intermediate tables are narrow (ord, keys and hashes, never texts or meta), so memory
+    follows the number of rows times ~0.4 kB, and DuckDB can spill them past its memory limit.
+    """
     preds = predicate_filters(f)
     reason = "CASE " + " ".join(f"WHEN coalesce({p.predicate}, false) THEN '{p.reason}'" for p in preds) + " END"
     detail = "CASE " + " ".join(f"WHEN coalesce({p.predicate}, false) THEN {p.detail}" for p in preds) + " END"
-    con.execute(f"CREATE TEMP TABLE pred AS SELECT ord, {reason} AS reason, {detail} AS detail FROM stats")
-    con.execute("CREATE TEMP TABLE pass1 AS SELECT s.* FROM stats s JOIN pred p USING (ord) WHERE p.reason IS NULL")
-
+    con.execute(f"""
+        CREATE TEMP TABLE pred AS
+        SELECT * FROM (SELECT ord, {reason} AS reason, {detail} AS detail FROM stats) WHERE reason IS NOT NULL""")
+    con.execute("""
+        CREATE TEMP TABLE pass1 AS
+        SELECT ord, ref, task, id, text_sha, image_sha, source_image_sha FROM stats
+        WHERE ord NOT IN (SELECT ord FROM pred)""")
     con.execute("""
         CREATE TEMP TABLE exact AS
-        SELECT ord, first_value(ref) OVER w AS first_ref, row_number() OVER w AS rn
-        FROM pass1 WINDOW w AS (PARTITION BY id ORDER BY ord)""")
-    con.execute("CREATE TEMP TABLE pass2 AS SELECT s.* FROM pass1 s JOIN exact e USING (ord) WHERE e.rn = 1")
+        SELECT ord, first_ref FROM (
+            SELECT ord, first_value(ref) OVER w AS first_ref, row_number() OVER w AS rn
+            FROM pass1 WINDOW w AS (PARTITION BY id ORDER BY ord)
+        ) WHERE rn > 1""")
+    con.execute("CREATE TEMP TABLE pass2 AS SELECT * FROM pass1 WHERE ord NOT IN (SELECT ord FROM exact)")
+    con.execute("DROP TABLE pass1")
 
     _near_duplicates(con, f)
 
     con.execute("""
         CREATE TEMP TABLE filtered AS
-        SELECT ord, reason, detail, 'filter' AS stage FROM pred WHERE reason IS NOT NULL
+        SELECT ord, reason, detail, 'filter' AS stage FROM pred
         UNION ALL
-        SELECT ord, 'duplicate', 'same content as ' || first_ref, 'dedup' FROM exact WHERE rn > 1
+        SELECT ord, 'duplicate', 'same content as ' || first_ref, 'dedup' FROM exact
         UNION ALL
-        SELECT ord, 'near_duplicate', detail, 'dedup' FROM near WHERE rn > 1""")
-    con.execute("CREATE TEMP TABLE kept AS SELECT s.* FROM pass2 s JOIN near n USING (ord) WHERE n.rn = 1")
+        SELECT ord, 'near_duplicate', detail, 'dedup' FROM near""")
+    con.execute("CREATE TEMP TABLE kept AS SELECT ord FROM pass2 WHERE ord NOT IN (SELECT ord FROM near)")
+    con.execute("DROP TABLE pass2")
 
 
 def _near_duplicates(con: duckdb.DuckDBPyConnection, f: FilterConfig) -> None:
@@ -118,26 +130,24 @@ def _near_duplicates(con: duckdb.DuckDBPyConnection, f: FilterConfig) -> None:
     band_rows = ", ".join(f"({i}, {shift}, {(1 << w) - 1})" for i, (shift, w) in enumerate(bands(d)))
     con.execute(f"""
         CREATE TEMP TABLE nd_band AS
-        SELECT sha, okey, b.band, (phash >> b.shift) & b.mask::UBIGINT AS key
+        SELECT sha, okey, phash, b.band, (phash >> b.shift) & b.mask::UBIGINT AS key
         FROM nd_img, (VALUES {band_rows}) b(band, shift, mask)""")
+    # The Hamming check runs inside the band join, so candidate pairs stream through it and only
+    # pairs within the distance are kept (in the shapes world, a worst case of clustered hashes,
+    # candidates outnumber near pairs by orders of magnitude).
     con.execute(f"""
         CREATE TEMP TABLE nd_pair AS
-        WITH cand AS (
-            SELECT DISTINCT x.sha AS rep, y.sha AS dup
+        WITH close AS (
+            SELECT DISTINCT x.sha AS rep, y.sha AS dup, x.okey AS rep_okey,
+                   bit_count(xor(x.phash, y.phash)) AS dist
             FROM nd_band x JOIN nd_band y ON x.band = y.band AND x.key = y.key AND x.okey < y.okey
+            WHERE bit_count(xor(x.phash, y.phash)) <= {d}
         ), scored AS (
-            SELECT c.rep, c.dup, a.okey AS rep_okey,
-                   bit_count(xor(a.phash, b.phash)) AS dist,
-                   a.thumb AS ta, b.thumb AS tb
-            FROM cand c JOIN nd_img a ON a.sha = c.rep JOIN nd_img b ON b.sha = c.dup
-            WHERE bit_count(xor(a.phash, b.phash)) <= {d}
+            SELECT c.*, list_max(list_transform(range(1, len(a.thumb) + 1),
+                        lambda i: abs(a.thumb[i]::INTEGER - b.thumb[i]::INTEGER))) / 255.0 AS tdist
+            FROM close c JOIN nd_img a ON a.sha = c.rep JOIN nd_img b ON b.sha = c.dup
         )
-        SELECT rep, dup, rep_okey, dist,
-               list_max(list_transform(range(1, len(ta) + 1),
-                        lambda i: abs(ta[i]::INTEGER - tb[i]::INTEGER))) / 255.0 AS tdist
-        FROM scored
-        WHERE list_max(list_transform(range(1, len(ta) + 1),
-                       lambda i: abs(ta[i]::INTEGER - tb[i]::INTEGER))) / 255.0 <= {t!r}""")
+        SELECT * FROM scored WHERE tdist <= {t!r}""")
     # One level, not the transitive closure: an image maps to its earliest near-identical image.
     con.execute("""
         CREATE TEMP TABLE nd_canon AS
@@ -160,7 +170,7 @@ def _near_duplicates(con: duckdb.DuckDBPyConnection, f: FilterConfig) -> None:
                    first_value(image_sha) OVER w AS first_img, first_value(source_image_sha) OVER w AS first_src
             FROM keyed WINDOW w AS (PARTITION BY task, k_img, k_src, text_sha ORDER BY ord)
         )
-        SELECT ord, rn,
+        SELECT ord,
                CASE WHEN rn > 1 THEN
                    'same content as ' || first_ref || ' up to near-identical images: '
                    || concat_ws('; ',
@@ -173,4 +183,4 @@ def _near_duplicates(con: duckdb.DuckDBPyConnection, f: FilterConfig) -> None:
                              || coalesce(printf(' (pHash distance %d, thumbnail distance %.4f to %s)',
                                                 ds, ts, left(cs, 12)), '') END)
                END AS detail
-        FROM ranked""")
+        FROM ranked WHERE rn > 1""")
