@@ -24,7 +24,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# the script's own folder goes first on sys.path, where benchmarks/tokenize.py would shadow the
+# standard library's tokenize: replace it by the repo root
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(REPO)
+else:
+    sys.path.insert(0, str(REPO))
 
 
 def overrides(root: Path, steps: int, hidden: int | None, layers: int | None) -> list[str]:

@@ -18,12 +18,18 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# the script's own folder goes first on sys.path, where benchmarks/tokenize.py would shadow the
+# standard library's tokenize: replace it by the repo root
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(REPO)
+else:
+    sys.path.insert(0, str(REPO))
 
 SHAPES_BENCHES = ["shapes_geneval", "shapes_wise", "shapes_edit", "understanding"]
 
@@ -35,6 +41,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value")
     ap.add_argument("--root", default=str(REPO / ".arm-cache" / "quality"))
     ap.add_argument("--skip-train", action="store_true", help="evaluate the model already in ROOT/NAME/model")
+    ap.add_argument("--params", default=str(REPO / "params.yaml"), help="copied into ROOT/NAME first")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pretrain_quality.json"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,10 +53,14 @@ def main() -> None:
     from arm.model.io import load_model
     from arm.sample.pipeline import ArmPipeline
     from arm.train.perfect import PerfectVisualTokenizer
-    from arm.train.pretrain import pretrain
+    from arm.train.pretrain import pretrain, pretrain_multiprocess
 
     root = Path(args.root) / args.name
     root.mkdir(parents=True, exist_ok=True)
+    # a private copy: every process of the run reads the same params even if the file changes
+    params = root / "params.yaml"
+    if not args.skip_train:
+        shutil.copyfile(args.params, params)
     o = [
         "pretrain.data=shapes", "pretrain.images=oracle",
         f"pretrain.checkpoints={root / 'ckpt'}", f"pretrain.output={root / 'model'}",
@@ -58,10 +69,12 @@ def main() -> None:
         "eval.benchmarks=" + json.dumps(SHAPES_BENCHES),
         *args.overrides,
     ]
-    cfg = load_config(REPO / "params.yaml", preset=args.preset, overrides=o)
+    cfg = load_config(params, preset=args.preset, overrides=o)
     t0 = time.perf_counter()
     if args.skip_train:
         train = json.loads((root / "pretrain.json").read_text())
+    elif cfg.pretrain.nproc > 1:
+        train = pretrain_multiprocess(str(params), args.preset, o, cfg.pretrain.nproc)
     else:
         train = pretrain(cfg)
     train_wall = time.perf_counter() - t0

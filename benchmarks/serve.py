@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/serve.py [--model-dir models/arm-base] [--preset tiny]
 
 Packages the model into a temporary BentoML home, serves it twice with `bentoml serve` on
-127.0.0.1 (serve.batching.enabled true / false), and drives /generate and /describe with a
-bounded asyncio client at 1, 8 and 32 concurrent clients. Without a trained model it uses a
+127.0.0.1 (serve.batching.enabled true / false, both up at once), and drives /generate and
+/describe with a bounded asyncio client at 1, 8 and 32 concurrent clients, alternating between
+the two servers level by level. Without a trained model it uses a
 randomly initialised model of the preset's architecture: the cost per token is the same.
 Writes benchmarks/results/serve.json with the ratio batching-on / batching-off per level.
 """
@@ -98,33 +99,42 @@ async def drive(url: str, route: str, bodies: list[dict], concurrency: int, time
     }
 
 
-def run_mode(cfg: ArmConfig, model_tag: str, batching: bool, levels: list[int], per_client: int, min_requests: int,
-             work: Path, preset: str, torch_threads: int | None) -> dict:
+def run_both(cfg: ArmConfig, model_tag: str, levels: list[int], per_client: int, min_requests: int, work: Path,
+             preset: str, torch_threads: int | None) -> dict:
+    """Both servers (batching on, off) up at once; each level is measured on one, then at once on
+    the other, so drift in the machine's load falls on both sides of a ratio alike."""
+    from contextlib import ExitStack
+
     from arm.serve.launch import ServerProcess, serve_env
 
-    overrides = [f"serve.batching.enabled={str(batching).lower()}"]
-    if torch_threads:
-        overrides.append(f"serve.torch_threads={torch_threads}")
-    env = serve_env(model_tag=model_tag, preset=preset, overrides=overrides)
-    env.pop("ARM_SERVE_TOKEN", None)  # measure the model path, not auth
-    log = work / f"server-batching-{'on' if batching else 'off'}.log"
     most = max(max(levels) * per_client, min_requests)
-    data = payloads(cfg, most + 64)
-    out: dict[str, dict] = {}
-    with ServerProcess(REPO, env, log_path=log, ready_timeout_s=300) as srv:
+    data = payloads(cfg, most + 16)
+    timeout = cfg.serve.traffic.timeout_s
+    out: dict[str, dict] = {"on": {}, "off": {}}
+    with ExitStack() as stack:
+        servers = {}
+        for mode in ("on", "off"):
+            overrides = [f"serve.batching.enabled={'true' if mode == 'on' else 'false'}"]
+            if torch_threads:
+                overrides.append(f"serve.torch_threads={torch_threads}")
+            env = serve_env(model_tag=model_tag, preset=preset, overrides=overrides)
+            env.pop("ARM_SERVE_TOKEN", None)  # measure the model path, not auth
+            servers[mode] = stack.enter_context(
+                ServerProcess(REPO, env, log_path=work / f"server-batching-{mode}.log", ready_timeout_s=300))
         # warm-up: lazy init, and BentoML's batching optimizer fits its latency model on the first
         # calls. One client only: the optimizer's learned wait is an average of past queueing waits,
         # so a burst here would inflate the single-client latency measured next.
+        for mode, srv in servers.items():
+            for route in ("generate", "describe"):
+                asyncio.run(drive(srv.url, f"/{route}", data[route][-16:], 1, timeout))
         for route in ("generate", "describe"):
-            asyncio.run(drive(srv.url, f"/{route}", data[route][-16:], 1, cfg.serve.traffic.timeout_s))
-        for route in ("generate", "describe"):
-            out[route] = {}
             for c in sorted(levels):
                 n = max(c * per_client, min_requests)
-                res = asyncio.run(drive(srv.url, f"/{route}", data[route][:n], c, cfg.serve.traffic.timeout_s))
-                out[route][str(c)] = res
-                print(f"batching {'on ' if batching else 'off'} {route:8s} c={c:2d}: {res['throughput_rps']:7.2f} req/s "
-                      f"p50 {res['p50_ms']} ms p99 {res['p99_ms']} ms errors {res['errors']}", flush=True)
+                for mode, srv in servers.items():
+                    res = asyncio.run(drive(srv.url, f"/{route}", data[route][:n], c, timeout))
+                    out[mode].setdefault(route, {})[str(c)] = res
+                    print(f"batching {mode:3s} {route:8s} c={c:2d}: {res['throughput_rps']:7.2f} req/s "
+                          f"p50 {res['p50_ms']} ms p99 {res['p99_ms']} ms errors {res['errors']}", flush=True)
     return out
 
 
@@ -156,10 +166,8 @@ def main() -> None:
     tag = package(cfg, model_dir, repo=REPO, build=False)["model_tag"]
     print(f"model {model_dir} -> {tag} ({'random init' if random_init else 'trained'}); logs in {work}", flush=True)
 
-    results = {}
-    for batching in (True, False):
-        results["on" if batching else "off"] = run_mode(cfg, tag, batching, args.levels, args.per_client,
-                                                        args.min_requests, work, args.preset, args.torch_threads or None)
+    results = run_both(cfg, tag, args.levels, args.per_client, args.min_requests, work, args.preset,
+                       args.torch_threads or None)
     ratios = {
         route: {
             c: {

@@ -1,6 +1,6 @@
 """Prefect flow of the pretrain stage: a thin wrapper around arm.train.pretrain.pretrain.
 
-With nproc > 1 the task starts torchrun on this machine (the same command a GPU work pool or
+With nproc > 1 (pretrain.nproc, or the argument) the task starts torchrun on this machine (the same command a GPU work pool or
 the `deepspeed` launcher would run); every process runs the same stage function.
 """
 
@@ -12,10 +12,12 @@ from arm.config import load_config
 
 
 @task(name="pretrain")
-def pretrain_task(params: str, preset: str | None, overrides: list[str] | None, nproc: int, stop_after: int | None) -> dict:
+def pretrain_task(params: str, preset: str | None, overrides: list[str] | None, nproc: int | None,
+                  stop_after: int | None) -> dict:
     from arm.train.pretrain import pretrain, pretrain_multiprocess
 
     cfg = load_config(params, preset, overrides)
+    nproc = nproc or cfg.pretrain.nproc
     logger = get_run_logger()
     logger.info("pretrain %s: %d steps on %d process(es), images from %s", cfg.preset, cfg.pretrain.max_steps, nproc,
                 cfg.pretrain.images)
@@ -31,7 +33,8 @@ def pretrain_task(params: str, preset: str | None, overrides: list[str] | None, 
 
 @flow(name="pretrain")
 def pretrain_flow(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None,
-                  nproc: int = 1, stop_after: int | None = None) -> dict:
+                  nproc: int | None = None, stop_after: int | None = None) -> dict:
+    """nproc: processes on this machine; None = pretrain.nproc."""
     return pretrain_task(params, preset, overrides, nproc, stop_after)
 
 

@@ -30,5 +30,17 @@ def rl_flow(params: str = "params.yaml", preset: str | None = None, overrides: l
     return grpo_task(params, preset, overrides, stop_after)
 
 
+@flow(name="rl_claims")
+def rl_claims_flow(params: str = "params.yaml", preset: str | None = "small", overrides: list[str] | None = None,
+                   seeds: list[int] | None = None, task_sets: list[str] | None = None,
+                   out_root: str = "models/rl-claims") -> dict:
+    """Issue item 4: RL per seed and task set, each evaluated against the base (arm.rl.claims)."""
+    from arm.rl.claims import run_claims
+
+    result = run_claims(params, preset, overrides, seeds or [0, 1, 2], task_sets or ["both", "t2i", "edit"], out_root)
+    get_run_logger().info("claims: %s", {k: v.get("met", "reported") for k, v in result["claims"].items()})
+    return result
+
+
 if __name__ == "__main__":
     rl_flow()

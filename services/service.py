@@ -87,7 +87,7 @@ class ArmModel:
                 raise RuntimeError(f"{stored.tag}: no file checksums in its metadata; package it with `arm package`")
             store.verify_files(model_dir, files)
         t0 = time.perf_counter()
-        self.runner = BatchRunner(load_pipeline(model_dir, SAMPLING, SERVE.torch_threads), LIMITS)
+        self.runner = BatchRunner(load_pipeline(model_dir, SAMPLING, SERVE.torch_threads, SERVE.device), LIMITS)
         self.info_ = ModelInfo(
             **store.model_info(stored),
             batching=SERVE.batching.enabled,

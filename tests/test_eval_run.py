@@ -229,3 +229,22 @@ def test_noise_weights_degrades_deterministically():
     assert torch.equal(la, lb) and not torch.allclose(la, lc)
     w0, w1 = clean.model.layers[0].mlp.up_proj.weight.detach(), a.model.layers[0].mlp.up_proj.weight.detach()
     assert 0.4 < float((w1 - w0).std() / w0.std()) < 0.6
+
+
+def test_each_benchmark_has_its_own_seed_block(setup):
+    tmp, cfg, sets = setup
+
+    class Recording(OraclePipeline):
+        seeds: list
+
+        def generate(self, prompts, n=1, seed=None, **kw):
+            self.seeds.append((prompts[0], seed))
+            return super().generate(prompts, n, **kw)
+
+    runs = []
+    for benches in ("[shapes_geneval, shapes_wise]", "[shapes_wise]"):
+        p = Recording(cfg, sets)
+        p.seeds = []
+        evaluate(micro(tmp, f"eval.benchmarks={benches}"), None, pipeline=p, name="seeds")
+        runs.append([s for s in p.seeds if s[0] in {i["prompt"] for i in sets["wise"]}])
+    assert runs[0] == runs[1] and runs[0]

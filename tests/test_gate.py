@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from arm.config import ConfigError, load_config
 from arm.eval.gate import GateError, gate, promote
@@ -128,3 +129,82 @@ def test_arm_gate_exit_codes(tmp_path):
         assert json.loads((tmp_path / "promoted.json").read_text())["model"] == "good"
         r = runner.invoke(app, ["gate", "--candidate", str(tmp_path / "missing.json"), *sets])
         assert r.exit_code == 1 and "not found" in r.output
+
+
+# ----------------------------------------------------------------------------- a real trained model
+
+
+def train_tiny_model(cfg, out: Path):
+    """A real ArmPipeline model, trained in seconds: a 2-layer Llama over the perfect visual tokenizer
+    (one code per cell) on every scene of a one-cell world, with condition dropout for CFG."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from arm.data import shapes
+    from arm.data.shapes import Scene, ShapeObject
+    from arm.text.formats import format_example
+    from arm.text.tokenizer import save_tokenizer, train_bpe, wrap
+    from arm.train.perfect import PerfectVisualTokenizer
+
+    w = cfg.world
+    scenes = [Scene.of([ShapeObject(0, 0, k, c, s)]) for k in w.kinds for c in w.colors for s in w.sizes]
+    captions = [shapes.caption(sc, w.grid) for sc in scenes]
+    vt = PerfectVisualTokenizer(w)
+    tok, layout = wrap(train_bpe(captions * 5, 200, 1), vt.codebook_size, tuple(vt.grid), tuple(vt.levels))
+    docs = []
+    for sc, cap in zip(scenes, captions):
+        text, codes = tok(cap, add_special_tokens=False)["input_ids"], vt.encode_scene(sc)
+        docs += [format_example("generate", layout, text=text, target_image=codes, uncond=u) for u in (False, True)]
+    n, length = len(docs), max(len(d) for d, _ in docs)
+    ids, att = torch.full((n, length), layout.pad), torch.zeros(n, length, dtype=torch.long)
+    labels = torch.full((n, length), -100)
+    for i, (d, mask) in enumerate(docs):
+        ids[i, : len(d)], att[i, : len(d)] = torch.tensor(d), 1
+        labels[i, : len(d)] = torch.tensor([t if k else -100 for t, k in zip(d, mask)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model on a shared 2-core machine: one thread is fastest
+    try:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=layout.vocab_size, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=128))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for _ in range(200):
+            loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    save_tokenizer(tok, layout, out)
+    model.save_pretrained(out)
+    return vt
+
+
+@pytest.mark.slow
+def test_real_model_passes_and_its_noised_copy_is_rejected(tmp_path):
+    from arm.eval.prompts import build_prompt_sets
+    from arm.eval.reference import noise_weights
+    from arm.eval.run import evaluate
+    from arm.sample.pipeline import ArmPipeline
+
+    cfg = cfg_for(tmp_path, "world.grid=1", "world.image_size=24", "world.min_objects=1", "world.max_objects=1",
+                  "data.sources=[{type: shapes, n_scenes: 10}]", "eval.benchmarks=[shapes_geneval]",
+                  "eval.prompts.geneval_per_category=24", "eval.sampling.temperature=0", "eval.sampling.cfg_scale=1",
+                  "gate.thresholds={shapes_geneval.overall: 0.8}", "gate.min_over_floor={shapes_geneval.overall: 0.3}",
+                  "gate.max_regression={shapes_geneval.overall: 0.05}")
+    build_prompt_sets(cfg)
+    vt = train_tiny_model(cfg, tmp_path / "arm-good")
+    pipe = ArmPipeline.from_pretrained(tmp_path / "arm-good", visual_tokenizer=vt, config=cfg.sampling)
+    good = evaluate(cfg, tmp_path / "arm-good", pipeline=pipe)
+    assert good["floor_source"] == "the model's unconditional samples"
+    res = gate(cfg, tmp_path / "metrics" / "eval_arm-good.json")
+    assert res.passed, res.to_json()
+    promote(cfg, res, tmp_path / "metrics" / "eval_arm-good.json")
+
+    noise_weights(pipe.model, 1.0, seed=0)  # the same weights plus noise of their own scale
+    noised = evaluate(cfg, None, pipeline=pipe, name="arm-noised")
+    assert noised["scores"]["shapes_geneval"]["overall"] < good["scores"]["shapes_geneval"]["overall"]
+    bad = gate(cfg, tmp_path / "metrics" / "eval_arm-noised.json")
+    assert not bad.passed
+    assert {"threshold:shapes_geneval.overall", "regression:shapes_geneval.overall"} <= set(bad.to_json()["failed"])
+    assert json.loads((tmp_path / "promoted.json").read_text())["model"] == "arm-good"

@@ -25,8 +25,8 @@ def _model(**kw):
     m = build_model(SMALL.model_copy(update=kw), LAYOUT, seed=0).eval()
     with torch.no_grad():  # fresh level rows are tiny: make them matter for the checks below
         for mod in m.modules():
-            if isinstance(mod, factorized.LevelRows):
-                mod.weight.normal_(0, 0.5)
+            if isinstance(mod, (factorized.FactorizedEmbedding, factorized.FactorizedHead)):
+                mod.level_weight.normal_(0, 0.5)
     return m
 
 
@@ -71,7 +71,7 @@ def test_factorised_rows_share_levels_and_fold_exactly():
     digits = factorized.code_digits(LAYOUT)
     same_first_two = [c for c in range(60) if digits[c, 0] == 1 and digits[c, 1] == 2]
     extra = (eff - own)[off:]
-    lv = emb.levels.weight
+    lv = emb.level_weight
     for c in same_first_two:
         assert torch.allclose(extra[c], lv[1] + lv[4 + 2] + lv[9 + digits[c, 2]], atol=1e-6)
     assert torch.equal((eff - own)[:off], torch.zeros_like(own[:off]))  # text rows untouched
@@ -95,9 +95,9 @@ def test_level_rows_get_gradient_from_every_code_of_the_level():
     for c in (7, 33):
         d = factorized.code_digits(LAYOUT)[c]
         used |= {int(d[0]), 4 + int(d[1]), 9 + int(d[2])}
-    grads = emb.levels.weight.grad.abs().sum(1)
+    grads = emb.level_weight.grad.abs().sum(1)
     assert {i for i in range(sum(LAYOUT.levels)) if grads[i] > 0} == used  # input side: the codes fed in
-    head_grads = model.get_output_embeddings().levels.weight.grad.abs().sum(1)
+    head_grads = model.get_output_embeddings().level_weight.grad.abs().sum(1)
     assert (head_grads > 0).all()  # output side: every code's logit uses its level rows
 
 

@@ -63,3 +63,25 @@ def test_cli_runs_the_flow(tmp_path, monkeypatch):
     assert CliRunner().invoke(app, [*args, "--set", "rl.group_size=1"]).exit_code == 2
     res = CliRunner().invoke(app, [*args, "--set", f"rl.base={tmp_path}/nope"])
     assert res.exit_code == 1 and "nope" in res.output
+
+
+@pytest.mark.slow
+def test_claims_experiment_end_to_end(tmp_path):
+    """Two seeds x two task sets on a toy oracle model: every run is trained, evaluated and tabulated."""
+    from arm.rl.claims import render_report, run_claims
+
+    world = load_config(REPO / "params.yaml", preset="micro").world
+    base = build_model_dir(tmp_path / "arm-base", world)
+    overrides = [f"rl.base={base}", f"rl.checkpoints={tmp_path}/ck", "rl.rewards.t2i.alignment=0", "rl.steps=1",
+                 f"eval.prompts.dir={tmp_path}/prompts", f"eval.metrics_dir={tmp_path}/metrics",
+                 f"eval.reports_dir={tmp_path}/reports"]
+    result = run_claims(REPO / "params.yaml", "micro", overrides, seeds=[0, 1], task_sets=["both", "edit"],
+                        out_root=str(tmp_path / "claims"), benchmarks=["shapes_geneval", "shapes_edit"],
+                        metrics_out=str(tmp_path / "rl_claims.json"), report_out=str(tmp_path / "rl_claims.md"))
+    assert set(result["runs"]) == {"both", "edit"} and set(result["runs"]["edit"]) == {"0", "1"}
+    row = result["table"]["both"]["shapes_geneval.overall"]
+    assert row["rl"]["n"] == 2 and row["delta"]["mean"] == pytest.approx(row["rl"]["mean"] - row["base"])
+    assert "a_rl_improves_targets" in result["claims"] and "rl_on_edit" in result["claims"]["b_cross_task_synergy"]
+    assert (tmp_path / "claims" / "edit-s1" / "manifest.json").is_file()
+    assert (tmp_path / "rl_claims.md").read_text() == render_report(result)
+    assert json.loads((tmp_path / "rl_claims.json").read_text())["seeds"] == [0, 1]

@@ -239,12 +239,12 @@ def _fake_model_dir(root: Path) -> Path:
     return d
 
 
-def test_package_labels_provenance_and_checksums(tmp_path, monkeypatch):
+def test_package_labels_provenance_and_checksums(tmp_path):
     import bentoml
 
     from arm.serve import store
 
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    # the model store is conftest's per-session BENTOML_HOME: BentoML resolves it once per process
     repo = tmp_path / "repo"
     model_dir = _fake_model_dir(repo / "models")
     (repo / "metrics").mkdir(parents=True)
@@ -273,10 +273,9 @@ def test_package_labels_provenance_and_checksums(tmp_path, monkeypatch):
         store.verify_files(packaged, files)
 
 
-def test_package_refuses_pickles_and_incomplete_dirs(tmp_path, monkeypatch):
+def test_package_refuses_pickles_and_incomplete_dirs(tmp_path):
     from arm.serve import store
 
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     model_dir = _fake_model_dir(tmp_path)
     (model_dir / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(store.PackageError, match="pickle"):
@@ -329,3 +328,32 @@ def test_service_definition_takes_its_config_from_params(tmp_path):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"traffic": {"timeout": 7.0, "max_concurrency": 3}, "batchable": False, "max_batch": 5,
                    "tag": "arm:v1", "front_batchable": False}
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def test_package_and_serve_commands_are_registered():
+    import typer
+    from typer.testing import CliRunner
+
+    from arm.commands import serve
+
+    app = typer.Typer()
+    serve.register(app)
+    runner = CliRunner()
+    out = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0 and "--bento" in out.output and "bentoml serve" in out.output
+    out = runner.invoke(app, ["package", "--help"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0 and "--no-build" in out.output
+    out = runner.invoke(app, ["serve", "--params", str(REPO / "params.yaml"), "--set", "serve.port=0"])
+    assert out.exit_code == 2  # config errors stop before bentoml starts
+
+
+def test_serve_command_and_environment():
+    from arm.serve.launch import serve_command, serve_env
+
+    cmd = serve_command("arm_service:abc", "127.0.0.1", 3123)
+    assert cmd[1:4] == ["-m", "bentoml", "serve"] and cmd[4:] == ["arm_service:abc", "--host", "127.0.0.1", "--port", "3123"]
+    env = serve_env(model_tag="arm:v2", preset="micro", overrides=["serve.limits.max_n=2"], base={"ARM_SET": "seed=3"})
+    assert env["ARM_SET"] == "seed=3;serve.model_tag=arm:v2;serve.limits.max_n=2" and env["ARM_PRESET"] == "micro"

@@ -38,7 +38,8 @@ def register_pretrain(app: typer.Typer) -> None:
         params: Path = ParamsOpt,
         preset: Optional[str] = PresetOpt,
         set_: Optional[list[str]] = SetOpt,
-        nproc: int = typer.Option(1, "--nproc", min=1, help="processes on this machine (torchrun); gloo on CPU, NCCL on GPU"),
+        nproc: Optional[int] = typer.Option(None, "--nproc", min=1,
+                                            help="processes on this machine (torchrun; default pretrain.nproc)"),
         stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="stop with a checkpoint after N steps"),
     ) -> None:
         """Pretrain the AR model (DeepSpeed), resuming from its last checkpoint; export to pretrain.output."""

@@ -50,3 +50,38 @@ def register(app: typer.Typer) -> None:
             return
         console.print(_rewards_table(metrics))
         console.print(f"model: {cfg.rl.output}  metrics: {cfg.rl.metrics}  curve: {cfg.rl.plot}", highlight=False)
+
+    @app.command("rl-claims")
+    def rl_claims_cmd(
+        params: Path = ParamsOpt, preset: Optional[str] = typer.Option("small", "--preset", "-p", help="preset"),
+        set_: Optional[list[str]] = SetOpt,
+        seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated RL seeds"),
+        tasks: str = typer.Option("both,t2i,edit", "--tasks", help="task sets: both, t2i, edit (comma-separated)"),
+        out_root: Path = typer.Option(Path("models/rl-claims"), "--out", help="where the RL model dirs go"),
+    ) -> None:
+        """Reproduce the paper's RL claims: RL per seed and task set vs the base; reports/rl_claims.md."""
+        cfg = resolve_config(params, preset, set_)
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            console.print(f"[red]--seeds {seeds!r}: expected comma-separated integers[/red]", highlight=False)
+            raise typer.Exit(2) from None
+        task_sets = [t.strip() for t in tasks.split(",") if t.strip()]
+        from arm.rl.claims import TASK_SETS
+
+        bad = [t for t in task_sets if t not in TASK_SETS]
+        if bad or not seed_list or not task_sets:
+            console.print(f"[red]--tasks {tasks!r} / --seeds {seeds!r}: task sets must be among {list(TASK_SETS)}, "
+                          "with at least one seed[/red]", highlight=False)
+            raise typer.Exit(2)
+        if not Path(cfg.rl.base).is_dir():
+            console.print(f"[red]rl-claims: base model dir {cfg.rl.base} not found (run `arm pretrain` first)[/red]",
+                          highlight=False)
+            raise typer.Exit(1)
+        from flows.rl import rl_claims_flow
+
+        result = rl_claims_flow(params=str(params), preset=preset, overrides=list(set_ or []), seeds=seed_list,
+                                task_sets=task_sets, out_root=str(out_root))
+        from arm.rl.claims import render_report
+
+        console.print(render_report(result), highlight=False)

@@ -74,7 +74,12 @@ class Runner:
         self.pipe, self.tokenizer, self.sets, self.prior = pipeline, tokenizer, sets, prior
         self.sampling = {k: v for k, v in self.ecfg.sampling.model_dump().items() if v is not None}
         self._uncond: list[Image.Image] | None = None
-        self._offset = 0  # seeds: eval.seed + running output index over the whole run
+        self._offset = 0
+
+    def stream(self, name: str) -> None:
+        """Each benchmark draws its seeds from its own block, so running a subset of the
+        benchmarks (or another order) gives every benchmark the same samples."""
+        self._offset = (BENCH_ORDER.index(name) + 1) * 10_000_000
 
     def _seed(self, count: int) -> int:
         seed = self.ecfg.seed + self._offset
@@ -140,7 +145,7 @@ class Runner:
         have = self._uncond or []
         if len(have) < count:
             lay = self.pipe.layout
-            base = self.ecfg.seed + 1_000_000  # apart from the conditional samples' seeds
+            base = self.ecfg.seed  # block 0: apart from every benchmark's conditional samples
             kw = {k: v for k, v in self.sampling.items() if k != "cfg_scale"}
             for i in range(len(have), count, self.ecfg.batch_size):
                 k = min(self.ecfg.batch_size, count - i)
@@ -360,6 +365,7 @@ def bench_tokenizer(r: Runner) -> BenchResult | None:
     return BenchResult(scores, grids=[g])
 
 
+BENCH_ORDER = ("shapes_geneval", "shapes_wise", "shapes_edit", "understanding", "fmnist", "tokenizer")
 BENCHES: dict[str, Callable[[Runner], BenchResult | None]] = {
     "shapes_geneval": bench_geneval,
     "shapes_wise": bench_wise,
@@ -376,7 +382,13 @@ BENCHES: dict[str, Callable[[Runner], BenchResult | None]] = {
 def load_pipeline(cfg: ArmConfig, model_dir: str | Path) -> Pipeline:
     from arm.sample.pipeline import ArmPipeline
 
-    return ArmPipeline.from_pretrained(model_dir, config=cfg.sampling)
+    try:
+        pipe = ArmPipeline.from_pretrained(model_dir, config=cfg.sampling)
+    except (OSError, ValueError) as e:
+        raise EvalError(f"model dir {model_dir}: cannot load it: {e}") from e
+    if pipe.visual is None:
+        raise EvalError(f"model dir {model_dir}: manifest.json names no visual tokenizer (images cannot be read or drawn)")
+    return pipe
 
 
 def find_tokenizer(pipeline) -> Any:
@@ -426,6 +438,7 @@ def evaluate(
     timings: dict[str, float] = {}
     for bench in cfg.eval.benchmarks:
         t0 = time.perf_counter()
+        runner.stream(bench)
         res = BENCHES[bench](runner)
         timings[bench] = round(time.perf_counter() - t0, 2)
         logger.info("evaluate %s: %s done in %.1f s", name, bench, timings[bench])

@@ -89,6 +89,10 @@ class PretrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0)  # 0 = off
     zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Processes on this machine (torchrun, gloo on CPU / NCCL on GPU); `arm pretrain --nproc` overrides.
+    # On a 2-core CPU, 2 processes x 1 thread beat 1 process x 2 threads (intra-op threads stall
+    # whenever a core is taken by another job; measured in benchmarks/pretrain.py).
+    nproc: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)  # torch CPU threads per process; null = torch default
 
     log_every: int = Field(10, ge=1)

@@ -26,70 +26,68 @@ def code_digits(layout: VocabLayout) -> torch.Tensor:
     return torch.stack(out, -1)
 
 
-class LevelRows(nn.Module):
-    """The shared per-level rows; `per_code()` gives the [codebook, d] sum added to image rows."""
+def _shape(w: torch.Tensor) -> torch.Size:
+    return getattr(w, "ds_shape", w.shape)  # a ZeRO-3 partitioned parameter keeps its full shape here
 
-    def __init__(self, layout: VocabLayout, dim: int, init_std: float) -> None:
-        super().__init__()
+
+class _LevelMixin:
+    """Level rows owned by the module itself (not a child): ZeRO-3 gathers a module's own
+    parameters before its forward, so rows used inside that forward must be registered on it."""
+
+    def _init_levels(self, layout: VocabLayout, dim: int, init_std: float, weight: nn.Parameter | None) -> None:
         offsets = torch.tensor([0, *layout.levels[:-1]]).cumsum(0)
-        self.register_buffer("index", code_digits(layout) + offsets, persistent=False)
-        self.weight = nn.Parameter(torch.randn(sum(layout.levels), dim) * init_std)
+        self.register_buffer("level_index", code_digits(layout) + offsets, persistent=False)
+        self.level_weight = weight if weight is not None else nn.Parameter(torch.randn(sum(layout.levels), dim) * init_std)
+        self.offset = layout.image_offset
 
     def per_code(self) -> torch.Tensor:
-        return self.weight[self.index].sum(1)
+        """[codebook, d]: the sum of each code's level rows."""
+        return self.level_weight[self.level_index].sum(1)
+
+    def effective_weight(self) -> torch.Tensor:
+        w = self.weight
+        return torch.cat([w[: self.offset], w[self.offset :] + self.per_code().to(w.dtype)])
 
 
-class FactorizedEmbedding(nn.Module):
+class FactorizedEmbedding(_LevelMixin, nn.Module):
     """Drop-in for the model's input nn.Embedding (keeps `.weight` = the own rows)."""
 
     def __init__(self, base: nn.Embedding, layout: VocabLayout, init_std: float) -> None:
         super().__init__()
         self.weight = base.weight
-        self.offset = layout.image_offset
-        self.levels = LevelRows(layout, base.weight.shape[1], init_std)
         self.padding_idx = base.padding_idx
+        self._init_levels(layout, _shape(base.weight)[1], init_std, None)
 
     @property
     def num_embeddings(self) -> int:
-        return self.weight.shape[0]
+        return _shape(self.weight)[0]
 
     @property
     def embedding_dim(self) -> int:
-        return self.weight.shape[1]
+        return _shape(self.weight)[1]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = F.embedding(ids, self.weight)
         is_image = ids >= self.offset
         code = (ids - self.offset).clamp(min=0)
         # gather per token rather than materialising every code's row: cheap for a 64k codebook too
-        extra = self.levels.weight[self.levels.index[code]].sum(-2)
+        extra = self.level_weight[self.level_index[code]].sum(-2)
         return out + extra * is_image.unsqueeze(-1).to(out.dtype)
 
-    def effective_weight(self) -> torch.Tensor:
-        w = self.weight
-        return torch.cat([w[: self.offset], w[self.offset :] + self.levels.per_code().to(w.dtype)])
 
-
-class FactorizedHead(nn.Module):
+class FactorizedHead(_LevelMixin, nn.Module):
     """Drop-in for the LM head (no bias): logits over the folded matrix.
 
-    Tied to the input embedding when `tied` is given (its own rows and level rows are reused);
-    the embedding is held outside the module tree so its parameters are not registered twice.
+    Tied: the embedding's own rows and level rows are registered here too (the same Parameter
+    objects, as transformers ties lm_head.weight to embed_tokens.weight).
     """
 
-    def __init__(self, weight: nn.Parameter | None, layout: VocabLayout, init_std: float, tied: FactorizedEmbedding | None = None) -> None:
+    def __init__(self, weight: nn.Parameter, layout: VocabLayout, init_std: float,
+                 tied: FactorizedEmbedding | None = None) -> None:
         super().__init__()
-        self._tied = (tied,) if tied is not None else ()
-        self.offset = layout.image_offset
-        if tied is None:
-            self.weight = weight
-            self.levels = LevelRows(layout, weight.shape[1], init_std)
-
-    def effective_weight(self) -> torch.Tensor:
-        if self._tied:
-            return self._tied[0].effective_weight()
-        w = self.weight
-        return torch.cat([w[: self.offset], w[self.offset :] + self.levels.per_code().to(w.dtype)])
+        self.tied = tied is not None
+        self.weight = tied.weight if tied is not None else weight
+        self._init_levels(layout, _shape(self.weight)[1], init_std, tied.level_weight if tied is not None else None)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.effective_weight())
@@ -101,7 +99,7 @@ def install(model, layout: VocabLayout, init_std: float) -> None:
     emb = FactorizedEmbedding(model.get_input_embeddings(), layout, init_std)
     model.set_input_embeddings(emb)
     if tied:
-        head = FactorizedHead(None, layout, init_std, tied=emb)
+        head = FactorizedHead(emb.weight, layout, init_std, tied=emb)
     else:
         head = FactorizedHead(model.get_output_embeddings().weight, layout, init_std)
     model.set_output_embeddings(head)
@@ -123,7 +121,7 @@ def fold(model) -> None:
     plain_emb.weight.copy_(w_in)
     model.set_input_embeddings(plain_emb)
     plain_head = nn.Linear(w_in.shape[1], w_in.shape[0], bias=False, dtype=w_in.dtype, device=w_in.device)
-    if head._tied:
+    if head.tied:
         plain_head.weight = plain_emb.weight
     else:
         plain_head.weight.copy_(head.effective_weight().detach())

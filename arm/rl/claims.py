@@ -109,6 +109,11 @@ def run_claims(
     base_dir = Path(base_cfg.rl.base)
     if not base_dir.is_dir():
         raise FileNotFoundError(f"rl.base {base_dir}: model dir not found (run `arm pretrain` first)")
+    if not (Path(base_cfg.eval.prompts.dir) / "manifest.json").is_file():
+        from arm.eval.prompts import build_prompt_sets
+
+        log.info("no held-out prompt sets in %s: building them (arm eval-prompts)", base_cfg.eval.prompts.dir)
+        build_prompt_sets(base_cfg)
     base_scores = evaluate_model(base_cfg, base_dir, f"claims_{base_cfg.preset}_base")["scores"]
 
     runs: dict[str, dict[int, dict]] = {}

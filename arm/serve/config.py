@@ -58,6 +58,7 @@ class ServeConfig(Strict):
     port: int = Field(3000, ge=1, le=65535)
     resources: dict[str, str | int] = {"cpu": "2"}  # BentoML resources of the model service
     torch_threads: int | None = Field(None, ge=1)  # intra-op threads of the model process
+    device: str | None = None  # null = sampling.device; "auto" = cuda when the model process has a GPU
     verify_checksums: bool = True  # re-hash the packaged files before loading them
     batching: BatchingConfig = BatchingConfig()
     traffic: TrafficConfig = TrafficConfig()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from arm.serve.config import LimitsConfig
 from arm.serve.images import open_image, png_base64
@@ -79,19 +79,21 @@ class BatchRunner:
             return self._isolated(kind, items[:mid]) + self._isolated(kind, items[mid:])
 
 
-def load_pipeline(model_dir: str | Path, sampling: Any, torch_threads: int | None = None) -> Any:
-    """ArmPipeline from a packaged model dir (safetensors only, no remote code)."""
+def load_pipeline(model_dir: str | Path, sampling: Any, torch_threads: int | None = None,
+                  device: str | None = None) -> Any:
+    """ArmPipeline from a packaged model dir (safetensors only, no remote code).
+
+    `device` overrides `sampling.device`; "auto" picks CUDA when BentoML gave this process a GPU.
+    """
     import torch
 
     from arm.sample.pipeline import ArmPipeline
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device and device != sampling.device:
+        sampling = sampling.model_copy(update={"device": device})
     return ArmPipeline.from_pretrained(model_dir, config=sampling)
 
-
-def warm_up(runner: BatchRunner, make: Callable[[], list[Any]], kind: str) -> None:
-    """One tiny call so the first user request does not pay for lazy initialisation."""
-    out = getattr(runner, kind)(make())
-    if not all(o.ok for o in out):
-        raise RuntimeError(f"warm-up {kind} failed: {[o.error for o in out if not o.ok]}")

@@ -86,9 +86,6 @@ class Sampling(_Item):
     top_p: float
     seed: int
 
-    def group_key(self) -> tuple[float, float, int, float]:
-        return (self.cfg_scale, self.temperature, self.top_k, self.top_p)
-
 
 class GenerateItem(Sampling):
     """One image to generate (a request for n images is n items with seeds seed..seed+n-1)."""
@@ -107,9 +104,6 @@ class DescribeItem(_Item):
     max_new_tokens: int
     temperature: float
     seed: int
-
-    def group_key(self) -> tuple[int, float]:
-        return (self.max_new_tokens, self.temperature)
 
 
 class Outcome(_Item):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from arm.config import ArmConfig
 from arm.io import atomic_path, atomic_write_json, atomic_write_text
-from arm.model.build import build_model, count_parameters, flops_per_token, use_factorized
+from arm.model.build import build_model, flops_per_token, use_factorized
 from arm.model.io import export_model
 from arm.text.sequences import TASKS, PackedStream, collate, eval_rows, padding_waste, tokenize_examples
 from arm.text.tokenizer import build_tokenizer, encode_texts, load_tokenizer, save_tokenizer
@@ -97,7 +97,8 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on norms and biases
+            ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 shards are flat; ds_shape is the real one
+            (decay if ndim >= 2 else no_decay).append(p)  # no decay on norms and biases
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -119,6 +120,14 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if td.is_initialized() and td.get_world_size() > 1:
         td.all_reduce(t)
     return t
+
+
+def _any_rank(flag: bool) -> bool:
+    """One decision for all ranks (each has its own clock): stopping alone would hang the others."""
+    t = torch.tensor([1.0 if flag else 0.0])
+    if torch.cuda.is_available():
+        t = t.cuda()
+    return bool(_all_reduce(t).item() > 0)
 
 
 @torch.no_grad()
@@ -211,12 +220,21 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     val = eval_rows(tokenize_examples(data.val, encode), layout, cfg.text.seq_len, p.eval_rows)
     waste = padding_waste(stream.block(0) + stream.block(1))
 
+    ds_cfg = ds_config(cfg, denv.world_size)
+    if p.zero_stage == 3:
+        # transformers builds (or loads) the model inside deepspeed.zero.Init while this is set:
+        # each rank then holds only its shard, never the whole model (7b)
+        from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+        hf_ds = HfDeepSpeedConfig(ds_cfg)  # noqa: F841 (kept alive until the engine exists)
     model = build_model(cfg.model, layout, seed=cfg.seed)
-    n_params = count_parameters(model)
+    n_params = sum(getattr(q, "ds_numel", q.numel()) for q in model.parameters())
     optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, betas=p.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(p.schedule, p.warmup_steps, p.max_steps, p.min_lr_ratio))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config(cfg, denv.world_size))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    if p.zero_stage == 3:
+        unset_hf_deepspeed_config()  # the export below builds a plain CPU model
+        del hf_ds
     _seed_process(cfg.seed, denv.rank)
 
     state = TrainState()
@@ -286,7 +304,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         if stop_after is not None and state.step >= stop_after and state.step < p.max_steps:
             stop_reason = "stop_after"
             break
-        if p.time_limit_min and time.perf_counter() - t_start > 60 * p.time_limit_min and state.step < p.max_steps:
+        if p.time_limit_min and state.step < p.max_steps and _any_rank(time.perf_counter() - t_start > 60 * p.time_limit_min):
             stop_reason = "time_limit"
             log.warning("time limit of %.1f min reached at step %d of %d", p.time_limit_min, state.step, p.max_steps)
             break
