@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,12 +52,30 @@ def records_per_scene(k: int = 300) -> float:
 # ----------------------------------------------------------------------------- children
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(this process, its waited-for children) user+sys CPU seconds."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def cpu_fields(n: int, before: tuple[float, float], cores: int) -> dict:
+    """CPU time is what contention does not change: on `cores` free cores the run cannot take less
+    than max(serial main-process time, total time / cores); that bound gives the projection."""
+    main = cpu_seconds()[0] - before[0]
+    workers = cpu_seconds()[1] - before[1]
+    bound = max(main, (main + workers) / cores)
+    return {"cpu_seconds_main": round(main, 3), "cpu_seconds_workers": round(workers, 3),
+            f"projected_samples_per_s_on_{cores}_free_cores": round(n / bound, 1) if bound > 0 else None}
+
+
 def child_ours(n_scenes: int, workers: int, store: Path) -> dict:
     from arm.data.curate import curate
 
+    before = cpu_seconds()
     m = curate(shapes_config(n_scenes, workers, store), progress=False)
     return {"n": m["n_in"], "kept": m["n_kept"], "seconds": m["seconds"]["total"],
-            "samples_per_s": m["samples_per_s"], "stats_seconds": m["seconds"]["stats"]}
+            "samples_per_s": m["samples_per_s"], "stats_seconds": m["seconds"]["stats"],
+            **cpu_fields(m["n_in"], before, max(workers, 1))}
 
 
 def child_baseline(n_scenes: int, limit: int, store: Path) -> dict:
@@ -80,6 +99,7 @@ def child_baseline(n_scenes: int, limit: int, store: Path) -> dict:
                 " detail VARCHAR, stage VARCHAR)")
     row_sql = f"INSERT INTO stats VALUES ({', '.join('?' * len(STATS_COLUMNS))})"
     seen: set[str] = set()
+    before = cpu_seconds()
     t0 = time.perf_counter()
     n = 0
     t_stats = 0.0
@@ -103,7 +123,8 @@ def child_baseline(n_scenes: int, limit: int, store: Path) -> dict:
     dt = time.perf_counter() - t0
     # The split shows what the pool and what batched writes each contribute.
     return {"n": n, "seconds": round(dt, 3), "samples_per_s": round(n / dt, 1),
-            "stats_seconds": round(t_stats, 3), "stats_only_samples_per_s": round(n / t_stats, 1)}
+            "stats_seconds": round(t_stats, 3), "stats_only_samples_per_s": round(n / t_stats, 1),
+            **cpu_fields(n, before, 1)}
 
 
 # ----------------------------------------------------------------------------- parent
@@ -171,9 +192,14 @@ def main() -> None:
                "ours": ours, "baseline": base,
                "speedup": round(ours["samples_per_s"] / base["samples_per_s"], 2)}
         runs.append(run)
-        print(f"N={ours['n']}: ours {ours['samples_per_s']:.0f} samples/s, peak RSS {ours['peak_rss_mb_total']:.0f} MB"
+        proj = f"projected_samples_per_s_on_{a.workers}_free_cores"
+        run["projected_speedup"] = round(ours[proj] / base["projected_samples_per_s_on_1_free_cores"], 2)
+        print(f"N={ours['n']}: ours {ours['samples_per_s']:.0f} samples/s (CPU-time projection on {a.workers} free"
+              f" cores: {ours[proj]:.0f}), peak RSS {ours['peak_rss_mb_total']:.0f} MB"
               f" (main {ours['peak_rss_mb_main']:.0f} MB); baseline {base['samples_per_s']:.0f} samples/s on"
-              f" {base['n']} records, peak RSS {base['peak_rss_mb_total']:.0f} MB; speedup x{run['speedup']}"
+              f" {base['n']} records (projection"
+              f" {base['projected_samples_per_s_on_1_free_cores']:.0f}), peak RSS {base['peak_rss_mb_total']:.0f} MB;"
+              f" speedup x{run['speedup']} (projected x{run['projected_speedup']})"
               f" (load avg {load:.1f})", flush=True)
     result = {
         "benchmark": "curate",

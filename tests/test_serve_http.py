@@ -28,7 +28,9 @@ LIMITS = [
     "serve.limits.max_prompt_chars=64",
     "serve.limits.max_n=4",
 ]
-EVAL = {"shapes_geneval": {"overall": 0.125}, "understanding": {"vqa_accuracy": 0.5}}
+# an `arm evaluate` metrics file: the service reports its `scores` table
+EVAL = {"model": "arm-random", "prompts": {"manifest_sha256": "x"},
+        "scores": {"shapes_geneval": {"overall": 0.125}, "understanding": {"vqa_accuracy": 0.5}}}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,7 @@ def test_metadata_reports_model_data_version_and_eval(served):
     assert meta["model"] == served.result["model_tag"]
     assert meta["data_version"] == labels["data_version"]
     assert meta["git_revision"] == labels["git_revision"]
-    assert meta["eval"] == EVAL
+    assert meta["eval"] == EVAL["scores"]
     assert meta["labels"]["eval.shapes_geneval.overall"] == "0.125"
     assert meta["batching"]["enabled"] is True
     assert meta["limits"]["max_n"] == 4

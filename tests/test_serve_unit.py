@@ -61,6 +61,7 @@ def test_transparent_pixels_become_white():
         ("", 400, "empty"),
         ("data:image/png,rawbytes", 400, "base64"),
         (b64(b"just some text, not an image"), 415, "not a recognised image"),
+        (b64(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40), 400, "corrupt PNG"),
         (b64(encode(Image.new("RGB", (8, 8)), "GIF")), 415, "GIF"),
         (b64(encode(Image.new("RGB", (8, 8)), "BMP")), 415, "BMP"),
         (b64(encode(Image.new("RGB", (64, 64)))[:60]), 400, "corrupt"),
@@ -288,15 +289,29 @@ def test_package_refuses_pickles_and_incomplete_dirs(tmp_path):
         store.package_model(tmp_path / "nope", repo=tmp_path)
 
 
-def test_gate_failure_blocks_default_model(tmp_path):
+def test_default_model_is_the_gates_promoted_one(tmp_path):
     from arm.serve.package import default_model_dir
     from arm.serve.store import PackageError
 
     cfg = load_config(REPO / "params.yaml")
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "gate.json").write_text(json.dumps({"passed": False}))
-    with pytest.raises(PackageError, match="gate failed"):
+    (tmp_path / "models" / "arm-rl").mkdir(parents=True)
+    (tmp_path / "models" / "arm-base").mkdir(parents=True)
+    assert default_model_dir(cfg, tmp_path) == (tmp_path / "models" / "arm-rl", None)  # nothing promoted yet
+    (tmp_path / "metrics" / "eval_arm-base.json").write_text("{}")
+    (tmp_path / cfg.gate.promoted).write_text(json.dumps(
+        {"model": "arm-base", "model_dir": "models/arm-base", "metrics_path": "metrics/eval_arm-base.json"}))
+    assert default_model_dir(cfg, tmp_path) == (tmp_path / "models/arm-base", tmp_path / "metrics/eval_arm-base.json")
+    (tmp_path / cfg.gate.output).write_text(json.dumps({"passed": False, "candidate": "arm-rl"}))
+    with pytest.raises(PackageError, match="arm-rl failed the gate"):
         default_model_dir(cfg, tmp_path)
+
+
+def test_metric_labels_use_the_scores_table():
+    from arm.serve.store import metric_labels
+
+    metrics = {"model": "arm-rl", "prompts": {"n": 3}, "scores": {"shapes_geneval": {"overall": 0.5, "n": 12}}}
+    assert metric_labels(metrics) == {"eval.shapes_geneval.overall": "0.5", "eval.shapes_geneval.n": "12"}
 
 
 # ----------------------------------------------------------------------------- configuration

@@ -18,9 +18,9 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 
 # Knowledge-style (WISE) phrases name an attribute without saying it.
 KIND_RIDDLES = {
-    "circle": ["a shape with no corners", "a round shape like a coin"],
-    "square": ["a shape with four equal sides", "a shape like a chessboard tile"],
-    "triangle": ["a shape with three corners", "a shape like a slice of pizza"],
+    "circle": ["shape with no corners", "round shape like a coin"],
+    "square": ["shape with four equal sides", "shape like a chessboard tile"],
+    "triangle": ["shape with three corners", "shape like a slice of pizza"],
 }
 COLOR_RIDDLES = {
     "red": ["the colour of a ripe tomato", "the colour of blood"],
@@ -207,6 +207,6 @@ def knowledge_prompt(rng: random.Random, cfg: WorldConfig) -> tuple[str, Scene]:
 
 def knowledge_facts(cfg: WorldConfig) -> list[str]:
     """Plain-text facts that tie the riddles to the attribute words (the text-only task)."""
-    facts = [f"{riddle} is a {kind}." for kind in cfg.kinds for riddle in KIND_RIDDLES[kind]]
+    facts = [f"a {riddle} is a {kind}." for kind in cfg.kinds for riddle in KIND_RIDDLES[kind]]
     facts += [f"{riddle} is {color}." for color in cfg.colors for riddle in COLOR_RIDDLES[color]]
     return facts

@@ -43,25 +43,43 @@ def decode_base64(data: str, field: str, max_bytes: int) -> bytes:
     return raw
 
 
+# Magic numbers of common formats, to name an unsupported one without letting its PIL plugin
+# parse it: only the allowed formats' parsers ever see request bytes.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"%PDF", "PDF"), (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"), (b"%!PS", "EPS"), (b"<?xml", "XML/SVG"), (b"<svg", "SVG"),
+)
+
+
+def sniff_format(raw: bytes) -> str | None:
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "WEBP"
+    if raw[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
+        return "AVIF/HEIF"
+    return next((name for magic, name in _MAGIC if raw.startswith(magic)), None)
+
+
 def open_image(raw: bytes, field: str, limits: LimitsConfig) -> Image.Image:
     """Bytes -> RGB image, or a RequestError: 415 unsupported format, 413 too many pixels, 400 corrupt."""
+    allowed = ", ".join(limits.formats)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(raw))  # reads the header only
+            im = Image.open(io.BytesIO(raw), formats=list(limits.formats))  # reads the header only
     except UnidentifiedImageError:
-        raise RequestError(
-            field, f"is not a recognised image; supported formats: {', '.join(limits.formats)}", status=415
-        ) from None
+        fmt = sniff_format(raw)
+        if fmt in limits.formats:  # the right magic number, but its header does not parse
+            raise RequestError(field, f"corrupt {fmt} image (unreadable header)") from None
+        what = f"{fmt} images are" if fmt else "this is not a recognised image; it is"
+        raise RequestError(field, f"{what} not supported; use one of {allowed}", status=415) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise RequestError(field, f"image has too many pixels (limit {limits.max_image_pixels})", status=413) from None
     except Exception as e:  # a header so broken that the plugin itself fails
         raise RequestError(field, f"corrupt image ({type(e).__name__})") from None
     fmt = (im.format or "").upper()
-    if fmt not in limits.formats:
-        raise RequestError(
-            field, f"image format {fmt or 'unknown'} is not supported; use one of {', '.join(limits.formats)}", status=415
-        )
+    if fmt not in limits.formats:  # cannot happen with formats= above; kept as the invariant
+        raise RequestError(field, f"{fmt or 'unknown'} images are not supported; use one of {allowed}", status=415)
     w, h = im.size
     if w < 1 or h < 1:
         raise RequestError(field, f"image has an empty size {w}x{h}")

@@ -20,27 +20,36 @@ from arm.serve.launch import serve_env
 from arm.serve.store import PackageError, package_model
 
 BENTOFILE = Path("services/bentofile.yaml")
-GATE_FILE = Path("metrics/gate.json")
 
 
-def default_model_dir(cfg: ArmConfig, repo: Path) -> Path:
-    """The gate's promoted model if metrics/gate.json names one, else the first existing sampling.model_dirs."""
-    gate = repo / GATE_FILE
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PackageError(f"{path}: invalid JSON: {e}") from None
+
+
+def default_model_dir(cfg: ArmConfig, repo: Path) -> tuple[Path, Path | None]:
+    """(model dir, its eval metrics file): the gate's promoted model, else the first existing
+    `sampling.model_dirs`. A failed gate (metrics/gate.json `passed: false`) packages nothing."""
+    gate = repo / cfg.gate.output
     if gate.is_file():
-        try:
-            record = json.loads(gate.read_text())
-        except json.JSONDecodeError as e:
-            raise PackageError(f"{gate}: invalid JSON: {e}") from None
-        if isinstance(record, dict) and record.get("passed") is False:
-            raise PackageError(f"{gate}: the gate failed; nothing to package")
-        for key in ("promoted", "model_dir", "model"):
-            value = record.get(key) if isinstance(record, dict) else None
-            if isinstance(value, str) and (repo / value).is_dir():
-                return repo / value
+        result = _read_json(gate)
+        if isinstance(result, dict) and result.get("passed") is False:
+            raise PackageError(f"{gate}: {result.get('candidate', 'the candidate')} failed the gate; nothing to package")
+    promoted = repo / cfg.gate.promoted
+    if promoted.is_file():
+        record = _read_json(promoted)
+        model_dir = record.get("model_dir") if isinstance(record, dict) else None
+        if not model_dir or not (repo / model_dir).is_dir():
+            raise PackageError(f"{promoted}: promoted model dir {model_dir!r} not found")
+        metrics = record.get("metrics_path")
+        return repo / model_dir, (repo / metrics) if metrics and (repo / metrics).is_file() else None
     for d in cfg.sampling.model_dirs:
         if (repo / d).is_dir():
-            return repo / d
-    raise PackageError(f"no model dir given and none of {cfg.sampling.model_dirs} exists under {repo}")
+            return repo / d, None
+    raise PackageError(f"no model dir given, no promoted model ({promoted}) and none of {cfg.sampling.model_dirs} "
+                       f"exists under {repo}")
 
 
 def build_bento(repo: Path, model_tag: str, *, name: str = "arm_service", bentofile: Path = BENTOFILE,
@@ -76,7 +85,10 @@ def package(
     logger: Any = None,
 ) -> dict[str, Any]:
     repo = Path(repo).resolve()
-    model_dir = Path(model_dir) if model_dir is not None else default_model_dir(cfg, repo)
+    if model_dir is None:
+        model_dir, promoted_metrics = default_model_dir(cfg, repo)
+        metrics = metrics if metrics is not None else promoted_metrics
+    model_dir = Path(model_dir)
     tag, labels = package_model(
         model_dir, name=cfg.serve.model_name, version=version, repo=repo,
         visual_tokenizer=visual_tokenizer, metrics=metrics,

@@ -101,8 +101,15 @@ def eval_metrics(repo: Path, model_dir: Path, metrics: Path | None = None) -> tu
     return path, data
 
 
+def eval_scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark table of an `arm evaluate` metrics file (its `scores`), else the whole file."""
+    scores = metrics.get("scores")
+    return scores if isinstance(scores, dict) else metrics
+
+
 def metric_labels(metrics: dict[str, Any], prefix: str = "eval.", depth: int = 2) -> dict[str, str]:
-    """Scalar metrics as flat string labels (`eval.geneval.overall` = "0.08")."""
+    """Scalar scores as flat string labels (`eval.shapes_geneval.overall` = "0.08")."""
+    metrics = eval_scores(metrics)
     out: dict[str, str] = {}
 
     def walk(node: Any, key: str, level: int) -> None:
@@ -263,6 +270,6 @@ def model_info(stored: Any) -> dict[str, Any]:
         "tag": str(stored.tag),
         "created_at": info.creation_time.isoformat() if getattr(info, "creation_time", None) else None,
         "labels": dict(info.labels or {}),
-        "eval": json.loads(meta.get("eval_json") or "{}"),
+        "eval": eval_scores(json.loads(meta.get("eval_json") or "{}")),
         "manifest": {k: v for k, v in json.loads(meta.get("manifest_json") or "{}").items() if k != "vocab_layout"},
     }

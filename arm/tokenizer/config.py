@@ -80,6 +80,8 @@ class TokenizerTrainConfig(Strict):
     # Images per step that pass through the teacher (perceptual + distillation losses): the
     # teacher costs more than the tokenizer on CPU, and a sub-batch keeps its signal.
     teacher_batch: int | None = Field(32, ge=1)
+    quant_dropout: float = Field(0.0, ge=0, le=1)  # tokens that skip rounding at the start
+    quant_dropout_until: float = Field(0.5, ge=0, le=1)  # fraction of steps to anneal it to 0
     usage_temperature: float = Field(0.25, gt=0)  # of the soft code assignment (level units)
     usage_tokens: int = Field(4096, ge=2)  # tokens per step in the usage regulariser
     checkpoint_every: int = Field(200, ge=1)

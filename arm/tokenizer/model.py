@@ -262,6 +262,16 @@ class VisualTokenizer(nn.Module):
         q, codes = self.fsq(self.pre_quant(pixels01))
         return q, codes.long()
 
+    def continuous_levels(self, z: torch.Tensor) -> torch.Tensor:
+        """FSQ's bounded latent before rounding, in the same [-1, 1] units as its output."""
+        out = []
+        for i, lv in enumerate(self._levels):
+            half = (lv - 1) * (1 + 1e-3) / 2
+            offset = 0.5 if lv % 2 == 0 else 0.0
+            u = torch.tanh(z[..., i] + math.atanh(offset / half)) * half - offset
+            out.append(u / (lv // 2))
+        return torch.stack(out, -1)
+
     def soft_levels(self, z: torch.Tensor, temperature: float) -> list[torch.Tensor]:
         """Per FSQ dimension, a soft assignment of z to that dimension's levels: [..., L_i] each.
 
@@ -288,9 +298,15 @@ class VisualTokenizer(nn.Module):
         codes = self._check_codes(codes)
         return self.fsq.indices_to_codes(codes.reshape(codes.shape[0], -1))
 
-    def forward(self, pixels01: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, pixels01: torch.Tensor, quant_dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        """`quant_dropout`: fraction of tokens that skip rounding (training only). Their decoder
+        input is the continuous bounded latent, so the encoder gets true gradients instead of
+        straight-through ones; annealed to 0, it lets states that share a code split apart."""
         z = self.pre_quant(pixels01)
         q, codes = self.fsq(z)
+        if quant_dropout > 0:
+            keep = torch.rand(q.shape[:-1], device=q.device) < quant_dropout
+            q = torch.where(keep.unsqueeze(-1), self.continuous_levels(z), q)
         feats = self.features(q)
         return {"z": z, "codes": codes.long(), "features": feats, "recon": self.pixel_decoder(feats)}
 

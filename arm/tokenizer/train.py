@@ -259,7 +259,8 @@ def train_tokenizer(
     for step in range(start, end):
         idx = batch_indices(len(train), tcfg.train.batch_size, cfg.seed, step)
         x = train.pixels(idx).to(device).float() / 255.0
-        out = model(x)
+        qd = tcfg.train.quant_dropout * max(0.0, 1.0 - step / max(1.0, tcfg.train.quant_dropout_until * total))
+        out = model(x, quant_dropout=qd)
         feats, recon = out["features"], out["recon"]
         parts = L.reconstruction(recon, x)
         if w.usage > 0:
