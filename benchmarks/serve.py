@@ -99,6 +99,31 @@ async def drive(url: str, route: str, bodies: list[dict], concurrency: int, time
     }
 
 
+def pipeline_only(cfg: ArmConfig, model_dir: Path, sizes: list[int], torch_threads: int | None) -> dict:
+    """Items/s of ArmPipeline.run alone at each batch size: the ceiling the service's batching can reach."""
+    import torch
+
+    from arm.sample.pipeline import Task
+    from arm.serve.runner import load_pipeline
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    pipe = load_pipeline(model_dir, cfg.sampling)
+    out = {}
+    for b in sizes:
+        tasks = [Task("generate", "a large red circle", seed=i) for i in range(b)]
+        pipe.run(tasks)
+        best = min(_timed(pipe.run, tasks) for _ in range(3))
+        out[str(b)] = {"batch_ms": round(1000 * best, 1), "items_per_s": round(b / best, 2)}
+    return out
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
 def run_both(cfg: ArmConfig, model_tag: str, levels: list[int], per_client: int, min_requests: int, work: Path,
              preset: str, torch_threads: int | None) -> dict:
     """Both servers (batching on, off) up at once; each level is measured on one, then at once on
@@ -166,6 +191,8 @@ def main() -> None:
     tag = package(cfg, model_dir, repo=REPO, build=False)["model_tag"]
     print(f"model {model_dir} -> {tag} ({'random init' if random_init else 'trained'}); logs in {work}", flush=True)
 
+    ceiling = pipeline_only(cfg, model_dir, sorted({1, *args.levels}), args.torch_threads or None)
+    print(f"pipeline alone (generate): {ceiling}", flush=True)
     results = run_both(cfg, tag, args.levels, args.per_client, args.min_requests, work, args.preset,
                        args.torch_threads or None)
     ratios = {
@@ -191,6 +218,7 @@ def main() -> None:
         "torch_threads": args.torch_threads or None,
         "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "note": "CPU numbers on a machine shared with other jobs are noisy; compare ratios from the same run",
+        "pipeline_only_generate": ceiling,
         "results": results,
         "ratios": ratios,
         "targets": {"throughput_on_over_off_at_32": ">= 3", "p99_over_p50_at_8": "< 2"},

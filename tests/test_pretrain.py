@@ -101,13 +101,24 @@ def test_changed_params_start_a_new_run(tmp_path):
     assert len(runs) == 2  # a different lr never resumes the other run's checkpoint
 
 
+def test_time_limit_stops_evaluates_and_exports(tmp_path):
+    from arm.train.pretrain import pretrain
+
+    m = pretrain(_cfg(tmp_path, **{"pretrain.time_limit_min": 1e-9}), progress=False)
+    assert m["stopped"] == "time_limit" and m["steps"] == 1
+    assert set(m["val_loss"]) >= {"understand", "generate", "edit"}  # evaluated before stopping
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
 @pytest.mark.slow
-def test_two_processes_on_gloo_with_zero2(tmp_path):
-    """torchrun-style env vars, 2 CPU processes, gloo, ZeRO stage 2; rank 0 exports."""
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_processes_on_gloo_with_zero(tmp_path, zero_stage):
+    """torchrun-style env vars, 2 CPU processes, gloo, ZeRO 2 / 3 (zero.Init); rank 0 exports."""
     from arm.model.io import load_model
     from arm.train.pretrain import pretrain_multiprocess
 
-    overrides = _overrides(tmp_path, **{"pretrain.zero_stage": 2, "pretrain.max_steps": 4, "pretrain.eval_every": 2})
+    overrides = _overrides(tmp_path, **{"pretrain.zero_stage": zero_stage, "pretrain.max_steps": 4,
+                                        "pretrain.eval_every": 2})
     m = pretrain_multiprocess(str(REPO / "params.yaml"), "micro", overrides, nproc=2)
     assert m["world_size"] == 2 and m["steps"] == 4
     assert m["tokens_seen"] == 4 * 2 * 2 * 96  # steps x processes x micro-batch x seq_len

@@ -171,6 +171,33 @@ def test_chunked_image_logprobs_match_full_logits(oracle_dir):
     assert torch.allclose(g1, model.get_output_embeddings().weight.grad, atol=1e-6)
 
 
+def test_guided_logprobs_are_the_samplers_distribution(oracle_dir):
+    """With CFG, log-probs come from u + s (c - u) over image codes, as arm.sample.choose draws;
+    greedy guided samples from the engine are the argmax of that distribution."""
+    from arm.model.io import load_model
+    from arm.sample.pipeline import ArmPipeline, uncond_prompt
+
+    model, _, layout, _ = load_model(oracle_dir)
+    prompts = [[layout.bos, 5, 6, layout.boi], [layout.bos, 7, layout.boi]]
+    codes = ArmPipeline(model, None, layout).sample_image_tokens(prompts, cfg_scale=3.0, temperature=0.0)
+    rows = grpo.build_rows(prompts, codes, layout)
+    twins = grpo.build_rows([uncond_prompt(p, layout) for p in prompts], codes, layout)
+    got = grpo.image_logprobs(model, layout, *rows, uncond=twins, cfg_scale=3.0, chunk=5)
+    with torch.no_grad():
+        c = model(input_ids=rows[0], attention_mask=rows[1], use_cache=False).logits
+        u = model(input_ids=twins[0], attention_mask=twins[1], use_cache=False).logits
+    sl = slice(layout.image_offset, layout.vocab_size)
+    for i in range(2):
+        for t in range(layout.tokens_per_image):
+            gc, gu = c[i, int(rows[2][i]) + t - 1, sl], u[i, int(twins[2][i]) + t - 1, sl]
+            dist = (gu + 3.0 * (gc - gu)).log_softmax(-1)
+            assert got[i, t].item() == pytest.approx(dist[codes[i, t]].item(), abs=1e-5)
+            assert int(dist.argmax()) == int(codes[i, t])
+    with pytest.raises(ValueError, match="same image codes"):
+        bad = grpo.build_rows([uncond_prompt(p, layout) for p in prompts], (codes + 1) % layout.codebook_size, layout)
+        grpo.image_logprobs(model, layout, *rows, uncond=bad, cfg_scale=3.0)
+
+
 # ----------------------------------------------------------------------------- rewards
 
 

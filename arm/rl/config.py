@@ -32,8 +32,9 @@ class RLConfig(Strict):
     prompts_per_step: int = Field(8, ge=1)  # tasks alternate over the prompts of a step
     group_size: int = Field(4, ge=2)  # K samples per prompt; advantages are normalised within the group
     temperature: float = Field(1.0, gt=0)  # sampling and log-probs use the same temperature
-    # 1 = sample from the policy itself (on-policy). Above 1 the samples come from the guided
-    # distribution while ratios are taken under the plain conditional policy (off-policy).
+    # classifier-free guidance of the rollouts; 1 = none. With guidance the log-probs are those of
+    # the guided distribution (cond and uncond rows), so the update stays on-policy for the sampler
+    # that evaluation and serving use, at twice the forward cost.
     cfg_scale: float = Field(1.0, ge=0)
     sample_batch: int = Field(64, ge=1)  # sequences decoded together
 

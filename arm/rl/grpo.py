@@ -10,8 +10,8 @@ Per image-code position t of sample i, with r = exp(logp - logp_old) and A_i its
 averaged over the positions of a sample, then over samples. Image spans have a fixed length
 (h*w codes), so this is also the token mean. Log-probs are those of the distribution the
 sampler draws from: the temperature-scaled softmax over image codes only (the grammar allows
-nothing else inside an image span), computed from the final hidden states at the image
-positions only and pushed through the LM head in chunks, so [positions x vocabulary] logits
+nothing else inside an image span; with classifier-free guidance, of the guided logits),
+computed from the final hidden states at the image positions only and pushed through the LM head in chunks, so [positions x vocabulary] logits
 are never materialised at once (the 7b preset's codebook has 64k rows).
 """
 
@@ -94,9 +94,29 @@ def image_head(model, layout: VocabLayout) -> tuple[torch.Tensor, torch.Tensor |
     return weight[sl], (bias[sl] if bias is not None else None)
 
 
-def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    logits = F.linear(h, weight, bias).float() / temperature
+def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                    temperature: float, h_uncond: torch.Tensor | None = None, cfg_scale: float = 1.0) -> torch.Tensor:
+    logits = F.linear(h, weight, bias).float()
+    if h_uncond is not None:
+        u = F.linear(h_uncond, weight, bias).float()
+        logits = u + cfg_scale * (logits - u)  # the sampler's guidance (arm.sample.choose.guide)
+    logits = logits / temperature
     return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _image_hidden(model, layout: VocabLayout, input_ids, attention_mask, starts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states before each image code [N, T, d], and the codes [N, T]."""
+    n_img = layout.tokens_per_image
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    pos = starts.to(input_ids.device).unsqueeze(1) + torch.arange(n_img, device=input_ids.device)
+    if int(pos.max()) >= input_ids.shape[1] or int(starts.min()) < 1:
+        raise ValueError("image spans must lie inside the rows and follow a non-empty prompt")
+    # the hidden state before a token predicts it
+    h = hidden.gather(1, (pos - 1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    codes = input_ids.gather(1, pos) - layout.image_offset
+    if int(codes.min()) < 0 or int(codes.max()) >= layout.codebook_size:
+        raise ValueError("a token inside an image span is not an image code")
+    return h, codes
 
 
 def image_logprobs(
@@ -108,26 +128,29 @@ def image_logprobs(
     *,
     temperature: float = 1.0,
     chunk: int = 512,
+    uncond: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    cfg_scale: float = 1.0,
 ) -> torch.Tensor:
     """Log-probs [N, h*w] of the image codes of right-padded rows `input_ids` [N, L]; row i's
-    codes sit at positions starts[i] .. starts[i] + h*w - 1 (starts[i] = its prompt length)."""
-    n_img = layout.tokens_per_image
-    decoder = model.get_decoder()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    offs = torch.arange(n_img, device=input_ids.device)
-    pos = starts.to(input_ids.device).unsqueeze(1) + offs  # [N, T] positions of the codes
-    if int(pos.max()) >= input_ids.shape[1] or int(starts.min()) < 1:
-        raise ValueError("image spans must lie inside the rows and follow a non-empty prompt")
-    # the hidden state before a token predicts it
-    h = hidden.gather(1, (pos - 1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    targets = input_ids.gather(1, pos) - layout.image_offset
-    if int(targets.min()) < 0 or int(targets.max()) >= layout.codebook_size:
-        raise ValueError("a token inside an image span is not an image code")
+    codes sit at positions starts[i] .. starts[i] + h*w - 1 (starts[i] = its prompt length).
+
+    With `uncond` = (ids, mask, starts) of the unconditional twins carrying the same codes, the
+    log-probs are those of the classifier-free-guided distribution the sampler draws from at
+    `cfg_scale`, so RL with guided rollouts stays on-policy (gradients flow through both rows)."""
+    h, targets = _image_hidden(model, layout, input_ids, attention_mask, starts)
+    hu = None
+    if uncond is not None:
+        hu, codes_u = _image_hidden(model, layout, *uncond)
+        if not torch.equal(codes_u, targets):
+            raise ValueError("the unconditional rows must carry the same image codes")
     weight, bias = image_head(model, layout)
-    flat_h, flat_t = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+    d = h.shape[-1]
+    flat_h, flat_t = h.reshape(-1, d), targets.reshape(-1)
+    flat_u = hu.reshape(-1, d) if hu is not None else None
     out = []
     for s in range(0, flat_h.shape[0], chunk):
-        args = (flat_h[s : s + chunk], weight, bias, flat_t[s : s + chunk], temperature)
+        sl = slice(s, s + chunk)
+        args = (flat_h[sl], weight, bias, flat_t[sl], temperature, flat_u[sl] if flat_u is not None else None, cfg_scale)
         if torch.is_grad_enabled() and flat_h.requires_grad:
             # recompute the chunk's logits in backward instead of keeping them: memory O(chunk x C)
             out.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))

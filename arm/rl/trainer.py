@@ -30,12 +30,14 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from arm.config import ArmConfig
+from arm.data.oracle import parse
 from arm.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 from arm.model.config import SamplingConfig
 from arm.model.io import export_model, load_model as load_model_dir
 from arm.rl import grpo, rewards
 from arm.rl.codec import load_codec
 from arm.rl.prompts import Prompt, draw_prompts
+from arm.sample.pipeline import ArmPipeline, uncond_prompt
 from arm.text.formats import format_prompt
 from arm.train import checkpoint as ckpt
 from arm.train.schedule import lr_multiplier
@@ -133,8 +135,6 @@ def write_curve(history: list[dict], cols: list[str], path: Path) -> None:
 
 class GRPOTrainer:
     def __init__(self, cfg: ArmConfig, progress: bool = True):
-        from arm.sample.pipeline import ArmPipeline
-
         self.cfg, self.r = cfg, cfg.rl
         self.progress = progress
         if self.r.threads:
@@ -204,8 +204,6 @@ class GRPOTrainer:
         codes = self.pipe.sample_image_tokens(rows, cfg_scale=self.r.cfg_scale, temperature=self.r.temperature,
                                               top_k=0, top_p=1.0, seed=seeds)
         images = self.codec.decode(codes)
-        from arm.data.oracle import parse
-
         outs = [
             rewards.Rollout(prompts[n // k], codes[n], images[n], parse(images[n], self.cfg.world))
             for n in range(len(rows))
@@ -214,13 +212,20 @@ class GRPOTrainer:
 
     def update(self, step: int, rows: list[list[int]], codes: torch.Tensor, advantages: torch.Tensor) -> dict:
         r = self.r
-        ids, mask, starts = grpo.build_rows(rows, codes, self.layout)
         dev = torch.device(r.device)
-        ids, mask, starts, advantages = ids.to(dev), mask.to(dev), starts.to(dev), advantages.to(dev)
+        ids, mask, starts = (x.to(dev) for x in grpo.build_rows(rows, codes, self.layout))
+        advantages = advantages.to(dev)
+        guided = r.cfg_scale != 1
+        if guided:  # the sampler drew from the guided distribution: score the codes under it too
+            twins = [uncond_prompt(p, self.layout) for p in rows]
+            ids_u, mask_u, starts_u = (x.to(dev) for x in grpo.build_rows(twins, codes, self.layout))
         n = ids.shape[0]
-        lp = lambda m, sel: grpo.image_logprobs(  # noqa: E731
-            m, self.layout, ids[sel], mask[sel], starts[sel], temperature=r.temperature, chunk=r.logprob_chunk
-        )
+
+        def lp(m, sel):
+            unc = (ids_u[sel], mask_u[sel], starts_u[sel]) if guided else None
+            return grpo.image_logprobs(m, self.layout, ids[sel], mask[sel], starts[sel], temperature=r.temperature,
+                                       chunk=r.logprob_chunk, uncond=unc, cfg_scale=r.cfg_scale)
+
         every = torch.arange(n, device=dev)
         # with one optimizer step per batch the policy is still the sampler: old log-probs = current
         one_step = r.updates_per_batch == 1 and r.minibatch_size >= n

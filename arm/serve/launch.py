@@ -6,7 +6,6 @@ load test.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -101,22 +100,33 @@ class ServerProcess:
 
     def stop(self, grace_s: float = 5) -> None:
         """SIGTERM, then SIGKILL after `grace_s`: BentoML 1.4's entry worker can idle ~50 s in its
-        shutdown after the model worker has exited, and nothing is left to flush by then."""
+        shutdown after the model worker has exited, and nothing is left to flush by then.
+
+        Circus starts each worker in its own session, so the workers are found as descendants
+        (before the arbiter goes and they are re-parented), not by process group.
+        """
+        import psutil
+
         if self.proc is None or self.proc.poll() is not None:
             self._close_log()
             return
-        pgid = os.getpgid(self.proc.pid)
-        os.killpg(pgid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        # workers may outlive the arbiter briefly; the group is ours alone (start_new_session)
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in procs:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        self.proc.wait(timeout=10)
         self._close_log()
 
     def _close_log(self) -> None:

@@ -292,7 +292,13 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         row = {"step": state.step, "tokens": state.tokens, "lr": engine.get_lr()[0],
                "loss": float(acc[0].sum() / acc[1].sum().clamp(min=1))}
         row.update({f"loss_{t}": float(acc[0, i] / acc[1, i]) if acc[1, i] > 0 else float("nan") for i, t in enumerate(TASKS)})
-        if state.step % p.eval_every == 0 or state.step == p.max_steps:
+        if stop_after is not None and state.step >= stop_after and state.step < p.max_steps:
+            stop_reason = "stop_after"
+        elif p.time_limit_min and state.step < p.max_steps and \
+                _any_rank(time.perf_counter() - t_start > 60 * p.time_limit_min):
+            stop_reason = "time_limit"
+            log.warning("time limit of %.1f min reached at step %d of %d", p.time_limit_min, state.step, p.max_steps)
+        if state.step % p.eval_every == 0 or state.step == p.max_steps or stop_reason == "time_limit":
             row.update({f"val_{t}": v for t, v in evaluate(engine, val, denv, device, p.micro_batch).items()})
         state.history.append(row)
         if bar is not None:
@@ -301,12 +307,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
                 bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{state.tokens / max(state.train_time, 1e-9):.0f}")
         if state.step % p.log_every == 0 and denv.is_main:
             log.info("step %d loss %.4f lr %.2e", state.step, row["loss"], row["lr"])
-        if stop_after is not None and state.step >= stop_after and state.step < p.max_steps:
-            stop_reason = "stop_after"
-            break
-        if p.time_limit_min and state.step < p.max_steps and _any_rank(time.perf_counter() - t_start > 60 * p.time_limit_min):
-            stop_reason = "time_limit"
-            log.warning("time limit of %.1f min reached at step %d of %d", p.time_limit_min, state.step, p.max_steps)
+        if stop_reason != "done":
             break
         if state.step % p.checkpoint_every == 0 and state.step < p.max_steps:
             save()
