@@ -7,6 +7,8 @@ export PIP_CONSTRAINT :=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.arm-cache/torch_extensions
+# Prefect's ephemeral API server gets 20 s to start by default: too little on a busy 2-core box.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 .PHONY: install test test-fast demo bench clean
 
