@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/curate.py
+	$(PY) benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) .arm-cache

@@ -172,6 +172,11 @@ class DataConfig(Strict):
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
     shard_size: int = Field(4096, ge=1)
     workers: int = Field(2, ge=1)
+    # Where the stats run (the store is the same either way): a local process pool of `workers`,
+    # or Prefect tasks on Dask (a LocalCluster of dask_workers processes, or the cluster at dask_address).
+    executor: Literal["process", "dask"] = "process"
+    dask_address: str | None = None  # e.g. tcp://scheduler:8786; workers need arm installed
+    dask_workers: int = Field(2, ge=1)
     store: str = "data/curated"
     metrics: str = "metrics/curate.json"
 

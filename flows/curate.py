@@ -1,11 +1,57 @@
-"""Prefect flow of the curate stage: a thin wrapper around arm.data.curate.curate."""
+"""Prefect flow of the curate stage: a thin wrapper around arm.data.curate.curate.
+
+`data.executor: process` runs curate() as one task (its stats in a local process pool).
+`data.executor: dask` runs it in a subflow on a DaskTaskRunner: the per-chunk stats
+(arm.data.stats.process_chunk, the same function the pool runs) become one Prefect task per
+chunk on the Dask workers; reading, filtering and the store write stay in the flow's process.
+"""
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from collections.abc import Iterator
 
-from arm.config import load_config
-from arm.data.curate import curate
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.context import FlowRunContext
+
+from arm.config import ArmConfig, load_config
+from arm.data.curate import Chunk, MapChunks, curate, windowed
+from arm.data.stats import ChunkResult, StatsParams, process_chunk
+
+CHUNKS_PER_WORKER_THREAD = 3  # in flight per Dask thread: keeps workers busy, memory bounded
+
+
+# No cache (inputs are image bytes: hashing them costs as much as the work) and no persisted
+# result (the flow consumes it at once); a pure function, so a retry after a lost worker is safe.
+@task(name="chunk_stats", cache_policy=NONE, persist_result=False, retries=1)
+def chunk_stats(chunk: Chunk, params: StatsParams) -> ChunkResult:
+    return process_chunk(chunk, params)
+
+
+def dask_task_runner(cfg: ArmConfig):
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.data.dask_address:
+        return DaskTaskRunner(address=cfg.data.dask_address)
+    # One thread per worker process: the stats are Python/Pillow work that holds the GIL.
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+        "n_workers": cfg.data.dask_workers, "threads_per_worker": 1, "processes": True,
+        "dashboard_address": None})
+
+
+def prefect_task_map(cfg: ArmConfig) -> MapChunks:
+    """Each chunk one `chunk_stats` task on the current flow's task runner, a bounded window in flight."""
+
+    def map_chunks(chunks: Iterator[Chunk], params: StatsParams) -> Iterator[ChunkResult]:
+        runner = FlowRunContext.get().task_runner
+        threads = cfg.data.dask_workers
+        client = getattr(runner, "client", None)
+        if client is not None:  # an existing cluster may have more (or fewer) threads than dask_workers
+            threads = max(1, sum(client.nthreads().values()))
+        yield from windowed(chunks, lambda chunk: chunk_stats.submit(chunk, params),
+                            CHUNKS_PER_WORKER_THREAD * threads)
+
+    return map_chunks
 
 
 @task(name="curate")
@@ -14,8 +60,17 @@ def curate_task(params: str, preset: str | None, overrides: list[str] | None) ->
     return curate(cfg, logger=get_run_logger())
 
 
+@flow(name="curate-dask")
+def curate_dask_flow(params: str, preset: str | None, overrides: list[str] | None) -> dict:
+    cfg = load_config(params, preset, overrides)
+    return curate(cfg, logger=get_run_logger(), map_chunks=prefect_task_map(cfg))
+
+
 @flow(name="curate")
 def curate_flow(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None) -> dict:
+    cfg = load_config(params, preset, overrides)
+    if cfg.data.executor == "dask":
+        return curate_dask_flow.with_options(task_runner=dask_task_runner(cfg))(params, preset, overrides)
     return curate_task(params, preset, overrides)
 
 

@@ -77,7 +77,7 @@ def test_claims_experiment_end_to_end(tmp_path):
                  f"eval.reports_dir={tmp_path}/reports"]
     result = run_claims(REPO / "params.yaml", "micro", overrides, seeds=[0, 1], task_sets=["both", "edit"],
                         out_root=str(tmp_path / "claims"), benchmarks=["shapes_geneval", "shapes_edit"],
-                        metrics_out=str(tmp_path / "rl_claims.json"), report_out=str(tmp_path / "rl_claims.md"))
+                        metrics_out=str(tmp_path / "rl_claims.json"), report_out=str(tmp_path / "rl_claims.md"), plots_dir=str(tmp_path / "plots"))
     assert set(result["runs"]) == {"both", "edit"} and set(result["runs"]["edit"]) == {"0", "1"}
     row = result["table"]["both"]["shapes_geneval.overall"]
     assert row["rl"]["n"] == 2 and row["delta"]["mean"] == pytest.approx(row["rl"]["mean"] - row["base"])

@@ -290,7 +290,7 @@ def test_package_refuses_pickles_and_incomplete_dirs(tmp_path):
 
 
 def test_default_model_is_the_gates_promoted_one(tmp_path):
-    from arm.serve.package import default_model_dir
+    from arm.serve.package import check_gate, default_model_dir
     from arm.serve.store import PackageError
 
     cfg = load_config(REPO / "params.yaml")
@@ -305,6 +305,9 @@ def test_default_model_is_the_gates_promoted_one(tmp_path):
     (tmp_path / cfg.gate.output).write_text(json.dumps({"passed": False, "candidate": "arm-rl"}))
     with pytest.raises(PackageError, match="arm-rl failed the gate"):
         default_model_dir(cfg, tmp_path)
+    check_gate(cfg, tmp_path, tmp_path / "models" / "arm-base")  # another model: allowed
+    with pytest.raises(PackageError, match="arm-rl failed the gate"):
+        check_gate(cfg, tmp_path, tmp_path / "models" / "arm-rl")
 
 
 def test_metric_labels_use_the_scores_table():

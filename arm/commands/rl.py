@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             metrics = rl_flow(params=str(params), preset=preset, overrides=list(set_ or []), stop_after=stop_after)
-        except (CodecError, RewardConfigError, FileNotFoundError) as e:
+        except (CodecError, RewardConfigError, FileNotFoundError, ValueError) as e:
             console.print(f"[red]rl failed: {e}[/red]", highlight=False)
             raise typer.Exit(1) from None
         if metrics.get("stopped") == "stop_after":

@@ -1,6 +1,12 @@
-"""The curate stage: sources -> stats (once, in a process pool) -> SQL filters -> curated store.
+"""The curate stage: sources -> stats (once, in parallel) -> SQL filters -> curated store.
 
-    curate(cfg) -> metrics dict; writes cfg.data.store and cfg.data.metrics.
+    curate(cfg, map_chunks=None) -> metrics dict; writes cfg.data.store and cfg.data.metrics.
+
+Only the stats (decode, hash, measure: the expensive part) run in parallel, chunk by chunk, through
+a `map_chunks` strategy: a local process pool by default (`process_pool_map`), or whatever the
+caller supplies — flows/curate.py maps the same `process_chunk` as Prefect tasks on a Dask
+cluster when `data.executor: dask`. Reading sources, filtering and the store write run here, in
+this process, whatever the strategy, so every strategy gives the same store.
 
 Every input record ends in exactly one of `samples` or `rejections`; a source that cannot be
 read at all (SourceError: unreachable bucket, missing root) counts as one input and becomes one
@@ -21,9 +27,9 @@ import multiprocessing as mp
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import duckdb
 import numpy as np
@@ -55,9 +61,25 @@ class CurateError(RuntimeError):
     """The stage could not produce a consistent store (the old one, if any, is left in place)."""
 
 
+# Where the stats run, not what they are: every executor gives the same store.
+EXECUTION_FIELDS = {"executor", "dask_address", "dask_workers"}
+
+Chunk = list[tuple[int, RawRecord]]
+# chunks (in input order), params -> one ChunkResult per chunk, in the same order, lazily.
+MapChunks = Callable[[Iterator[Chunk], StatsParams], Iterator[ChunkResult]]
+T = TypeVar("T", covariant=True)
+
+
+class Pending(Protocol[T]):
+    """A submitted unit of work: concurrent.futures.Future and Prefect futures both fit."""
+
+    def result(self) -> T: ...
+
+
 def params_hash(cfg: ArmConfig) -> str:
     """What the store's content depends on: the data section and the world the shapes source draws."""
-    blob = json.dumps({"data": cfg.data.model_dump(mode="json"), "world": cfg.world.model_dump(mode="json"),
+    data = cfg.data.model_dump(mode="json", exclude=EXECUTION_FIELDS)
+    blob = json.dumps({"data": data, "world": cfg.world.model_dump(mode="json"),
                        "storage": cfg.storage.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -86,8 +108,8 @@ def _records(cfg: ArmConfig, counts: dict[str, int]) -> Iterator[tuple[int, RawR
             ord_ += 1
 
 
-def _chunks(records: Iterator[tuple[int, RawRecord]], size: int) -> Iterator[list[tuple[int, RawRecord]]]:
-    chunk: list[tuple[int, RawRecord]] = []
+def _chunks(records: Iterator[tuple[int, RawRecord]], size: int) -> Iterator[Chunk]:
+    chunk: Chunk = []
     for item in records:
         chunk.append(item)
         if len(chunk) == size:
@@ -97,27 +119,39 @@ def _chunks(records: Iterator[tuple[int, RawRecord]], size: int) -> Iterator[lis
         yield chunk
 
 
-def compute_stats(chunks: Iterator[list], params: StatsParams, workers: int) -> Iterator[ChunkResult]:
-    """Results in input order. With workers > 1 a process pool with a bounded window of chunks in
-    flight (Pool.imap would read the whole input ahead and defeat streaming)."""
-    if workers <= 1:
-        for chunk in chunks:
-            yield process_chunk(chunk, params)
-        return
-    # spawn, not fork: Prefect and DuckDB hold threads and locks a forked child must not inherit.
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
-                                initargs=(params,)) as pool:
-        window: collections.deque[cf.Future] = collections.deque()
-        for chunk in chunks:
-            window.append(pool.submit(process_chunk, chunk))
-            if len(window) >= 3 * workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+def windowed(chunks: Iterator[Chunk], submit: Callable[[Chunk], Pending[ChunkResult]],
+             window: int) -> Iterator[ChunkResult]:
+    """Results in input order with at most `window` chunks submitted and not yet consumed, so the
+    input is read only as fast as results are used (Pool.imap or Client.map would read it all ahead
+    and defeat streaming). Each executor only says how to submit one chunk."""
+    pending: collections.deque[Pending[ChunkResult]] = collections.deque()
+    for chunk in chunks:
+        pending.append(submit(chunk))
+        if len(pending) >= max(1, window):
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
-def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger) -> dict[str, Any]:
+def process_pool_map(workers: int) -> MapChunks:
+    """The default executor: this process (workers <= 1) or a local pool of spawned processes."""
+
+    def map_chunks(chunks: Iterator[Chunk], params: StatsParams) -> Iterator[ChunkResult]:
+        if workers <= 1:
+            for chunk in chunks:
+                yield process_chunk(chunk, params)
+            return
+        # spawn, not fork: Prefect and DuckDB hold threads and locks a forked child must not inherit.
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                                    initargs=(params,)) as pool:
+            yield from windowed(chunks, lambda chunk: pool.submit(process_chunk, chunk), 3 * workers)
+
+    return map_chunks
+
+
+def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger,
+           map_chunks: MapChunks) -> dict[str, Any]:
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc)
     staging = root / "_staging"
@@ -128,14 +162,15 @@ def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger) -
     counts: dict[str, int] = {}
     params = StatsParams.from_config(cfg)
 
-    n = 0
+    n = n_chunks = 0
     last_log = time.perf_counter()
     bar = tqdm(desc="curate", unit="rec", disable=not progress, file=sys.stderr, mininterval=0.5)
-    for res in compute_stats(_chunks(_records(cfg, counts), CHUNK), params, cfg.data.workers):
+    for res in map_chunks(_chunks(_records(cfg, counts), CHUNK), params):
         stats_buf.add(res.rows)
         rej_buf.add(res.rejections)
         img_buf.add(res.images)
         n += res.n
+        n_chunks += 1
         bar.update(res.n)
         if time.perf_counter() - last_log > 10:
             last_log = time.perf_counter()
@@ -154,6 +189,7 @@ def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger) -
         metrics["seconds"] = {"stats": round(t_stats, 3), "filter_and_write": round(t_total - t_stats, 3),
                               "total": round(t_total, 3)}
         metrics["samples_per_s"] = round(n / t_total, 1) if t_total > 0 else None
+        metrics["executor"] = {"kind": cfg.data.executor, "chunks": n_chunks, "chunk_size": CHUNK}
         finished = dt.datetime.now(dt.timezone.utc)
         con.execute(
             """CREATE TABLE runs (stage VARCHAR, params_hash VARCHAR, arm_version VARCHAR,
@@ -268,9 +304,19 @@ def _reconcile(cfg: ArmConfig, con: duckdb.DuckDBPyConnection, counts: dict[str,
     }
 
 
-def curate(cfg: ArmConfig, progress: bool | None = None, logger: logging.Logger | None = None) -> dict[str, Any]:
-    """Builds the curated store at cfg.data.store (atomically) and returns its metrics."""
+def curate(cfg: ArmConfig, progress: bool | None = None, logger: logging.Logger | None = None,
+           map_chunks: MapChunks | None = None) -> dict[str, Any]:
+    """Builds the curated store at cfg.data.store (atomically) and returns its metrics.
+
+    `map_chunks` computes the per-chunk stats (default: process_pool_map(cfg.data.workers)); the
+    store does not depend on which one runs them."""
     logger = logger or log
+    if map_chunks is None:
+        if cfg.data.executor != "process":
+            raise CurateError(f"data.executor={cfg.data.executor!r} runs through the Prefect flow (`arm curate` or "
+                              "flows.curate.curate_flow), which supplies its map_chunks; curate() alone runs "
+                              "data.executor=process")
+        map_chunks = process_pool_map(cfg.data.workers)
     names = [s.name for s in cfg.data.sources]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -279,7 +325,7 @@ def curate(cfg: ArmConfig, progress: bool | None = None, logger: logging.Logger 
         progress = sys.stderr.isatty()
     store = Path(cfg.data.store)
     with atomic_path(store) as tmp:
-        metrics = _build(cfg, tmp, progress, logger)
+        metrics = _build(cfg, tmp, progress, logger, map_chunks)
     atomic_write_json(cfg.data.metrics, metrics)
     logger.info("curate: %d in, %d kept, %d rejected in %.1fs (%.0f samples/s) -> %s", metrics["n_in"],
                 metrics["n_kept"], metrics["n_rejected"], metrics["seconds"]["total"], metrics["samples_per_s"], store)

@@ -95,6 +95,7 @@ def run_claims(
     benchmarks: list[str] | None = None,
     metrics_out: str = "metrics/rl_claims.json",
     report_out: str = "reports/rl_claims.md",
+    plots_dir: str = "plots/rl_claims",
 ) -> dict:
     from arm.rl.trainer import train_rl
 
@@ -123,7 +124,7 @@ def run_claims(
             cfg = load_config(params, preset, [
                 *common, f"rl.seed={seed}", f"rl.tasks=[{', '.join(TASK_SETS[ts])}]", f"rl.output={out_root}/{tag}",
                 f"rl.metrics={Path(metrics_out).parent}/rl_claims/{tag}.json",
-                f"rl.plot=plots/rl_claims/{tag}.csv",
+                f"rl.plot={plots_dir}/{tag}.csv",
             ])
             log.info("RL %s (seed %d, tasks %s)", tag, seed, cfg.rl.tasks)
             rl_metrics = train_rl(cfg)

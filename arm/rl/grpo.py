@@ -10,9 +10,10 @@ Per image-code position t of sample i, with r = exp(logp - logp_old) and A_i its
 averaged over the positions of a sample, then over samples. Image spans have a fixed length
 (h*w codes), so this is also the token mean. Log-probs are those of the distribution the
 sampler draws from: the temperature-scaled softmax over image codes only (the grammar allows
-nothing else inside an image span; with classifier-free guidance, of the guided logits),
-computed from the final hidden states at the image positions only and pushed through the LM head in chunks, so [positions x vocabulary] logits
-are never materialised at once (the 7b preset's codebook has 64k rows).
+nothing else inside an image span), of the guided logits when rollouts use classifier-free
+guidance. They are computed from the final hidden states at the image positions only, pushed
+through the LM head's image rows in chunks, so [positions x vocabulary] logits are never
+materialised at once (the 7b preset's codebook has 64k rows).
 """
 
 from __future__ import annotations

@@ -29,14 +29,24 @@ def _read_json(path: Path) -> Any:
         raise PackageError(f"{path}: invalid JSON: {e}") from None
 
 
+def check_gate(cfg: ArmConfig, repo: Path, model_dir: Path | None = None) -> None:
+    """Refuse a model the last gate run failed (metrics/gate.json `passed: false`); with no
+    model dir named, a failed gate refuses whatever would be the default."""
+    gate = repo / cfg.gate.output
+    if not gate.is_file():
+        return
+    result = _read_json(gate)
+    if not isinstance(result, dict) or result.get("passed") is not False:
+        return
+    candidate = str(result.get("candidate", ""))
+    if model_dir is None or candidate == model_dir.name:
+        raise PackageError(f"{gate}: {candidate or 'the candidate'} failed the gate; not packaging it")
+
+
 def default_model_dir(cfg: ArmConfig, repo: Path) -> tuple[Path, Path | None]:
     """(model dir, its eval metrics file): the gate's promoted model, else the first existing
     `sampling.model_dirs`. A failed gate (metrics/gate.json `passed: false`) packages nothing."""
-    gate = repo / cfg.gate.output
-    if gate.is_file():
-        result = _read_json(gate)
-        if isinstance(result, dict) and result.get("passed") is False:
-            raise PackageError(f"{gate}: {result.get('candidate', 'the candidate')} failed the gate; nothing to package")
+    check_gate(cfg, repo)
     promoted = repo / cfg.gate.promoted
     if promoted.is_file():
         record = _read_json(promoted)
@@ -89,6 +99,7 @@ def package(
         model_dir, promoted_metrics = default_model_dir(cfg, repo)
         metrics = metrics if metrics is not None else promoted_metrics
     model_dir = Path(model_dir)
+    check_gate(cfg, repo, model_dir)
     tag, labels = package_model(
         model_dir, name=cfg.serve.model_name, version=version, repo=repo,
         visual_tokenizer=visual_tokenizer, metrics=metrics,

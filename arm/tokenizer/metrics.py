@@ -36,7 +36,7 @@ def _encode_set(model: VisualTokenizer, data: ImageTextSet, batch: int, want_rec
         embs.append(model.align(feats).cpu())
         pooled.append(feats.mean(1).cpu())
         if want_recon:
-            r = model.pixel_decoder(feats).clamp(0, 1)
+            r = model.reconstruct(q).clamp(0, 1)
             recons.append((r * 255.0).round().to(torch.uint8).cpu())
     out = {
         "codes": torch.cat(codes),

@@ -1,9 +1,9 @@
 """The semantic FSQ visual tokenizer (DESIGN §1, the ARM paper's first pillar).
 
-pixels -> SigLIP vision encoder -> projection -> FSQ (codes) -> up-projection -> post-quant
-transformer -> shared features F, read by four heads:
-  pixel decoder (reconstruction), distillation head (teacher features), alignment head
-  (pooled F -> text-embedding space, sigmoid contrastive) and a caption decoder.
+pixels -> SigLIP vision encoder -> projection -> FSQ (codes) -> up-projection, read by four heads:
+  pixel decoder (reconstruction, per token), and through a post-quant transformer (features F)
+  the distillation head (teacher features), the alignment head (pooled F -> text-embedding
+  space, sigmoid contrastive) and a caption decoder.
 Only the codes leave the tokenizer; every head reads them through F, so every loss shapes
 what a code means.
 """
@@ -287,8 +287,18 @@ class VisualTokenizer(nn.Module):
             out.append(torch.softmax(-((u.unsqueeze(-1) - grid) ** 2) / temperature, dim=-1))
         return out
 
+    def reconstruct(self, q: torch.Tensor) -> torch.Tensor:
+        """Quantized vectors -> pixels [B, 3, S, S] in (0, 1).
+
+        Each token is decoded on its own, without its position or its neighbours: a code must
+        then stand for the same pixels wherever it appears, which is what lets one image token
+        carry one object for the AR model (an optional conv refiner adds local context only).
+        """
+        return self.pixel_decoder(self.up(q))
+
     def features(self, q: torch.Tensor) -> torch.Tensor:
-        """Quantized vectors [B, N, n_levels] -> shared features F [B, N, hidden]."""
+        """Quantized vectors [B, N, n_levels] -> contextual features F [B, N, hidden] for the
+        semantic heads (distillation, alignment, caption)."""
         x = self.up(q) + self.pos
         for block in self.post:
             x = block(x)
@@ -308,7 +318,7 @@ class VisualTokenizer(nn.Module):
             keep = torch.rand(q.shape[:-1], device=q.device) < quant_dropout
             q = torch.where(keep.unsqueeze(-1), self.continuous_levels(z), q)
         feats = self.features(q)
-        return {"z": z, "codes": codes.long(), "features": feats, "recon": self.pixel_decoder(feats)}
+        return {"z": z, "codes": codes.long(), "features": feats, "recon": self.reconstruct(q)}
 
     def align(self, feats: torch.Tensor) -> torch.Tensor:
         """Shared features -> L2-normalised embedding in the text encoder's space."""
@@ -327,7 +337,7 @@ class VisualTokenizer(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """LongTensor [B, h, w] (or [B, h*w]) -> FloatTensor [B, 3, S, S] in [0, 1] (on CPU)."""
         q = self.codes_to_quantized(codes).to(self.device)
-        return self.pixel_decoder(self.features(q)).clamp(0, 1).cpu()
+        return self.reconstruct(q).clamp(0, 1).cpu()
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
