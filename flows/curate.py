@@ -9,10 +9,12 @@ chunk on the Dask workers; reading, filtering and the store write stay in the fl
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from arm.config import ArmConfig, load_config
 from arm.data.curate import Chunk, MapChunks, curate, windowed
@@ -60,10 +62,23 @@ def curate_task(params: str, preset: str | None, overrides: list[str] | None) ->
     return curate(cfg, logger=get_run_logger())
 
 
+@contextmanager
+def _api_for_workers() -> Iterator[None]:
+    """Task runs on Dask workers report to the API in the settings the task runner sends them. With
+    no PREFECT_API_URL (ephemeral mode) each worker would start an API server of its own; point them
+    at this flow's server instead. (A remote cluster needs PREFECT_API_URL set to a real server.)"""
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings(updates={PREFECT_API_URL: str(FlowRunContext.get().client.api_url)}):
+        yield
+
+
 @flow(name="curate-dask")
 def curate_dask_flow(params: str, preset: str | None, overrides: list[str] | None) -> dict:
     cfg = load_config(params, preset, overrides)
-    return curate(cfg, logger=get_run_logger(), map_chunks=prefect_task_map(cfg))
+    with _api_for_workers():
+        return curate(cfg, logger=get_run_logger(), map_chunks=prefect_task_map(cfg))
 
 
 @flow(name="curate")

@@ -156,3 +156,46 @@ def test_cli_pretrain_bad_config_exits_2(tmp_path):
     res = CliRunner().invoke(app, ["pretrain", "--params", str(REPO / "params.yaml"), "--preset", "micro",
                                    "--set", "pretrain.data=shapes"])  # shapes needs oracle images
     assert res.exit_code == 2
+
+
+@pytest.mark.slow
+def test_pretrain_on_curated_store_with_tokenize_stage_codes(tmp_path):
+    """The pipeline path: curated store + the tokenize stage's shards (a random-init visual tokenizer)."""
+    from arm.config import load_config
+    from arm.data.curate import curate
+    from arm.model.io import load_model
+    from arm.tokenizer.model import VisualTokenizer
+    from arm.tokenizer.tokens import tokenize, tokenizer_fingerprint
+    from arm.tokenizer.vocab import SPECIALS
+    from arm.train.pretrain import pretrain
+
+    o = _overrides(tmp_path, **{
+        "pretrain.data": "store", "pretrain.images": "tokenizer",
+        "pretrain.tokens": str(tmp_path / "tokens"), "pretrain.visual_tokenizer": str(tmp_path / "vt"),
+        "data.store": str(tmp_path / "curated"), "data.metrics": str(tmp_path / "curate.json"),
+        "tokenizer.output": str(tmp_path / "vt"), "tokenizer.tokens.output": str(tmp_path / "tokens"),
+        "tokenizer.tokens.metrics": str(tmp_path / "tokenize.json"), "pretrain.max_steps": 2,
+        "pretrain.warmup_steps": 1,
+    })
+    cfg = load_config(REPO / "params.yaml", preset="micro", overrides=o)
+    curate(cfg, progress=False)
+    torch.manual_seed(0)
+    vt = VisualTokenizer.build(cfg.tokenizer, caption_vocab=list(SPECIALS), text_dim=384, distill_dim=16)
+    vt.save_pretrained(tmp_path / "vt")
+    tokenize(cfg, progress=False)
+
+    m = pretrain(cfg, progress=False)
+    assert m["steps"] == 2 and m["examples"]["skipped"] == {}  # every image has codes, Fashion-MNIST too
+    _, _, layout, manifest = load_model(tmp_path / "model")
+    assert (layout.codebook_size, tuple(layout.grid), tuple(layout.levels)) == \
+        (vt.codebook_size, tuple(vt.grid), tuple(vt.levels))
+    ref = manifest["visual_tokenizer"]
+    assert ref["kind"] == "visual_tokenizer" and ref["sha256"] == tokenizer_fingerprint(tmp_path / "vt")
+    assert manifest["data"]["images"] == "tokenizer"
+
+    # tokens made by another tokenizer than the one the model dir would name: refused
+    torch.manual_seed(1)
+    VisualTokenizer.build(cfg.tokenizer, caption_vocab=list(SPECIALS), text_dim=384, distill_dim=16) \
+        .save_pretrained(tmp_path / "vt")
+    with pytest.raises(ValueError, match="re-run `arm tokenize`"):
+        pretrain(cfg, progress=False)
