@@ -63,21 +63,26 @@ def curate_task(params: str, preset: str | None, overrides: list[str] | None) ->
 
 
 @contextmanager
-def _api_for_workers() -> Iterator[None]:
+def _api_for_workers(cfg: ArmConfig) -> Iterator[None]:
     """Task runs on Dask workers report to the API in the settings the task runner sends them. With
     no PREFECT_API_URL (ephemeral mode) each worker would start an API server of its own; point them
     at this flow's server instead. (A remote cluster needs PREFECT_API_URL set to a real server.)"""
     if PREFECT_API_URL.value():
         yield
         return
-    with temporary_settings(updates={PREFECT_API_URL: str(FlowRunContext.get().client.api_url)}):
+    url = str(FlowRunContext.get().client.api_url)
+    if cfg.data.dask_address:
+        get_run_logger().warning("curate: PREFECT_API_URL is not set; Dask workers at %s report to this "
+                                 "process's temporary API %s, which workers on other hosts cannot reach",
+                                 cfg.data.dask_address, url)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
         yield
 
 
 @flow(name="curate-dask")
 def curate_dask_flow(params: str, preset: str | None, overrides: list[str] | None) -> dict:
     cfg = load_config(params, preset, overrides)
-    with _api_for_workers():
+    with _api_for_workers(cfg):
         return curate(cfg, logger=get_run_logger(), map_chunks=prefect_task_map(cfg))
 
 

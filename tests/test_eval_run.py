@@ -207,7 +207,7 @@ def _cli_run(runner, app, model_dir, sets, tmp_path):
     assert 0 <= m["scores"]["tokenizer"]["code_usage"] <= 1
     assert (tmp_path / "reports" / "eval_arm-base" / "index.html").is_file()
     r = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--preset", "micro", *sets])
-    assert r.exit_code == 1 and "not found" in r.output
+    assert r.exit_code == 1 and "not found" in " ".join(r.output.split())
 
 
 def test_noise_weights_degrades_deterministically():

@@ -161,7 +161,7 @@ def test_flops_count_matches_the_matmul_parameters():
     model = _model()
     f = flops_per_token(SMALL, LAYOUT, 64)
     norms_and_embeddings = sum(p.numel() for n, p in model.named_parameters()
-                               if "norm" in n or "embed_tokens" in n or "levels" in n)
+                               if "norm" in n or "embed_tokens" in n or "level_weight" in n)
     # every other parameter is a matmul weight; the head's rows are counted once
     assert f.matmul_params == count_parameters(model) - norms_and_embeddings
     assert f.per_token == 6 * f.matmul_params + 12 * SMALL.num_layers * 64 * SMALL.hidden_size

@@ -61,8 +61,8 @@ class CurateError(RuntimeError):
     """The stage could not produce a consistent store (the old one, if any, is left in place)."""
 
 
-# Where the stats run, not what they are: every executor gives the same store.
-EXECUTION_FIELDS = {"executor", "dask_address", "dask_workers"}
+# Where and how widely the stats run, not what they are: every executor gives the same store.
+EXECUTION_FIELDS = {"workers", "executor", "dask_address", "dask_workers"}
 
 Chunk = list[tuple[int, RawRecord]]
 # chunks (in input order), params -> one ChunkResult per chunk, in the same order, lazily.

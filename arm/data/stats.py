@@ -445,14 +445,12 @@ _PARAMS: StatsParams | None = None
 def init_worker(params: StatsParams) -> None:
     global _PARAMS
     _PARAMS = params
-    Image.MAX_IMAGE_PIXELS = params.max_pixels
 
 
 def process_chunk(chunk: list[tuple[int, RawRecord]], params: StatsParams | None = None) -> ChunkResult:
     params = params or _PARAMS
     if params is None:
         raise RuntimeError("process_chunk needs StatsParams (init_worker was not called)")
-    Image.MAX_IMAGE_PIXELS = params.max_pixels
     cache: dict[bytes, ImageStats | Rejected] = {}
     rows, rejections, images, seen = [], [], [], set()
     for ord_, rec in chunk:
