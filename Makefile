@@ -9,6 +9,8 @@ export TRANSFORMERS_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.arm-cache/torch_extensions
 # Prefect's ephemeral API server gets 20 s to start by default: too little on a busy 2-core box.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export BENTOML_DO_NOT_TRACK ?= true
 
 .PHONY: install test test-fast demo bench clean
 

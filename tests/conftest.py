@@ -15,6 +15,7 @@ os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ["BENTOML_HOME"] = str(_SESSION_HOME / "bentoml")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 REPO = Path(__file__).resolve().parents[1]
