@@ -177,6 +177,9 @@ class DataConfig(Strict):
     executor: Literal["process", "dask"] = "process"
     dask_address: str | None = None  # e.g. tcp://scheduler:8786; workers need arm installed
     dask_workers: int = Field(2, ge=1)
+    # Records per Prefect task: each task costs ~0.1-0.3 s of orchestration (API calls, context),
+    # so Dask chunks are larger than the pool's 256; in flight: 3 chunks per Dask worker thread.
+    dask_chunk_size: int = Field(1024, ge=1)
     store: str = "data/curated"
     metrics: str = "metrics/curate.json"
 

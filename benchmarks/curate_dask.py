@@ -91,6 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="arm-bench-dask-") as d:
         os.environ.setdefault("PREFECT_HOME", str(Path(d) / "prefect"))  # a throwaway Prefect database
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # busy CPUs start slowly
         load = os.getloadavg()[0]
         base = measure("process", a.preset, a.workers, Path(d) / "process")
         cand = measure("dask", a.preset, a.workers, Path(d) / "dask")

@@ -99,7 +99,8 @@ def _api_for_workers(cfg: ArmConfig) -> Iterator[None]:
 def curate_dask_flow(params: str, preset: str | None, overrides: list[str] | None) -> dict:
     cfg = load_config(params, preset, overrides)
     with _api_for_workers(cfg):
-        return curate(cfg, logger=get_run_logger(), map_chunks=prefect_task_map(cfg))
+        return curate(cfg, logger=get_run_logger(), map_chunks=prefect_task_map(cfg),
+                      chunk_size=cfg.data.dask_chunk_size)
 
 
 @flow(name="curate")

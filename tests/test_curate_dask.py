@@ -34,13 +34,15 @@ def test_curate_alone_refuses_the_dask_executor(tmp_path):
 def test_where_the_stats_run_is_not_part_of_the_params_hash(tmp_path):
     base = load_config(PARAMS, "micro", outputs(tmp_path, "s"))
     other = load_config(PARAMS, "micro", [*outputs(tmp_path, "s"), "data.executor=dask", "data.workers=4",
-                                          "data.dask_workers=8", "data.dask_address=tcp://10.0.0.1:8786"])
+                                          "data.dask_workers=8", "data.dask_chunk_size=99",
+                                          "data.dask_address=tcp://10.0.0.1:8786"])
     assert params_hash(base) == params_hash(other)
     assert params_hash(base) != params_hash(load_config(PARAMS, "micro", [*outputs(tmp_path, "s"), "data.max_pixels=100"]))
 
 
 def test_any_in_order_executor_gives_the_same_store(tmp_path):
-    """The chunk work is one function; a strategy only decides where it runs (here: threads)."""
+    """The chunk work is one function; a strategy only decides where it runs (here: threads), and
+    neither it nor the chunk size changes the store."""
     from arm.data.stats import process_chunk
 
     cfg = load_config(PARAMS, "micro", outputs(tmp_path, "a"))
@@ -50,7 +52,8 @@ def test_any_in_order_executor_gives_the_same_store(tmp_path):
             return windowed(chunks, lambda c: pool.submit(process_chunk, c, params), window=3)
 
         cfg_b = load_config(PARAMS, "micro", outputs(tmp_path, "b"))
-        curate(cfg_b, map_chunks=threads)
+        m = curate(cfg_b, map_chunks=threads, chunk_size=100)
+    assert m["executor"]["chunks"] == -(-m["n_in"] // 100)
     for table in ("samples", "rejections"):
         assert table_rows(cfg.data.store, table, "ord") == table_rows(cfg_b.data.store, table, "ord")
 
@@ -110,18 +113,19 @@ def test_dask_flow_maps_one_task_per_chunk_and_matches_the_process_store(tmp_pat
 
     from flows.curate import curate_flow
 
-    # The micro preset has enough records for several chunks of CHUNK records.
     proc_cfg = load_config(PARAMS, "micro", [*outputs(tmp_path, "process"), "data.workers=2"])
     m_proc = curate(proc_cfg)
+    # Chunks other than the pool's, so that chunking is shown not to matter either.
+    chunk = 200
     state = curate_flow(params=PARAMS, preset="micro", return_state=True, overrides=[
-        *outputs(tmp_path, "dask"), "data.executor=dask", "data.dask_workers=2"])
+        *outputs(tmp_path, "dask"), "data.executor=dask", "data.dask_workers=2", f"data.dask_chunk_size={chunk}"])
     assert state.is_completed(), state
     m_dask = state.result()
 
-    n_chunks = -(-m_dask["n_in"] // CHUNK)
+    n_chunks = -(-m_dask["n_in"] // chunk)
     assert n_chunks >= 3
-    assert m_dask["executor"] == {"kind": "dask", "chunks": n_chunks, "chunk_size": CHUNK}
-    assert m_proc["executor"]["kind"] == "process"
+    assert m_dask["executor"] == {"kind": "dask", "chunks": n_chunks, "chunk_size": chunk}
+    assert m_proc["executor"] == {"kind": "process", "chunks": -(-m_proc["n_in"] // CHUNK), "chunk_size": CHUNK}
     for key in ("n_in", "n_kept", "n_rejected", "by_source", "kept_by_task", "kept_by_split", "rejected_by_reason"):
         assert m_dask[key] == m_proc[key], key
     dask_store = str(tmp_path / "dask")

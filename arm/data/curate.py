@@ -53,7 +53,7 @@ from arm.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 DUCKDB_MEMORY_LIMIT = "768MB"
-CHUNK = 256  # records per pool task: big enough to amortise pickling, small enough to stream
+CHUNK = 256  # records per pool task by default: big enough to amortise pickling, small enough to stream
 STAGE = "curate"
 
 
@@ -62,7 +62,7 @@ class CurateError(RuntimeError):
 
 
 # Where and how widely the stats run, not what they are: every executor gives the same store.
-EXECUTION_FIELDS = {"workers", "executor", "dask_address", "dask_workers"}
+EXECUTION_FIELDS = {"workers", "executor", "dask_address", "dask_workers", "dask_chunk_size"}
 
 Chunk = list[tuple[int, RawRecord]]
 # chunks (in input order), params -> one ChunkResult per chunk, in the same order, lazily.
@@ -151,7 +151,7 @@ def process_pool_map(workers: int) -> MapChunks:
 
 
 def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger,
-           map_chunks: MapChunks) -> dict[str, Any]:
+           map_chunks: MapChunks, chunk_size: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc)
     staging = root / "_staging"
@@ -165,7 +165,7 @@ def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger,
     n = n_chunks = 0
     last_log = time.perf_counter()
     bar = tqdm(desc="curate", unit="rec", disable=not progress, file=sys.stderr, mininterval=0.5)
-    for res in map_chunks(_chunks(_records(cfg, counts), CHUNK), params):
+    for res in map_chunks(_chunks(_records(cfg, counts), chunk_size), params):
         stats_buf.add(res.rows)
         rej_buf.add(res.rejections)
         img_buf.add(res.images)
@@ -189,7 +189,7 @@ def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger,
         metrics["seconds"] = {"stats": round(t_stats, 3), "filter_and_write": round(t_total - t_stats, 3),
                               "total": round(t_total, 3)}
         metrics["samples_per_s"] = round(n / t_total, 1) if t_total > 0 else None
-        metrics["executor"] = {"kind": cfg.data.executor, "chunks": n_chunks, "chunk_size": CHUNK}
+        metrics["executor"] = {"kind": cfg.data.executor, "chunks": n_chunks, "chunk_size": chunk_size}
         finished = dt.datetime.now(dt.timezone.utc)
         con.execute(
             """CREATE TABLE runs (stage VARCHAR, params_hash VARCHAR, arm_version VARCHAR,
@@ -305,12 +305,14 @@ def _reconcile(cfg: ArmConfig, con: duckdb.DuckDBPyConnection, counts: dict[str,
 
 
 def curate(cfg: ArmConfig, progress: bool | None = None, logger: logging.Logger | None = None,
-           map_chunks: MapChunks | None = None) -> dict[str, Any]:
+           map_chunks: MapChunks | None = None, chunk_size: int = CHUNK) -> dict[str, Any]:
     """Builds the curated store at cfg.data.store (atomically) and returns its metrics.
 
-    `map_chunks` computes the per-chunk stats (default: process_pool_map(cfg.data.workers)); the
-    store does not depend on which one runs them."""
+    `map_chunks` computes the stats of chunks of `chunk_size` records (default:
+    process_pool_map(cfg.data.workers)); the store depends on neither."""
     logger = logger or log
+    if chunk_size < 1:
+        raise CurateError(f"chunk_size must be >= 1, got {chunk_size}")
     if map_chunks is None:
         if cfg.data.executor != "process":
             raise CurateError(f"data.executor={cfg.data.executor!r} runs through the Prefect flow (`arm curate` or "
@@ -325,7 +327,7 @@ def curate(cfg: ArmConfig, progress: bool | None = None, logger: logging.Logger 
         progress = sys.stderr.isatty()
     store = Path(cfg.data.store)
     with atomic_path(store) as tmp:
-        metrics = _build(cfg, tmp, progress, logger, map_chunks)
+        metrics = _build(cfg, tmp, progress, logger, map_chunks, chunk_size)
     atomic_write_json(cfg.data.metrics, metrics)
     logger.info("curate: %d in, %d kept, %d rejected in %.1fs (%.0f samples/s) -> %s", metrics["n_in"],
                 metrics["n_kept"], metrics["n_rejected"], metrics["seconds"]["total"], metrics["samples_per_s"], store)
