@@ -25,9 +25,9 @@ CHUNKS_PER_WORKER_THREAD = 3  # in flight per Dask thread: keeps workers busy, m
 
 class Sealed:
     """A chunk handed to a Prefect task unexamined. Prefect walks every task parameter looking for
-    futures (visit_collection, on submit and again on the worker) and Dask tokenizes it; on a chunk
-    of records with nested metadata that cost more than the stats themselves (profiled: ~0.5 s per
-    256-record chunk). An object with slots is a leaf to both."""
+    futures (visit_collection, on submit and again on the worker) and Dask tokenizes it; over
+    records with nested metadata that walk was most of the flow process's CPU time in a profile of
+    the tiny preset. An object with slots is a leaf to both."""
 
     __slots__ = ("chunk",)
 
@@ -40,8 +40,10 @@ class Sealed:
 
 
 # No cache (inputs are image bytes: hashing them costs as much as the work) and no persisted
-# result (the flow consumes it at once); a pure function, so a retry after a lost worker is safe.
-@task(name="chunk_stats", cache_policy=NONE, persist_result=False, retries=1)
+# result (the flow consumes it at once). No Prefect retries: process_chunk turns bad records into
+# rejections, so an exception is a bug that would fail again; Dask itself reruns the tasks of a
+# worker that dies (distributed.scheduler.allowed-failures).
+@task(name="chunk_stats", cache_policy=NONE, persist_result=False)
 def chunk_stats(sealed: Sealed, params: StatsParams) -> ChunkResult:
     return process_chunk(sealed.chunk, params)
 

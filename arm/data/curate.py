@@ -1,6 +1,6 @@
 """The curate stage: sources -> stats (once, in parallel) -> SQL filters -> curated store.
 
-    curate(cfg, map_chunks=None) -> metrics dict; writes cfg.data.store and cfg.data.metrics.
+    curate(cfg, map_chunks=None, chunk_size=CHUNK) -> metrics dict; writes cfg.data.store and cfg.data.metrics.
 
 Only the stats (decode, hash, measure: the expensive part) run in parallel, chunk by chunk, through
 a `map_chunks` strategy: a local process pool by default (`process_pool_map`), or whatever the
