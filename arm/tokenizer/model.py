@@ -68,7 +68,9 @@ class PixelDecoder(nn.Module):
         x = self.mlp(feats).view(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h * p, w * p)
         if self.refine is not None:
             x = self.refine(x)
-        return torch.sigmoid(x)
+        # A linear output (centred on mid-grey), clamped only at inference: a sigmoid saturates
+        # on the pure-white background and starves every other pixel of gradient.
+        return x + 0.5
 
 
 class AttentionPool(nn.Module):
@@ -288,7 +290,7 @@ class VisualTokenizer(nn.Module):
         return out
 
     def reconstruct(self, q: torch.Tensor) -> torch.Tensor:
-        """Quantized vectors -> pixels [B, 3, S, S] in (0, 1).
+        """Quantized vectors -> pixels [B, 3, S, S], ~[0, 1] (unclamped; `decode` clamps).
 
         Each token is decoded on its own, without its position or its neighbours: a code must
         then stand for the same pixels wherever it appears, which is what lets one image token

@@ -1,11 +1,8 @@
 """GEdit-Bench on the shapes world: instruction-guided edits judged by the scene oracle."""
 
-import json
-
-import datasets
 import evaluate
 
-from arm.config import WorldConfig
+from arm.eval.metric_module import image_metric_info, score_scenes
 from arm.eval.scoring import score_edit
 
 _DESCRIPTION = """\
@@ -39,16 +36,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ShapesEdit(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Value("string")}),
-        )
+        return image_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, world=None, tolerance=48, return_per_sample=False):
-        world = world if isinstance(world, WorldConfig) else WorldConfig.model_validate(world or {})
-        summary, per_sample = score_edit(predictions, [json.loads(r) for r in references], world, tolerance)
-        if return_per_sample:
-            summary["per_sample"] = per_sample
-        return summary
+        return score_scenes(score_edit, predictions, references, world, return_per_sample, tolerance)

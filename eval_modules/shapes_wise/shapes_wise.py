@@ -1,11 +1,8 @@
 """WISE on the shapes world: knowledge prompts that name kind and colour only indirectly."""
 
-import json
-
-import datasets
 import evaluate
 
-from arm.config import WorldConfig
+from arm.eval.metric_module import image_metric_info, score_scenes
 from arm.eval.scoring import score_wise
 
 _DESCRIPTION = """\
@@ -35,16 +32,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ShapesWise(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Value("string")}),
-        )
+        return image_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, world=None, return_per_sample=False):
-        world = world if isinstance(world, WorldConfig) else WorldConfig.model_validate(world or {})
-        summary, per_sample = score_wise(predictions, [json.loads(r) for r in references], world)
-        if return_per_sample:
-            summary["per_sample"] = per_sample
-        return summary
+        return score_scenes(score_wise, predictions, references, world, return_per_sample)

@@ -1,8 +1,8 @@
 """Visual tokenizer reconstruction: PSNR, SSIM (torchmetrics) and codebook usage."""
 
-import datasets
 import evaluate
 
+from arm.eval.metric_module import image_metric_info, with_per_sample
 from arm.eval.scoring import score_tokenizer
 
 _DESCRIPTION = """\
@@ -29,16 +29,9 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Tokenizer(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
-        )
+        return image_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, references="image")
 
     def _compute(self, predictions, references, codes=None, codebook_size=None, psnr_cap=100.0,
                  return_per_sample=False):
-        summary, per_sample = score_tokenizer(predictions, references, codes, codebook_size, psnr_cap)
-        if return_per_sample:
-            summary["per_sample"] = per_sample
-        return summary
+        return with_per_sample(score_tokenizer(predictions, references, codes, codebook_size, psnr_cap),
+                               return_per_sample)
