@@ -68,7 +68,8 @@ def register_plan(app: typer.Typer) -> None:
         params: Path = ParamsOpt,
         preset: Optional[str] = PresetOpt,
         set_: Optional[list[str]] = SetOpt,
-        gpus_per_node: int = typer.Option(8, "--gpus-per-node", min=1),
+        gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", min=1,
+                                                    help="processes (GPUs) per node; default pretrain.nproc"),
         nodes: int = typer.Option(1, "--nodes", min=1),
         as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
     ) -> None:
@@ -77,7 +78,7 @@ def register_plan(app: typer.Typer) -> None:
         from arm.model.build import human
         from arm.model.plan import plan
 
-        r = plan(cfg, gpus_per_node=gpus_per_node, nodes=nodes)
+        r = plan(cfg, gpus_per_node=gpus_per_node or cfg.pretrain.nproc, nodes=nodes)
         if as_json:
             typer.echo(json.dumps(r, indent=2))
             return

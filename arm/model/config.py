@@ -20,7 +20,7 @@ class TextConfig(Strict):
     vocab_size: int = Field(512, ge=260)  # BPE target; for a hub tokenizer its expected size (planning offline)
     min_frequency: int = Field(2, ge=1)
     # relative share of documents per task in the training stream
-    task_weights: dict[TaskName, float] = {"understand": 1.0, "generate": 1.0, "edit": 1.0, "text": 0.25}
+    task_weights: dict[TaskName, float] = {"understand": 1.6, "generate": 1.0, "edit": 0.8, "text": 0.1}
     cfg_dropout: float = Field(0.1, ge=0, lt=1)  # P(condition -> <uncond>) for generate and edit
     seq_len: int = Field(256, ge=16)  # packed row length
     pack_block: int = Field(256, ge=1)  # documents packed together (bigger = less padding)
@@ -77,12 +77,12 @@ class PretrainConfig(Strict):
     # straight from the first shapes source (no store; needs images=oracle): tests and ablations.
     data: Literal["store", "shapes"] = "store"
 
-    max_steps: int = Field(600, ge=1)  # optimizer steps
-    micro_batch: int = Field(8, ge=1)  # packed rows per process per micro-step
+    max_steps: int = Field(1200, ge=1)  # optimizer steps
+    micro_batch: int = Field(4, ge=1)  # packed rows per process per micro-step
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    warmup_steps: int = Field(30, ge=0)
+    warmup_steps: int = Field(40, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
@@ -97,7 +97,7 @@ class PretrainConfig(Strict):
 
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(100, ge=1)
-    eval_rows: int = Field(64, ge=1)  # validation rows per evaluation (per task stream)
+    eval_rows: int = Field(32, ge=1)  # validation rows per evaluation (per task stream)
     checkpoint_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     # a safety net, not a schedule: stop (with a checkpoint) once this much wall time has passed

@@ -67,6 +67,7 @@ class LossWeights(Strict):
     contrastive: float = Field(0.5, ge=0)
     caption: float = Field(0.2, ge=0)
     usage: float = Field(0.1, ge=0)  # entropy regulariser against codebook collapse
+    bound: float = Field(1.0, ge=0)  # penalty on pre-quantization latents past `train.bound_margin`
 
 
 class TokenizerTrainConfig(Strict):
@@ -82,6 +83,7 @@ class TokenizerTrainConfig(Strict):
     teacher_batch: int | None = Field(32, ge=1)
     quant_dropout: float = Field(0.0, ge=0, le=1)  # tokens that skip rounding at the start
     quant_dropout_until: float = Field(0.5, ge=0, le=1)  # fraction of steps to anneal it to 0
+    bound_margin: float = Field(2.0, gt=0)  # tanh(2) = 0.96: every FSQ level stays reachable
     usage_temperature: float = Field(0.25, gt=0)  # of the soft code assignment (level units)
     usage_tokens: int = Field(4096, ge=2)  # tokens per step in the usage regulariser
     checkpoint_every: int = Field(200, ge=1)

@@ -73,3 +73,10 @@ def code_usage(soft_levels: list[torch.Tensor], max_tokens: int, generator: torc
         joint = (joint.unsqueeze(-1) * p.unsqueeze(1)).reshape(joint.shape[0], -1)
     avg = joint.mean(0)
     return per_token + (avg * (avg + eps).log()).sum()
+
+
+def latent_bound(z: torch.Tensor, margin: float) -> torch.Tensor:
+    """Keeps pre-quantization latents where FSQ's tanh still has a gradient: a token pushed far
+    past the outer level is stuck there (the failure seen early in training, when every token
+    rushes to the code that decodes to the background)."""
+    return torch.relu(z.abs() - margin).pow(2).mean()

@@ -33,7 +33,7 @@ from arm.tokenizer.vocab import PAD, CaptionVocab
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = ("l1", "l2", "perceptual", "distill", "contrastive", "caption", "usage")
+LOSS_NAMES = ("l1", "l2", "perceptual", "distill", "contrastive", "caption", "usage", "bound")
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -263,6 +263,8 @@ def train_tokenizer(
         out = model(x, quant_dropout=qd)
         feats, recon = out["features"], out["recon"]
         parts = L.reconstruction(recon, x)
+        if w.bound > 0:
+            parts["bound"] = L.latent_bound(out["z"], tcfg.train.bound_margin)
         if w.usage > 0:
             g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
             soft = model.soft_levels(out["z"], tcfg.train.usage_temperature)

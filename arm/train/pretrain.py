@@ -368,6 +368,19 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     return metrics
 
 
+def _rendezvous_args(env) -> list[str]:
+    """One node: torchrun --standalone. Several (a GPU work pool's job variables NNODES, NODE_RANK,
+    MASTER_ADDR, MASTER_PORT, set per node): a static rendezvous at the master."""
+    nnodes = int(env.get("NNODES", "1"))
+    if nnodes <= 1:
+        return ["--standalone"]
+    missing = [k for k in ("NODE_RANK", "MASTER_ADDR") if k not in env]
+    if missing:
+        raise RuntimeError(f"NNODES={nnodes} needs {', '.join(missing)} in the environment")
+    return [f"--nnodes={nnodes}", f"--node_rank={env['NODE_RANK']}", f"--master_addr={env['MASTER_ADDR']}",
+            f"--master_port={env.get('MASTER_PORT', '29500')}"]
+
+
 def pretrain_multiprocess(params: str, preset: str | None, overrides: list[str], nproc: int,
                           stop_after: int | None = None) -> dict:
     """Run the stage in `nproc` local processes via torchrun; returns rank 0's metrics."""
@@ -377,7 +390,7 @@ def pretrain_multiprocess(params: str, preset: str | None, overrides: list[str],
     from arm.config import load_config
 
     cfg = load_config(params, preset, overrides)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", *_rendezvous_args(os.environ), f"--nproc_per_node={nproc}",
            "-m", "arm.train.launch", "--params", str(params)]
     if preset:
         cmd += ["--preset", preset]
