@@ -183,19 +183,25 @@ def _rows(items, samples, per_sample, gts, ceils, ceil_per, keep: Callable[[dict
     return grid
 
 
-def bench_geneval(r: Runner) -> BenchResult:
-    items = r.sets["geneval"]
-    refs = [as_reference({"category": i["category"], "scene": i["scene"]}) for i in items]
-    m = load("shapes_geneval")
+def _score_generation(r: Runner, set_name: str, refs: list[str], flag: str):
+    """Samples, ground truth, ceiling and floor of one text-to-image benchmark, scored alike."""
+    items = r.sets[set_name]
+    m = load(f"shapes_{set_name}")
     samples = r.generate([i["prompt"] for i in items])
     imgs, flat_refs = _flatten(samples, refs)
     scores = m.compute(predictions=imgs, references=flat_refs, world=r.world, return_per_sample=True)
-    per = [s["correct"] for s in scores.pop("per_sample")]
+    per = [s[flag] for s in scores.pop("per_sample")]
     gts = [render(i["scene"], r.world) for i in items]
     ceils = r.ceiling_images(gts)
     ceiling = m.compute(predictions=ceils, references=refs, world=r.world, return_per_sample=True)
-    ceil_per = [s["correct"] for s in ceiling.pop("per_sample")]
-    floor = m.compute(predictions=r.floor_images("geneval", len(items)), references=refs, world=r.world)
+    ceil_per = [s[flag] for s in ceiling.pop("per_sample")]
+    floor = m.compute(predictions=r.floor_images(set_name, len(items)), references=refs, world=r.world)
+    return items, samples, scores, per, gts, ceils, ceiling, ceil_per, floor
+
+
+def bench_geneval(r: Runner) -> BenchResult:
+    refs = [as_reference({"category": i["category"], "scene": i["scene"]}) for i in r.sets["geneval"]]
+    items, samples, scores, per, gts, ceils, ceiling, ceil_per, floor = _score_generation(r, "geneval", refs, "correct")
     grids = []
     for cat in dict.fromkeys(i["category"] for i in items):
         g = _rows(items, samples, per, gts, ceils, ceil_per, lambda i, c=cat: i["category"] == c, r.ecfg.grid_rows)
@@ -205,18 +211,8 @@ def bench_geneval(r: Runner) -> BenchResult:
 
 
 def bench_wise(r: Runner) -> BenchResult:
-    items = r.sets["wise"]
-    refs = [as_reference(i["scene"]) for i in items]
-    m = load("shapes_wise")
-    samples = r.generate([i["prompt"] for i in items])
-    imgs, flat_refs = _flatten(samples, refs)
-    scores = m.compute(predictions=imgs, references=flat_refs, world=r.world, return_per_sample=True)
-    per = [s["match"] for s in scores.pop("per_sample")]
-    gts = [render(i["scene"], r.world) for i in items]
-    ceils = r.ceiling_images(gts)
-    ceiling = m.compute(predictions=ceils, references=refs, world=r.world, return_per_sample=True)
-    ceil_per = [s["match"] for s in ceiling.pop("per_sample")]
-    floor = m.compute(predictions=r.floor_images("wise", len(items)), references=refs, world=r.world)
+    refs = [as_reference(i["scene"]) for i in r.sets["wise"]]
+    items, samples, scores, per, gts, ceils, ceiling, ceil_per, floor = _score_generation(r, "wise", refs, "match")
     g = _rows(items, samples, per, gts, ceils, ceil_per, lambda i: True, r.ecfg.grid_rows)
     g.name = "wise"
     return BenchResult(scores, ceiling, floor, [g])
