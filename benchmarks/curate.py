@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Python puts this script's folder first on sys.path; drop it, so that sibling benchmark scripts
-# (benchmarks/tokenize.py) cannot shadow standard modules of the same name.
+# cannot shadow standard modules of the same name.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path, where benchmarks/tokenize.py would
+# run as a script, this file's folder comes first on sys.path, where a sibling script named like a stdlib module would
 # shadow the standard library's tokenize module: search the repo root instead
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]

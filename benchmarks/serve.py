@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 # Before any other import: the repo, not benchmarks/, goes first on the path, so sibling
-# scripts (benchmarks/tokenize.py) cannot shadow stdlib modules that asyncio/inspect import.
+# scripts cannot shadow stdlib modules that asyncio/inspect import.
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:1] = [str(REPO)]
 

@@ -1,7 +1,7 @@
 """Benchmark of image tokenization: images/s at the best batch size vs batch size 1, peak RSS.
 
-    .venv/bin/python benchmarks/tokenize.py                       # models/tokenizer if trained, else tiny init
-    .venv/bin/python benchmarks/tokenize.py --model DIR --n 2048 --batch-sizes 1 16 64 256 1024
+    .venv/bin/python benchmarks/tokenize_images.py                       # models/tokenizer if trained, else tiny init
+    .venv/bin/python benchmarks/tokenize_images.py --model DIR --n 2048 --batch-sizes 1 16 64 256 1024
 
 Ours: `VisualTokenizer.encode` on batches of shapes-world images (PIL in, codes out, as the
 tokenize stage calls it). Baseline, in the same run: batch size 1, which is what encoding
