@@ -155,7 +155,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
             f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
             "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # extra listeners on fixed default ports
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=32",
+            # SeaweedFS grows 7 volumes for every new bucket (a collection), and tests make a
+            # bucket each; volumes are sparse files, so a high cap costs no disk.
+            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=1000",
         ]
         log = root / "weed.log"
         with open(log, "wb") as logf:

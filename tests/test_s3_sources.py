@@ -129,6 +129,16 @@ def test_image_folder_from_seaweedfs(s3_server, micro_cfg, tmp_path, monkeypatch
 
 
 @seaweed
+def test_seaweedfs_takes_writes_in_many_buckets(s3_server):
+    """Every test makes its own bucket; the server must not run out of volumes for them."""
+    client = s3_server.client()
+    buckets = [s3_server.new_bucket("many") for _ in range(12)]
+    for i, bucket in enumerate(buckets):
+        client.put_object(Bucket=bucket, Key="k", Body=f"v{i}".encode())
+    assert [client.get_object(Bucket=b, Key="k")["Body"].read() for b in buckets] == [f"v{i}".encode() for i in range(12)]
+
+
+@seaweed
 def test_seaweedfs_missing_bucket_and_prefix(s3_server, micro_cfg, monkeypatch):
     s3_server.use(monkeypatch)
     cfg = s3_cfg(micro_cfg, s3_server.endpoint_url)
