@@ -36,7 +36,7 @@ def test_encode_decode_round_trip_shapes_dtypes_ranges(tok, micro_cfg):
     codes = tok.encode(images)
     assert codes.dtype == torch.long and codes.shape == (5, *tok.grid)
     assert tok.grid == (3, 3) and tok.image_size == 48
-    assert int(codes.min()) >= 0 and int(codes.max()) < tok.codebook_size == 45
+    assert int(codes.min()) >= 0 and int(codes.max()) < tok.codebook_size == int(np.prod(micro_cfg.tokenizer.levels))
     out = tok.decode(codes)
     assert out.dtype == torch.float32 and out.shape == (5, 3, 48, 48)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
@@ -66,7 +66,8 @@ def test_save_load_identity(tok, micro_cfg, tmp_path):
     assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
     spec = json.loads((d / "config.json").read_text())
-    assert spec["levels"] == [5, 3, 3] and spec["format"] == "arm-visual-tokenizer"
+    levels = list(micro_cfg.tokenizer.levels)
+    assert spec["levels"] == levels and spec["format"] == "arm-visual-tokenizer"
     back = VisualTokenizer.from_pretrained(d)
     a, b = tok.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -74,10 +75,10 @@ def test_save_load_identity(tok, micro_cfg, tmp_path):
     codes = tok.encode(images)
     assert torch.equal(back.encode(images), codes)
     assert torch.equal(back.decode(codes), tok.decode(codes))
-    assert (back.codebook_size, back.grid, back.levels, back.image_size) == (45, (3, 3), [5, 3, 3], 48)
+    assert (back.codebook_size, back.grid, back.levels, back.image_size) == (tok.codebook_size, (3, 3), levels, 48)
     # overwriting an existing dir is atomic too
     tok.save_pretrained(d)
-    assert VisualTokenizer.from_pretrained(d).levels == [5, 3, 3]
+    assert VisualTokenizer.from_pretrained(d).levels == levels
 
 
 def test_from_pretrained_errors(tmp_path, tok):
@@ -147,7 +148,7 @@ def test_pretrained_frozen_encoder_path(micro_cfg, tmp_path):
                                                num_attention_heads=2, image_size=48, patch_size=16))
     enc.save_pretrained(tmp_path / "siglip")
     cfg = micro_cfg.tokenizer.model_copy(update={
-        "encoder": micro_cfg.tokenizer.encoder.model_copy(update={"pretrained": str(tmp_path / "siglip")})})
+        "encoder": micro_cfg.tokenizer.encoder.model_copy(update={"pretrained": str(tmp_path / "siglip"), "window": None})})
     tok = VisualTokenizer.build(cfg, caption_vocab=VOCAB, text_dim=16, distill_dim=8)
     assert tok.encoder_frozen and not any(p.requires_grad for p in tok.encoder.parameters())
     assert any(p.requires_grad for p in tok.proj_in.parameters())
@@ -166,6 +167,20 @@ def test_pretrained_frozen_encoder_path(micro_cfg, tmp_path):
     back = VisualTokenizer.from_pretrained(d)
     x = torch.rand(2, 3, 48, 48)
     assert torch.equal(back.encode(x), tok.eval().encode(x))
+
+
+def test_window_one_codes_depend_on_their_own_patch_only(micro_cfg):
+    """encoder.window=1: a cell's code is the same wherever the cell sits and whatever surrounds it."""
+    cfg = micro_cfg.tokenizer.model_copy(update={"encoder": micro_cfg.tokenizer.encoder.model_copy(update={"window": 1})})
+    torch.manual_seed(0)
+    tok = VisualTokenizer.build(cfg, caption_vocab=VOCAB, text_dim=16, distill_dim=8).eval()
+    x = torch.rand(1, 3, 48, 48)
+    moved = torch.rand(1, 3, 48, 48)  # other neighbours, and the centre patch moved to the top left
+    moved[:, :, :16, :16] = x[:, :, 16:32, 16:32]
+    assert torch.equal(tok.pre_quant(moved)[0, 0], tok.pre_quant(x)[0, 4])
+    glob = micro_cfg.tokenizer.model_copy(update={"encoder": micro_cfg.tokenizer.encoder.model_copy(update={"window": None})})
+    tok_g = VisualTokenizer.build(glob, caption_vocab=VOCAB, text_dim=16, distill_dim=8).eval()
+    assert not torch.allclose(tok_g.pre_quant(moved)[0, 0], tok_g.pre_quant(x)[0, 4])  # global attention mixes
 
 
 def test_siglip_teacher_from_local_dir(tmp_path):
@@ -229,3 +244,39 @@ def test_metric_helpers(micro_cfg):
     s = code_stats(torch.tensor([0, 0, 1, 2]), 8)
     assert s["code_usage"] == 3 / 8 and s["codes_used"] == 3
     assert s["code_perplexity"] == pytest.approx(np.exp(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))))
+
+
+def test_reconstruction_log_mse_is_per_patch():
+    target = torch.zeros(1, 3, 4, 4)
+    recon = target.clone()
+    recon[:, :, :2, :2] = 0.1  # one of four 2x2 patches is off by 0.1: its MSE is 0.01, the others' 0
+    parts = L.reconstruction(recon, target, patch=2, eps=1e-4)
+    assert parts["l2"].item() == pytest.approx(0.01 / 4)
+    assert parts["l1"].item() == pytest.approx(0.1 / 4)
+    expected = (np.log(0.01 + 1e-4) + 3 * np.log(1e-4)) / 4
+    assert parts["log_mse"].item() == pytest.approx(expected, rel=1e-5)
+    # per image it would be log(0.0025 + eps): the per-patch mean punishes the bad patch harder
+    assert parts["log_mse"].item() < np.log(0.0025 + 1e-4)
+
+
+@pytest.mark.parametrize("levels", [[5, 3, 3], [3, 3, 3, 3], [8, 5, 5], [4, 4, 3]])
+def test_lattice_codes_match_fsq_indices(micro_cfg, levels):
+    tok = VisualTokenizer.build(micro_cfg.tokenizer.model_copy(update={"levels": levels}),
+                                caption_vocab=VOCAB, text_dim=16, distill_dim=8)
+    codes = torch.arange(tok.codebook_size)
+    q = tok.fsq.indices_to_codes(codes)
+    assert torch.equal(tok.lattice_codes(q), codes)
+    assert torch.equal(tok.lattice_codes(q + 0.1 * (torch.rand_like(q) - 0.5) / max(levels)), codes)  # rounds
+
+
+def test_each_code_can_render_its_own_template(micro_cfg):
+    """The per-code decoder embedding: changing one code's row changes only the patches with that code."""
+    torch.manual_seed(0)
+    tok = VisualTokenizer.build(micro_cfg.tokenizer, caption_vocab=VOCAB, text_dim=16, distill_dim=8).eval()
+    codes = torch.tensor([[[0, 1, 2], [3, 4, 5], [0, 1, 2]]])
+    before = tok.decode(codes)
+    with torch.no_grad():
+        tok.code_embed.weight[1] += 5.0
+    after = tok.decode(codes)
+    changed = (after - before).abs().amax(dim=1)[0].unfold(0, 16, 16).unfold(1, 16, 16).amax((-1, -2)) > 0
+    assert changed.tolist() == [[False, True, False], [False, False, False], [False, True, False]]

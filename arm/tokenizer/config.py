@@ -19,6 +19,9 @@ class EncoderConfig(Strict):
 
     pretrained: str | None = None
     freeze: bool | None = None  # default: frozen iff pretrained
+    # Patches per side of the window the encoder sees at once (null: the whole image). 1 makes
+    # every code a function of its own patch only (one object per cell in the shapes world).
+    window: int | None = Field(None, ge=1)
     hidden_size: int = Field(128, ge=8)
     layers: int = Field(3, ge=1)
     heads: int = Field(4, ge=1)
@@ -62,6 +65,7 @@ class CaptionHeadConfig(Strict):
 class LossWeights(Strict):
     l1: float = Field(1.0, ge=0)
     l2: float = Field(1.0, ge=0)
+    log_mse: float = Field(0.0, ge=0)  # mean per-patch log-MSE: every token cell counts
     perceptual: float = Field(0.1, ge=0)
     distill: float = Field(0.5, ge=0)
     contrastive: float = Field(0.5, ge=0)
@@ -150,6 +154,11 @@ class TokenizerConfig(Strict):
             raise ValueError("encoder.hidden_size must be a multiple of encoder.heads")
         if self.caption.hidden_size % self.caption.heads:
             raise ValueError("caption.hidden_size must be a multiple of caption.heads")
+        if self.encoder.window is not None and (self.image_size // self.patch_size) % self.encoder.window:
+            raise ValueError(f"encoder.window {self.encoder.window} must divide the token grid side "
+                             f"{self.image_size // self.patch_size}")
+        if self.encoder.window is not None and self.encoder.pretrained:
+            raise ValueError("encoder.window applies to an encoder trained from scratch, not a pretrained one")
         if self.teacher.kind == "siglip" and not self.teacher.name:
             raise ValueError("teacher.kind=siglip needs teacher.name (hub id or local dir)")
         return self

@@ -131,16 +131,29 @@ class VisualTokenizer(nn.Module):
         self._grid = (side, side)
         width = int(s["hidden_size"])
         enc_cfg = SiglipVisionConfig(**s["encoder_config"])
-        if enc_cfg.image_size != self._image_size or enc_cfg.patch_size != self._patch:
+        # `encoder_window`: the encoder sees windows of w x w patches (null: the whole image).
+        self._window = s.get("encoder_window")
+        view = self._image_size if self._window is None else self._window * self._patch
+        if self._window is not None and side % self._window:
+            raise ValueError(f"encoder window {self._window} must divide the token grid side {side}")
+        if enc_cfg.image_size != view or enc_cfg.patch_size != self._patch:
             raise ValueError(
                 f"encoder expects {enc_cfg.image_size}px images with {enc_cfg.patch_size}px patches, "
-                f"the tokenizer is configured for {self._image_size}/{self._patch}"
+                f"the tokenizer is configured for {view}/{self._patch}"
             )
         self.encoder = SiglipVisionModel(enc_cfg)
         self.encoder_frozen = bool(s["encoder_frozen"])
         self.proj_in = nn.Linear(enc_cfg.hidden_size, len(self._levels))
         self.fsq = FSQ(levels=self._levels)
         self.up = nn.Linear(len(self._levels), width)
+        # A learned vector per code, added to the pixel decoder's input: the decoder is then a
+        # lookup as well as a smooth function of the FSQ vector, so neighbouring codes can
+        # render unrelated templates exactly (a circle and a square one lattice step apart).
+        self.code_embed = nn.Embedding(self.codebook_size, width)
+        nn.init.zeros_(self.code_embed.weight)
+        basis = torch.cumprod(torch.tensor([1, *self._levels[:-1]]), 0)
+        self.register_buffer("_level_basis", basis, persistent=False)
+        self.register_buffer("_level_counts", torch.tensor(self._levels), persistent=False)
         n_tokens = side * side
         self.pos = nn.Parameter(torch.randn(1, n_tokens, width) * 0.02)
         self.post = nn.ModuleList([_block(width, int(s["heads"]), float(s["dropout"])) for _ in range(int(s["post_layers"]))])
@@ -178,7 +191,7 @@ class VisualTokenizer(nn.Module):
                 intermediate_size=int(e.hidden_size * e.mlp_ratio),
                 num_hidden_layers=e.layers,
                 num_attention_heads=e.heads,
-                image_size=cfg.image_size,
+                image_size=cfg.image_size if e.window is None else e.window * cfg.patch_size,
                 patch_size=cfg.patch_size,
                 vision_use_head=False,
             ).to_dict()
@@ -203,6 +216,7 @@ class VisualTokenizer(nn.Module):
             "dropout": cfg.dropout,
             "encoder_config": enc_cfg,
             "encoder_source": cfg.encoder.pretrained,
+            "encoder_window": cfg.encoder.window,
             "encoder_frozen": frozen,
             "distill_dim": distill_dim,
             "teacher": cfg.teacher.model_dump(mode="json"),
@@ -256,7 +270,17 @@ class VisualTokenizer(nn.Module):
 
     def pre_quant(self, pixels01: torch.Tensor) -> torch.Tensor:
         """pixels [B,3,S,S] in [0,1] -> continuous latents z [B, N, n_levels] (before FSQ)."""
-        hidden = self.encoder(pixel_values=pixels01 * 2.0 - 1.0).last_hidden_state
+        x = pixels01 * 2.0 - 1.0
+        if self._window is None:
+            return self.proj_in(self.encoder(pixel_values=x).last_hidden_state)
+        # Windows are encoded independently, so a window's tokens depend on its pixels only:
+        # with window 1 a code describes its own cell, the same wherever the cell sits.
+        b, (h, w), k, p = x.shape[0], self._grid, self._window, self._patch
+        wh, ww = h // k, w // k
+        tiles = x.reshape(b, 3, wh, k * p, ww, k * p).permute(0, 2, 4, 1, 3, 5).reshape(b * wh * ww, 3, k * p, k * p)
+        hidden = self.encoder(pixel_values=tiles).last_hidden_state  # [b*wh*ww, k*k, D]
+        d = hidden.shape[-1]
+        hidden = hidden.reshape(b, wh, ww, k, k, d).permute(0, 1, 3, 2, 4, 5).reshape(b, h * w, d)
         return self.proj_in(hidden)
 
     def quantize(self, pixels01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +320,14 @@ class VisualTokenizer(nn.Module):
         then stand for the same pixels wherever it appears, which is what lets one image token
         carry one object for the AR model (an optional conv refiner adds local context only).
         """
-        return self.pixel_decoder(self.up(q))
+        return self.pixel_decoder(self.up(q) + self.code_embed(self.lattice_codes(q)))
+
+    def lattice_codes(self, q: torch.Tensor) -> torch.Tensor:
+        """[..., n_levels] in FSQ units -> the code of the nearest lattice point [...] (exact on
+        quantized vectors, where it equals FSQ's codes_to_indices; rounds continuous ones)."""
+        half = self._level_counts // 2
+        digits = torch.minimum((q * half + half).round().clamp(min=0), self._level_counts - 1)
+        return (digits * self._level_basis).sum(-1).long()
 
     def features(self, q: torch.Tensor) -> torch.Tensor:
         """Quantized vectors [B, N, n_levels] -> contextual features F [B, N, hidden] for the

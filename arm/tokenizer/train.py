@@ -33,7 +33,7 @@ from arm.tokenizer.vocab import PAD, CaptionVocab
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = ("l1", "l2", "perceptual", "distill", "contrastive", "caption", "usage", "bound")
+LOSS_NAMES = ("l1", "l2", "log_mse", "perceptual", "distill", "contrastive", "caption", "usage", "bound")
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -262,7 +262,7 @@ def train_tokenizer(
         qd = tcfg.train.quant_dropout * max(0.0, 1.0 - step / max(1.0, tcfg.train.quant_dropout_until * total))
         out = model(x, quant_dropout=qd)
         feats, recon = out["features"], out["recon"]
-        parts = L.reconstruction(recon, x)
+        parts = L.reconstruction(recon, x, tcfg.patch_size)
         if w.bound > 0:
             parts["bound"] = L.latent_bound(out["z"], tcfg.train.bound_margin)
         if w.usage > 0:
