@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from arm.orchestration.stages import PIPELINE_STAGES
@@ -34,3 +36,17 @@ def test_pipeline_order_covers_every_dvc_stage_after_its_deps():
         for dep in stage.get("deps", []):
             if dep in produced_by:
                 assert PIPELINE_STAGES.index(produced_by[dep]) < PIPELINE_STAGES.index(name), (dep, name)
+
+
+def test_stage_commands_find_this_environments_arm_without_an_activated_venv():
+    """`make demo` calls .venv/bin/arm with a bare PATH; DVC's `arm <stage>` must still resolve."""
+    import subprocess
+    import sys
+
+    code = ("import shutil; from arm.orchestration.stages import put_own_scripts_on_path; "
+            "put_own_scripts_on_path(); put_own_scripts_on_path(); import os; "
+            "print(shutil.which('arm')); print(os.environ['PATH'])")
+    out = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == str(Path(sys.executable).parent / "arm")
+    assert out[1] == f"{Path(sys.executable).parent}:/usr/bin:/bin"  # prepended once, nothing lost

@@ -7,7 +7,9 @@ history around it but never caches stage results itself, so the two can never di
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 from arm.io import atomic_write_text
@@ -38,8 +40,18 @@ def reproduce_stage(root: Path, stage: str) -> None:
     """Runs one stage (its command is `arm <stage>`) and records it in dvc.lock."""
     from dvc.repo import Repo
 
+    put_own_scripts_on_path()
     with Repo(str(root)) as repo:
         repo.reproduce(stage, single_item=True)
+
+
+def put_own_scripts_on_path() -> None:
+    """DVC runs `arm <stage>` through the shell: make that the `arm` of this interpreter's
+    environment, so `.venv/bin/arm demo` works without an activated virtualenv."""
+    scripts = str(Path(sys.executable).parent)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if parts[0] != scripts:
+        os.environ["PATH"] = os.pathsep.join([scripts, *[p for p in parts if p and p != scripts]])
 
 
 def select_preset(params_path: Path, preset: str) -> None:
