@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -158,12 +159,14 @@ def test_manifest_tokenizer_fingerprint_must_match(model_dir, tmp_path):
     from arm.tokenizer.tokens import tokenizer_fingerprint
 
     vt_dir = model_dir.parent / "tokenizer"
+    levels = tuple(json.loads((vt_dir / "config.json").read_text())["levels"])
+    shape = (int(np.prod(levels)), (3, 3), levels)
     good = tmp_path / "good"
-    _write_model(good, 45, (3, 3), (5, 3, 3), {"visual_tokenizer": {"kind": "visual_tokenizer", "path": str(vt_dir),
-                                                                    "sha256": tokenizer_fingerprint(vt_dir)}})
+    _write_model(good, *shape, {"visual_tokenizer": {"kind": "visual_tokenizer", "path": str(vt_dir),
+                                                     "sha256": tokenizer_fingerprint(vt_dir)}})
     assert ArmPipeline.from_pretrained(good).visual is not None
     bad = tmp_path / "bad"
-    _write_model(bad, 45, (3, 3), (5, 3, 3), {"visual_tokenizer": {"path": str(vt_dir), "sha256": "0" * 20}})
+    _write_model(bad, *shape, {"visual_tokenizer": {"path": str(vt_dir), "sha256": "0" * 20}})
     with pytest.raises(ValueError, match="changed since"):
         ArmPipeline.from_pretrained(bad)
     res = runner.invoke(app, ["generate", "a circle", "-o", str(tmp_path / "o.png"), "--model", str(bad)])
