@@ -280,3 +280,22 @@ def test_each_code_can_render_its_own_template(micro_cfg):
     after = tok.decode(codes)
     changed = (after - before).abs().amax(dim=1)[0].unfold(0, 16, 16).unfold(1, 16, 16).amax((-1, -2)) > 0
     assert changed.tolist() == [[False, True, False], [False, False, False], [False, True, False]]
+
+
+def test_cell_state_codes_counts_states_that_share_a_code(micro_cfg):
+    from arm.tokenizer.metrics import cell_state_codes
+
+    scenes, _ = scene_images(micro_cfg, 40)
+    names = sorted({"empty"} | {o.describe() for s in scenes for o in s.objects})
+    code_of = {name: i for i, name in enumerate(names)}
+
+    def codes_for(mapping):
+        return torch.tensor([[mapping["empty" if s.at(r, c) is None else s.at(r, c).describe()]
+                              for r in range(3) for c in range(3)] for s in scenes])
+
+    jsons = [s.to_json() for s in scenes]
+    own = cell_state_codes(codes_for(code_of), jsons, 3)
+    assert own == {"cell_states": len(names), "cell_states_with_own_code": len(names)}
+    a, b = [n for n in names if n != "empty"][:2]
+    merged = cell_state_codes(codes_for({**code_of, b: code_of[a]}), jsons, 3)
+    assert merged == {"cell_states": len(names), "cell_states_with_own_code": len(names) - 2}

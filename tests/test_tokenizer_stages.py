@@ -149,6 +149,7 @@ def test_train_from_store_writes_model_metrics_and_curve(micro_tokenizer):
                 "retrieval_r1", "fashion_zeroshot_accuracy", "fashion_linear_probe_accuracy"):
         assert key in m and np.isfinite(m[key]), key
     assert m["oracle_accuracy_on_originals"] == 1.0  # the oracle itself is exact on ground truth
+    assert 0 <= m["cell_states_with_own_code"] <= m["cell_states"] <= 25  # 1 + 3 kinds x 4 colours x 2 sizes
     assert json.loads((root / "metrics.json").read_text())["val_images"] == m["val_images"]
     rows = _read_curve(root / "curve.csv")
     assert len(rows) == 8 and set(LOSS_NAMES) <= set(rows[0])
