@@ -95,6 +95,37 @@ def test_dvc_repro_right_after_is_up_to_date(deployed_run):
     assert "Running stage" not in out
 
 
+def _stale_after(repo: Path, section: str, key: str, value) -> set[str]:
+    """Stages `dvc status` calls changed after setting params.yaml section.key; then restored."""
+    import yaml
+
+    params = repo / "params.yaml"
+    original = params.read_text()
+    changed = yaml.safe_load(original)
+    changed[section][key] = value
+    try:
+        params.write_text(yaml.safe_dump(changed, sort_keys=False))
+        return set(json.loads(run(["dvc", "status", "--json"], repo)))
+    finally:
+        params.write_text(original)
+
+
+def test_changing_one_param_makes_only_its_stages_stale(deployed_run):
+    repo, _ = deployed_run
+    assert _stale_after(repo, "rl", "lr", 0.123) == {"rl"}
+    assert _stale_after(repo, "gate", "thresholds", {"shapes_geneval.overall": 0.9}) == {"gate"}
+    assert _stale_after(repo, "tokenizer", "dropout", 0.3) == {"train_tokenizer"}
+    assert json.loads(run(["dvc", "status", "--json"], repo)) == {}  # restored: nothing stale
+
+
+def test_dvc_plots_show_renders_the_loss_curves(deployed_run, tmp_path):
+    repo, _ = deployed_run
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    for curve in ("tokenizer_loss.csv", "pretrain_loss.csv", "rl_reward.csv"):
+        assert curve in page, curve
+
+
 def test_same_seed_gives_identical_tokenizer_and_model(deployed_run, tmp_path):
     repo, _ = deployed_run
     again = copy_repo(tmp_path / "again")
