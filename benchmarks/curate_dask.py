@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# This script's folder first on sys.path would let sibling scripts shadow
-# standard modules of the same name.
+# This script's folder first on sys.path would let sibling scripts shadow standard modules
+# of the same name.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# the script's own folder goes first on sys.path, where a sibling script named like a stdlib module would shadow the
-# standard library's tokenize: replace it by the repo root
+# the script's own folder goes first on sys.path, where a sibling script could shadow a
+# standard module of the same name: replace it by the repo root
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(REPO)
 else:

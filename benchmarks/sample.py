@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path, where a sibling script named like a stdlib module would
-# shadow the standard library's tokenize module: search the repo root instead
+# run as a script, this file's folder comes first on sys.path, where a sibling script could
+# shadow a standard module of the same name: search the repo root instead
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))

@@ -40,13 +40,12 @@ def load_tokenizer(model_dir: Path | None, cfg):
 
 def measure(tok, images, batch: int, min_seconds: float) -> dict:
     """Encodes `images` in batches (repeating the pass until `min_seconds`); wall and CPU rates."""
-    n, passes = 0, 0
+    n = 0
     t0, c0 = time.perf_counter(), time.process_time()
     while True:
         for i in range(0, len(images), batch):
             tok.encode(images[i : i + batch])
             n += len(images[i : i + batch])
-        passes += 1
         if time.perf_counter() - t0 >= min_seconds:
             break
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
