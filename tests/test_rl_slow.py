@@ -75,9 +75,13 @@ def test_claims_experiment_end_to_end(tmp_path):
     overrides = [f"rl.base={base}", f"rl.checkpoints={tmp_path}/ck", "rl.rewards.t2i.alignment=0", "rl.steps=1",
                  f"eval.prompts.dir={tmp_path}/prompts", f"eval.metrics_dir={tmp_path}/metrics",
                  f"eval.reports_dir={tmp_path}/reports"]
-    result = run_claims(REPO / "params.yaml", "micro", overrides, seeds=[0, 1], task_sets=["both", "edit"],
-                        out_root=str(tmp_path / "claims"), benchmarks=["shapes_geneval", "shapes_edit"],
-                        metrics_out=str(tmp_path / "rl_claims.json"), report_out=str(tmp_path / "rl_claims.md"), plots_dir=str(tmp_path / "plots"))
+    def claims():
+        return run_claims(REPO / "params.yaml", "micro", overrides, seeds=[0, 1], task_sets=["both", "edit"],
+                          out_root=str(tmp_path / "claims"), benchmarks=["shapes_geneval", "shapes_edit"],
+                          metrics_out=str(tmp_path / "rl_claims.json"), report_out=str(tmp_path / "rl_claims.md"),
+                          plots_dir=str(tmp_path / "plots"))
+
+    result = claims()
     assert set(result["runs"]) == {"both", "edit"} and set(result["runs"]["edit"]) == {"0", "1"}
     row = result["table"]["both"]["shapes_geneval.overall"]
     assert row["rl"]["n"] == 2 and row["delta"]["mean"] == pytest.approx(row["rl"]["mean"] - row["base"])
@@ -85,3 +89,8 @@ def test_claims_experiment_end_to_end(tmp_path):
     assert (tmp_path / "claims" / "edit-s1" / "manifest.json").is_file()
     assert (tmp_path / "rl_claims.md").read_text() == render_report(result)
     assert json.loads((tmp_path / "rl_claims.json").read_text())["seeds"] == [0, 1]
+    # run again (a resumed experiment): finished runs are reused, not re-exported and re-evaluated
+    weights = tmp_path / "claims" / "edit-s1" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert claims()["table"] == result["table"]
+    assert weights.stat().st_mtime_ns == before

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         tasks: str = typer.Option("both,t2i,edit", "--tasks", help="task sets: both, t2i, edit (comma-separated)"),
         out_root: Path = typer.Option(Path("models/rl-claims"), "--out", help="where the RL model dirs go"),
     ) -> None:
-        """Reproduce the paper's RL claims: RL per seed and task set vs the base; reports/rl_claims.md."""
+        """Reproduce the paper's RL claims: RL per seed and task set vs the base; reports/rl_claims_<preset>.md."""
         cfg = resolve_config(params, preset, set_)
         try:
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]

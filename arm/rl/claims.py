@@ -8,7 +8,7 @@
 
 Every run is `arm rl` with `rl.seed=S` and `rl.tasks=[...]` into its own model dir, evaluated
 by the evaluate stage (arm.eval.run.evaluate); the base is evaluated once. Mean +- std over seeds.
-Outputs: metrics/rl_claims.json and reports/rl_claims.md. Finished RL runs are found again
+Outputs: metrics/rl_claims_<preset>.json and reports/rl_claims_<preset>.md. Finished RL runs are found again
 (their checkpoints) and evaluations whose metrics are newer than the model are reused, so an
 interrupted experiment resumes where it stopped.
 """
@@ -85,6 +85,25 @@ def evaluate_model(cfg: ArmConfig, model_dir: Path, name: str) -> dict:
     return evaluate(cfg, model_dir, pipeline=_pipeline_for(cfg, model_dir), name=name)
 
 
+def finished_run(cfg: ArmConfig) -> dict | None:
+    """The metrics of an RL run that already finished into `rl.output` with this config and base.
+
+    Training again would only re-export the same weights, which makes their evaluation stale, so
+    a resumed experiment (or a second process working on other task sets) reuses the run.
+    """
+    from arm.rl.trainer import base_identity
+
+    metrics_file, manifest_file = Path(cfg.rl.metrics), Path(cfg.rl.output) / "manifest.json"
+    if not (metrics_file.is_file() and manifest_file.is_file()):
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    record = json.loads(manifest_file.read_text()).get("rl", {})
+    if (metrics.get("stopped") != "done" or record.get("config") != cfg.rl.model_dump(mode="json")
+            or record.get("base", {}).get("sha256") != base_identity(Path(cfg.rl.base))["sha256"]):
+        return None
+    return metrics
+
+
 def run_claims(
     params: str | Path,
     preset: str | None,
@@ -93,8 +112,8 @@ def run_claims(
     task_sets: list[str],
     out_root: str = "models/rl-claims",
     benchmarks: list[str] | None = None,
-    metrics_out: str = "metrics/rl_claims.json",
-    report_out: str = "reports/rl_claims.md",
+    metrics_out: str | None = None,
+    report_out: str | None = None,
     plots_dir: str = "plots/rl_claims",
 ) -> dict:
     from arm.rl.trainer import train_rl
@@ -107,6 +126,8 @@ def run_claims(
     benches = benchmarks or BENCHMARKS
     common = [*(overrides or []), f"eval.benchmarks=[{', '.join(benches)}]"]
     base_cfg = load_config(params, preset, common)
+    metrics_out = metrics_out or f"metrics/rl_claims_{base_cfg.preset}.json"
+    report_out = report_out or f"reports/rl_claims_{base_cfg.preset}.md"
     base_dir = Path(base_cfg.rl.base)
     if not base_dir.is_dir():
         raise FileNotFoundError(f"rl.base {base_dir}: model dir not found (run `arm pretrain` first)")
@@ -127,7 +148,11 @@ def run_claims(
                 f"rl.plot={plots_dir}/{tag}.csv",
             ])
             log.info("RL %s (seed %d, tasks %s)", tag, seed, cfg.rl.tasks)
-            rl_metrics = train_rl(cfg)
+            rl_metrics = finished_run(cfg)
+            if rl_metrics is None:
+                rl_metrics = train_rl(cfg)
+            else:
+                log.info("RL %s finished before: reusing %s", tag, cfg.rl.output)
             scores = evaluate_model(cfg, Path(cfg.rl.output), f"claims_{cfg.preset}_{ts}_s{seed}")["scores"]
             runs.setdefault(ts, {})[seed] = {"scores": scores, "rl": {"rewards": rl_metrics["rewards"],
                                                                      "kl_final": rl_metrics["kl_final"],

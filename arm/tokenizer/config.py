@@ -85,6 +85,9 @@ class TokenizerTrainConfig(Strict):
     # Images per step that pass through the teacher (perceptual + distillation losses): the
     # teacher costs more than the tokenizer on CPU, and a sub-batch keeps its signal.
     teacher_batch: int | None = Field(32, ge=1)
+    # The first steps draw shapes-world images only: each cell state claims a code of its own
+    # before open-ended images (Fashion-MNIST) compete for the small codebook.
+    scene_warmup_steps: int = Field(0, ge=0)
     quant_dropout: float = Field(0.0, ge=0, le=1)  # tokens that skip rounding at the start
     quant_dropout_until: float = Field(0.5, ge=0, le=1)  # fraction of steps to anneal it to 0
     bound_margin: float = Field(2.0, gt=0)  # tanh(2) = 0.96: every FSQ level stays reachable

@@ -256,8 +256,13 @@ def train_tokenizer(
 
         bar = tqdm(total=total, initial=start, desc="tokenizer", unit="step", dynamic_ncols=True)
     t0, c0 = time.perf_counter(), time.process_time()
+    scene_rows = torch.tensor([i for i, s in enumerate(train.scenes) if s is not None], dtype=torch.long)
+    warmup = tcfg.train.scene_warmup_steps if len(scene_rows) >= tcfg.train.batch_size else 0
     for step in range(start, end):
-        idx = batch_indices(len(train), tcfg.train.batch_size, cfg.seed, step)
+        if step < warmup:
+            idx = scene_rows[batch_indices(len(scene_rows), tcfg.train.batch_size, cfg.seed, step)]
+        else:
+            idx = batch_indices(len(train), tcfg.train.batch_size, cfg.seed, step)
         x = train.pixels(idx).to(device).float() / 255.0
         qd = tcfg.train.quant_dropout * max(0.0, 1.0 - step / max(1.0, tcfg.train.quant_dropout_until * total))
         out = model(x, quant_dropout=qd)
