@@ -299,3 +299,21 @@ def test_cell_state_codes_counts_states_that_share_a_code(micro_cfg):
     a, b = [n for n in names if n != "empty"][:2]
     merged = cell_state_codes(codes_for({**code_of, b: code_of[a]}), jsons, 3)
     assert merged == {"cell_states": len(names), "cell_states_with_own_code": len(names) - 2}
+
+
+def test_cell_states_give_every_content_its_own_class(micro_cfg):
+    w = micro_cfg.world
+    n = shapes.cell_state_count(w)
+    assert n == 1 + len(w.sizes) * len(w.colors) * len(w.kinds)
+    every = [shapes.ShapeObject(0, 0, k, c, s) for k in w.kinds for c in w.colors for s in w.sizes]
+    classes = [shapes.cell_states(shapes.Scene.of([o]), w)[0] for o in every]
+    assert sorted(classes) == list(range(1, n))  # one class each, 0 is left for empty
+    scene = shapes.Scene.of([shapes.ShapeObject(2, 1, w.kinds[0], w.colors[0], w.sizes[0])])
+    assert shapes.cell_states(scene, w) == [0] * 7 + [1, 0]  # row-major: (2, 1) is cell 7
+
+
+def test_scene_loss_ignores_cells_without_a_label():
+    logits = torch.tensor([[[4.0, 0.0], [0.0, 4.0], [9.0, -9.0]]])
+    states = torch.tensor([[0, 1, -1]])
+    expected = -torch.log_softmax(torch.tensor([4.0, 0.0]), 0)[0]
+    assert float(L.scene(logits, states)) == pytest.approx(float(expected))

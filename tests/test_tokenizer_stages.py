@@ -237,3 +237,15 @@ def test_cli_stages_run_as_prefect_flows(micro_store, tmp_path):
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "tokens" / "manifest.json").read_text())
     assert manifest["images"] > 0 and json.loads((tmp_path / "tokenize.json").read_text())["images"] == manifest["images"]
+
+
+def test_scene_warmup_draws_scene_images_first():
+    from arm.tokenizer.train import step_rows
+
+    scene_rows = torch.arange(0, 40, 2)  # even rows have a scene graph
+    for step in range(5):
+        assert (step_rows(40, scene_rows, 5, 8, 0, step) % 2 == 0).all()
+    later = torch.cat([step_rows(40, scene_rows, 5, 8, 0, s) for s in range(5, 10)])
+    assert (later % 2 == 1).any()
+    # too few scene images to fill a batch: no warmup
+    assert (step_rows(40, scene_rows[:3], 5, 8, 0, 0) % 2 == 1).any()

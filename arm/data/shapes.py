@@ -68,6 +68,20 @@ class Scene:
         return Scene.of(ShapeObject(**i) for i in items)
 
 
+def cell_state_count(cfg: WorldConfig) -> int:
+    """Distinct contents of a grid cell: empty, or one object of each size x colour x kind."""
+    return 1 + len(cfg.sizes) * len(cfg.colors) * len(cfg.kinds)
+
+
+def cell_states(scene: Scene, cfg: WorldConfig) -> list[int]:
+    """Row-major content class of every cell: 0 = empty, else 1 + the (size, colour, kind) index."""
+    states = [0] * (cfg.grid * cfg.grid)
+    for o in scene.objects:
+        attrs = (cfg.sizes.index(o.size), cfg.colors.index(o.color), cfg.kinds.index(o.kind))
+        states[o.row * cfg.grid + o.col] = 1 + (attrs[0] * len(cfg.colors) + attrs[1]) * len(cfg.kinds) + attrs[2]
+    return states
+
+
 def position_name(row: int, col: int, grid: int) -> str:
     if grid == 3:
         name = f"{['top', 'middle', 'bottom'][row]} {['left', 'middle', 'right'][col]}"

@@ -70,6 +70,9 @@ class LossWeights(Strict):
     distill: float = Field(0.5, ge=0)
     contrastive: float = Field(0.5, ge=0)
     caption: float = Field(0.2, ge=0)
+    # Dense captioning: each token's cell content (empty or size+colour+kind) as a class, for
+    # images that come with a scene graph (the shapes world). Needs the token grid = world grid.
+    scene: float = Field(0.0, ge=0)
     usage: float = Field(0.1, ge=0)  # entropy regulariser against codebook collapse
     bound: float = Field(1.0, ge=0)  # penalty on pre-quantization latents past `train.bound_margin`
 
@@ -85,9 +88,9 @@ class TokenizerTrainConfig(Strict):
     # Images per step that pass through the teacher (perceptual + distillation losses): the
     # teacher costs more than the tokenizer on CPU, and a sub-batch keeps its signal.
     teacher_batch: int | None = Field(32, ge=1)
-    # The first steps draw shapes-world images only: each cell state claims a code of its own
-    # before open-ended images (Fashion-MNIST) compete for the small codebook.
-    scene_warmup_steps: int = Field(0, ge=0)
+    # Fraction of steps, at the start, that draw shapes-world images only: each cell state claims a
+    # code of its own before open-ended images (Fashion-MNIST) compete for the small codebook.
+    scene_warmup: float = Field(0.0, ge=0, lt=1)
     quant_dropout: float = Field(0.0, ge=0, le=1)  # tokens that skip rounding at the start
     quant_dropout_until: float = Field(0.5, ge=0, le=1)  # fraction of steps to anneal it to 0
     bound_margin: float = Field(2.0, gt=0)  # tanh(2) = 0.96: every FSQ level stays reachable

@@ -68,6 +68,17 @@ class ImageTextSet:
         return sorted({t for ts in self.texts for t in ts})
 
 
+def scene_cell_states(images: ImageTextSet, world) -> torch.Tensor:
+    """[N, grid*grid] cell classes (arm.data.shapes.cell_states) of every image; -1 without a scene."""
+    from arm.data.shapes import Scene, cell_states
+
+    out = torch.full((len(images), world.grid * world.grid), -1, dtype=torch.long)
+    for i, scene in enumerate(images.scenes):
+        if scene is not None:
+            out[i] = torch.tensor(cell_states(Scene.from_json(scene), world))
+    return out
+
+
 # ----------------------------------------------------------------------------- the curated store
 
 

@@ -22,6 +22,11 @@ def reconstruction(recon: torch.Tensor, target: torch.Tensor, patch: int, eps: f
     return {"l1": err.abs().mean(), "l2": sq.mean(), "log_mse": (sq + eps).log().mean()}
 
 
+def scene(logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each token's cell class [B, T, C] vs [B, T]; -1 marks cells without a label."""
+    return F.cross_entropy(logits.flatten(0, 1), states.flatten(), ignore_index=-1)
+
+
 def _unit(f: torch.Tensor) -> torch.Tensor:
     return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
 

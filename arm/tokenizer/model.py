@@ -160,6 +160,8 @@ class VisualTokenizer(nn.Module):
         self.post_norm = nn.LayerNorm(width)
         self.pixel_decoder = PixelDecoder(width, int(s["decoder_hidden"]), self._patch, self._grid, int(s["decoder_conv_channels"]))
         self.distill_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, int(s["distill_dim"])))
+        n_states = int(s.get("scene_states", 0))
+        self.scene_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_states)) if n_states else None
         self.align_head = AttentionPool(width, int(s["heads"]), int(s["text_dim"]))
         # SigLIP's learned temperature and bias, initialised as in the paper (t = 10, b = -10).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -175,9 +177,11 @@ class VisualTokenizer(nn.Module):
 
     @classmethod
     def build(
-        cls, cfg: TokenizerConfig, *, caption_vocab: list[str], text_dim: int, distill_dim: int
+        cls, cfg: TokenizerConfig, *, caption_vocab: list[str], text_dim: int, distill_dim: int, scene_states: int = 0
     ) -> "VisualTokenizer":
-        """A fresh tokenizer for training; loads the pretrained encoder when `encoder.pretrained` is set."""
+        """A fresh tokenizer for training; loads the pretrained encoder when `encoder.pretrained` is set.
+
+        `scene_states` > 0 adds the dense-caption head (classes of arm.data.shapes.cell_states)."""
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
         pretrained = None
@@ -219,6 +223,7 @@ class VisualTokenizer(nn.Module):
             "encoder_window": cfg.encoder.window,
             "encoder_frozen": frozen,
             "distill_dim": distill_dim,
+            "scene_states": scene_states,
             "teacher": cfg.teacher.model_dump(mode="json"),
             "text_dim": text_dim,
             "text_encoder": cfg.text_encoder.model_dump(mode="json"),

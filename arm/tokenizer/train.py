@@ -25,7 +25,8 @@ import torch
 
 from arm.io import atomic_path, atomic_write_json, atomic_write_text
 from arm.tokenizer import losses as L
-from arm.tokenizer.data import ImageTextSet
+from arm.data.shapes import cell_state_count
+from arm.tokenizer.data import ImageTextSet, scene_cell_states
 from arm.tokenizer.model import VisualTokenizer, resolve_device
 from arm.tokenizer.teachers import build_teacher
 from arm.tokenizer.text_encoder import TextEncoder
@@ -33,7 +34,7 @@ from arm.tokenizer.vocab import PAD, CaptionVocab
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = ("l1", "l2", "log_mse", "perceptual", "distill", "contrastive", "caption", "usage", "bound")
+LOSS_NAMES = ("l1", "l2", "log_mse", "perceptual", "distill", "contrastive", "caption", "scene", "usage", "bound")
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -61,6 +62,14 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g)
     return perm[pos * batch : (pos + 1) * batch]
+
+
+def step_rows(n: int, scene_rows: torch.Tensor, warmup: int, batch: int, seed: int, step: int) -> torch.Tensor:
+    """The training rows of `step`: from the scene images alone during the warmup (when they fill
+    a batch), from every image after it."""
+    if step < warmup and len(scene_rows) >= batch:
+        return scene_rows[batch_indices(len(scene_rows), batch, seed, step)]
+    return batch_indices(n, batch, seed, step)
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
@@ -208,6 +217,12 @@ def train_tokenizer(
     if w.contrastive > 0 and texts.table:
         texts.embeddings = text_encoder.embed(texts.table).to(device)
         text_encoder.save_cache(text_cache)
+    scene_states = None
+    if w.scene > 0:
+        if tcfg.grid != (cfg.world.grid, cfg.world.grid):
+            raise ValueError(f"tokenizer.loss.scene needs the token grid {tcfg.grid} to be the shapes world's "
+                             f"{cfg.world.grid}x{cfg.world.grid} cells; set it to 0 for this tokenizer")
+        scene_states = scene_cell_states(train, cfg.world)
     teacher = build_teacher(tcfg.teacher, tcfg.grid).to(device) if (w.perceptual > 0 or w.distill > 0) else None
     distill_dim = teacher.distill_dim if teacher is not None else 1
     setup_s = time.perf_counter() - t_setup
@@ -225,7 +240,8 @@ def train_tokenizer(
     if state is not None:
         model = VisualTokenizer(json.loads(state["spec"]))
     else:
-        model = VisualTokenizer.build(tcfg, caption_vocab=vocab.tokens, text_dim=text_encoder.dim, distill_dim=distill_dim)
+        model = VisualTokenizer.build(tcfg, caption_vocab=vocab.tokens, text_dim=text_encoder.dim, distill_dim=distill_dim,
+                                      scene_states=cell_state_count(cfg.world) if scene_states is not None else 0)
     model.to(device).train()
     opt = torch.optim.AdamW(param_groups(model, tcfg.train.weight_decay), lr=tcfg.train.lr, betas=(0.9, 0.95))
     total = tcfg.train.steps
@@ -257,12 +273,9 @@ def train_tokenizer(
         bar = tqdm(total=total, initial=start, desc="tokenizer", unit="step", dynamic_ncols=True)
     t0, c0 = time.perf_counter(), time.process_time()
     scene_rows = torch.tensor([i for i, s in enumerate(train.scenes) if s is not None], dtype=torch.long)
-    warmup = tcfg.train.scene_warmup_steps if len(scene_rows) >= tcfg.train.batch_size else 0
+    warmup = int(tcfg.train.scene_warmup * total)
     for step in range(start, end):
-        if step < warmup:
-            idx = scene_rows[batch_indices(len(scene_rows), tcfg.train.batch_size, cfg.seed, step)]
-        else:
-            idx = batch_indices(len(train), tcfg.train.batch_size, cfg.seed, step)
+        idx = step_rows(len(train), scene_rows, warmup, tcfg.train.batch_size, cfg.seed, step)
         x = train.pixels(idx).to(device).float() / 255.0
         qd = tcfg.train.quant_dropout * max(0.0, 1.0 - step / max(1.0, tcfg.train.quant_dropout_until * total))
         out = model(x, quant_dropout=qd)
@@ -274,6 +287,8 @@ def train_tokenizer(
             g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
             soft = model.soft_levels(out["z"], tcfg.train.usage_temperature)
             parts["usage"] = L.code_usage(soft, tcfg.train.usage_tokens, g)
+        if scene_states is not None and bool((scene_states[idx] >= 0).any()):
+            parts["scene"] = L.scene(model.scene_head(feats), scene_states[idx].to(device))
         if teacher is not None:
             tb = tcfg.train.teacher_batch or len(idx)  # the batch is already shuffled: its head is a sample
             with torch.no_grad():
