@@ -312,8 +312,9 @@ def test_cell_states_give_every_content_its_own_class(micro_cfg):
     assert shapes.cell_states(scene, w) == [0] * 7 + [1, 0]  # row-major: (2, 1) is cell 7
 
 
-def test_scene_loss_ignores_cells_without_a_label():
-    logits = torch.tensor([[[4.0, 0.0], [0.0, 4.0], [9.0, -9.0]]])
-    states = torch.tensor([[0, 1, -1]])
-    expected = -torch.log_softmax(torch.tensor([4.0, 0.0]), 0)[0]
+def test_scene_loss_is_the_mean_token_cross_entropy():
+    logits = torch.tensor([[[4.0, 0.0], [0.0, 4.0]], [[1.0, 1.0], [2.0, 0.0]]])
+    states = torch.tensor([[0, 1], [1, 1]])
+    confident = -torch.log_softmax(torch.tensor([4.0, 0.0]), 0)[0]
+    expected = (2 * confident + torch.log(torch.tensor(2.0)) + -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[1]) / 4
     assert float(L.scene(logits, states)) == pytest.approx(float(expected))

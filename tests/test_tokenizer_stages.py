@@ -249,3 +249,27 @@ def test_scene_warmup_draws_scene_images_first():
     assert (later % 2 == 1).any()
     # too few scene images to fill a batch: no warmup
     assert (step_rows(40, scene_rows[:3], 5, 8, 0, 0) % 2 == 1).any()
+
+
+def test_scene_loss_needs_the_world_grid(tmp_path, text_cache, gen_sets):
+    cfg = _cfg(tmp_path, text_cache, "tokenizer.patch_size=8", "tokenizer.train.steps=2")
+    with pytest.raises(ValueError, match="tokenizer.loss.scene"):
+        train_tokenizer(cfg, sets=gen_sets, resume=False, progress=False, evaluate=False)
+    # without the scene loss the same tokenizer trains
+    cfg = _cfg(tmp_path, text_cache, "tokenizer.patch_size=8", "tokenizer.train.steps=2", "tokenizer.loss.scene=0")
+    assert train_tokenizer(cfg, sets=gen_sets, resume=False, progress=False, evaluate=False)["train_steps"] == 2
+
+
+def test_scene_cell_states_label_every_cell(gen_sets):
+    from arm.config import load_config
+    from arm.data.shapes import Scene, cell_state_count, cell_states
+    from arm.tokenizer.data import scene_cell_states
+
+    world = load_config(REPO / "params.yaml", preset="micro").world
+    train = gen_sets["train"]
+    states = scene_cell_states(train, world)
+    assert states.shape == (len(train), world.grid * world.grid)
+    for i, scene in enumerate(train.scenes):
+        want = cell_states(Scene.from_json(scene), world) if scene is not None else [cell_state_count(world)] * 9
+        assert states[i].tolist() == want
+    assert any(s is None for s in train.scenes)  # Fashion-MNIST images: the "not the shapes world" class

@@ -69,10 +69,15 @@ class ImageTextSet:
 
 
 def scene_cell_states(images: ImageTextSet, world) -> torch.Tensor:
-    """[N, grid*grid] cell classes (arm.data.shapes.cell_states) of every image; -1 without a scene."""
-    from arm.data.shapes import Scene, cell_states
+    """[N, grid*grid] cell classes (arm.data.shapes.cell_states) of every image.
 
-    out = torch.full((len(images), world.grid * world.grid), -1, dtype=torch.long)
+    Every cell of an image without a scene graph gets the extra class `cell_state_count`
+    ("not the shapes world"): natural-image patches then never share a code with a cell state,
+    whose decoded template they would blur.
+    """
+    from arm.data.shapes import Scene, cell_state_count, cell_states
+
+    out = torch.full((len(images), world.grid * world.grid), cell_state_count(world), dtype=torch.long)
     for i, scene in enumerate(images.scenes):
         if scene is not None:
             out[i] = torch.tensor(cell_states(Scene.from_json(scene), world))

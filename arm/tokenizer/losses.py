@@ -23,8 +23,8 @@ def reconstruction(recon: torch.Tensor, target: torch.Tensor, patch: int, eps: f
 
 
 def scene(logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each token's cell class [B, T, C] vs [B, T]; -1 marks cells without a label."""
-    return F.cross_entropy(logits.flatten(0, 1), states.flatten(), ignore_index=-1)
+    """Mean cross-entropy of each token's cell class: logits [B, T, C], classes [B, T]."""
+    return F.cross_entropy(logits.flatten(0, 1), states.flatten())
 
 
 def _unit(f: torch.Tensor) -> torch.Tensor:

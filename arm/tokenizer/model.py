@@ -181,7 +181,7 @@ class VisualTokenizer(nn.Module):
     ) -> "VisualTokenizer":
         """A fresh tokenizer for training; loads the pretrained encoder when `encoder.pretrained` is set.
 
-        `scene_states` > 0 adds the dense-caption head (classes of arm.data.shapes.cell_states)."""
+        `scene_states` > 0 adds the dense-caption head (arm.tokenizer.data.scene_cell_states classes)."""
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
         pretrained = None

@@ -241,7 +241,7 @@ def train_tokenizer(
         model = VisualTokenizer(json.loads(state["spec"]))
     else:
         model = VisualTokenizer.build(tcfg, caption_vocab=vocab.tokens, text_dim=text_encoder.dim, distill_dim=distill_dim,
-                                      scene_states=cell_state_count(cfg.world) if scene_states is not None else 0)
+                                      scene_states=cell_state_count(cfg.world) + 1 if scene_states is not None else 0)
     model.to(device).train()
     opt = torch.optim.AdamW(param_groups(model, tcfg.train.weight_decay), lr=tcfg.train.lr, betas=(0.9, 0.95))
     total = tcfg.train.steps
@@ -287,7 +287,7 @@ def train_tokenizer(
             g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
             soft = model.soft_levels(out["z"], tcfg.train.usage_temperature)
             parts["usage"] = L.code_usage(soft, tcfg.train.usage_tokens, g)
-        if scene_states is not None and bool((scene_states[idx] >= 0).any()):
+        if scene_states is not None:
             parts["scene"] = L.scene(model.scene_head(feats), scene_states[idx].to(device))
         if teacher is not None:
             tb = tcfg.train.teacher_batch or len(idx)  # the batch is already shuffled: its head is a sample
