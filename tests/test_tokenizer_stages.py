@@ -273,3 +273,21 @@ def test_scene_cell_states_label_every_cell(gen_sets):
         want = cell_states(Scene.from_json(scene), world) if scene is not None else [cell_state_count(world)] * 9
         assert states[i].tolist() == want
     assert any(s is None for s in train.scenes)  # Fashion-MNIST images: the "not the shapes world" class
+
+
+def test_decoder_finetune_trains_the_decoder_alone(tmp_path, text_cache, gen_sets):
+    from arm.tokenizer.train import CHECKPOINT_FILE, load_checkpoint, lr_lambda
+
+    f = lr_lambda(warmup=2, total=10, min_ratio=0.1, restart=6)
+    three_quarters = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 3 / 4))  # 3/4 through either cosine
+    assert [f(s) for s in (0, 1, 5, 6, 9)] == pytest.approx([0.5, 1.0, three_quarters, 1.0, three_quarters])
+    cfg = _cfg(tmp_path, text_cache, "tokenizer.train.steps=6", "tokenizer.train.decoder_finetune=0.5",
+               "tokenizer.train.checkpoint_every=3", "tokenizer.train.warmup_steps=0")
+    train_tokenizer(cfg, sets=gen_sets, resume=True, progress=False, evaluate=False, stop_at=3)
+    before = load_checkpoint(tmp_path / "ckpt" / CHECKPOINT_FILE)["model"]
+    train_tokenizer(cfg, sets=gen_sets, resume=True, progress=False, evaluate=False)
+    after = load_checkpoint(tmp_path / "ckpt" / CHECKPOINT_FILE)["model"]
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"pixel_decoder", "code_embed"}
+    curve = _read_curve(tmp_path / "curve.csv")
+    assert all("scene" in r for r in curve[:3]) and not any("scene" in r for r in curve[3:])

@@ -91,8 +91,9 @@ class TokenizerTrainConfig(Strict):
     # Fraction of steps, at the start, that draw shapes-world images only: each cell state claims a
     # code of its own before open-ended images (Fashion-MNIST) compete for the small codebook.
     scene_warmup: float = Field(0.0, ge=0, lt=1)
-    quant_dropout: float = Field(0.0, ge=0, le=1)  # tokens that skip rounding at the start
-    quant_dropout_until: float = Field(0.5, ge=0, le=1)  # fraction of steps to anneal it to 0
+    # Fraction of steps, at the end, that train the pixel decoder alone on frozen codes, with
+    # its own cosine lr cycle: a code the encoder settled on late gets its template drawn.
+    decoder_finetune: float = Field(0.0, ge=0, lt=1)
     bound_margin: float = Field(2.0, gt=0)  # tanh(2) = 0.96: every FSQ level stays reachable
     usage_temperature: float = Field(0.25, gt=0)  # of the soft code assignment (level units)
     usage_tokens: int = Field(4096, ge=2)  # tokens per step in the usage regulariser

@@ -161,7 +161,9 @@ class VisualTokenizer(nn.Module):
         self.pixel_decoder = PixelDecoder(width, int(s["decoder_hidden"]), self._patch, self._grid, int(s["decoder_conv_channels"]))
         self.distill_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, int(s["distill_dim"])))
         n_states = int(s.get("scene_states", 0))
-        self.scene_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_states)) if n_states else None
+        self.scene_head = None
+        if n_states:
+            self.scene_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, n_states))
         self.align_head = AttentionPool(width, int(s["heads"]), int(s["text_dim"]))
         # SigLIP's learned temperature and bias, initialised as in the paper (t = 10, b = -10).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -293,16 +295,6 @@ class VisualTokenizer(nn.Module):
         q, codes = self.fsq(self.pre_quant(pixels01))
         return q, codes.long()
 
-    def continuous_levels(self, z: torch.Tensor) -> torch.Tensor:
-        """FSQ's bounded latent before rounding, in the same [-1, 1] units as its output."""
-        out = []
-        for i, lv in enumerate(self._levels):
-            half = (lv - 1) * (1 + 1e-3) / 2
-            offset = 0.5 if lv % 2 == 0 else 0.0
-            u = torch.tanh(z[..., i] + math.atanh(offset / half)) * half - offset
-            out.append(u / (lv // 2))
-        return torch.stack(out, -1)
-
     def soft_levels(self, z: torch.Tensor, temperature: float) -> list[torch.Tensor]:
         """Per FSQ dimension, a soft assignment of z to that dimension's levels: [..., L_i] each.
 
@@ -342,21 +334,23 @@ class VisualTokenizer(nn.Module):
             x = block(x)
         return self.post_norm(x)
 
+    def cell_logits(self, q: torch.Tensor) -> torch.Tensor:
+        """Quantized vectors [B, N, n_levels] -> scene-head logits [B, N, classes], token by token.
+
+        Without context on purpose: the head must tell a cell's content from its code alone, so
+        two contents (or a content and a natural-image patch) cannot share a code, which is what
+        the per-token pixel decoder needs to draw each one exactly."""
+        return self.scene_head(self.up(q))
+
     def codes_to_quantized(self, codes: torch.Tensor) -> torch.Tensor:
         codes = self._check_codes(codes)
         return self.fsq.indices_to_codes(codes.reshape(codes.shape[0], -1))
 
-    def forward(self, pixels01: torch.Tensor, quant_dropout: float = 0.0) -> dict[str, torch.Tensor]:
-        """`quant_dropout`: fraction of tokens that skip rounding (training only). Their decoder
-        input is the continuous bounded latent, so the encoder gets true gradients instead of
-        straight-through ones; annealed to 0, it lets states that share a code split apart."""
+    def forward(self, pixels01: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.pre_quant(pixels01)
         q, codes = self.fsq(z)
-        if quant_dropout > 0:
-            keep = torch.rand(q.shape[:-1], device=q.device) < quant_dropout
-            q = torch.where(keep.unsqueeze(-1), self.continuous_levels(z), q)
         feats = self.features(q)
-        return {"z": z, "codes": codes.long(), "features": feats, "recon": self.reconstruct(q)}
+        return {"z": z, "q": q, "codes": codes.long(), "features": feats, "recon": self.reconstruct(q)}
 
     def align(self, feats: torch.Tensor) -> torch.Tensor:
         """Shared features -> L2-normalised embedding in the text encoder's space."""

@@ -72,12 +72,20 @@ def step_rows(n: int, scene_rows: torch.Tensor, warmup: int, batch: int, seed: i
     return batch_indices(n, batch, seed, step)
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+def lr_lambda(warmup: int, total: int, min_ratio: float, restart: int | None = None) -> Callable[[int], float]:
+    """Linear warmup, cosine to `min_ratio` at `restart` (default: the end), then, from `restart`
+    on, a second cosine cycle from the peak (the decoder fine-tune)."""
+    main = total if restart is None else restart
+
+    def cosine(frac: float) -> float:
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
     def f(step: int) -> float:
+        if step >= main:
+            return cosine((step - main) / max(1, total - main))
         if warmup and step < warmup:
             return (step + 1) / warmup
-        frac = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        return cosine((step - warmup) / max(1, main - warmup))
 
     return f
 
@@ -245,7 +253,9 @@ def train_tokenizer(
     model.to(device).train()
     opt = torch.optim.AdamW(param_groups(model, tcfg.train.weight_decay), lr=tcfg.train.lr, betas=(0.9, 0.95))
     total = tcfg.train.steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.train.warmup_steps, total, tcfg.train.min_lr_ratio))
+    finetune_from = total - int(tcfg.train.decoder_finetune * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(tcfg.train.warmup_steps, total, tcfg.train.min_lr_ratio, finetune_from))
     start, curve, elapsed, cpu = 0, [], 0.0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -277,18 +287,27 @@ def train_tokenizer(
     for step in range(start, end):
         idx = step_rows(len(train), scene_rows, warmup, tcfg.train.batch_size, cfg.seed, step)
         x = train.pixels(idx).to(device).float() / 255.0
-        qd = tcfg.train.quant_dropout * max(0.0, 1.0 - step / max(1.0, tcfg.train.quant_dropout_until * total))
-        out = model(x, quant_dropout=qd)
-        feats, recon = out["features"], out["recon"]
+        finetune = step >= finetune_from
+        # The up-projection also feeds the semantic heads: it stays as they were trained with it.
+        model.up.requires_grad_(not finetune)
+        if finetune:  # codes frozen: only the pixel losses, which reach the decoder alone
+            with torch.no_grad():
+                q, _ = model.quantize(x)
+            out = {"q": q, "recon": model.reconstruct(q)}
+        else:
+            out = model(x)
+        recon = out["recon"]
         parts = L.reconstruction(recon, x, tcfg.patch_size)
-        if w.bound > 0:
-            parts["bound"] = L.latent_bound(out["z"], tcfg.train.bound_margin)
-        if w.usage > 0:
-            g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
-            soft = model.soft_levels(out["z"], tcfg.train.usage_temperature)
-            parts["usage"] = L.code_usage(soft, tcfg.train.usage_tokens, g)
-        if scene_states is not None:
-            parts["scene"] = L.scene(model.scene_head(feats), scene_states[idx].to(device))
+        if not finetune:
+            feats = out["features"]
+            if w.bound > 0:
+                parts["bound"] = L.latent_bound(out["z"], tcfg.train.bound_margin)
+            if w.usage > 0:
+                g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+                soft = model.soft_levels(out["z"], tcfg.train.usage_temperature)
+                parts["usage"] = L.code_usage(soft, tcfg.train.usage_tokens, g)
+            if scene_states is not None:
+                parts["scene"] = L.scene(model.cell_logits(out["q"]), scene_states[idx].to(device))
         if teacher is not None:
             tb = tcfg.train.teacher_batch or len(idx)  # the batch is already shuffled: its head is a sample
             with torch.no_grad():
@@ -296,11 +315,11 @@ def train_tokenizer(
             if w.perceptual > 0:
                 recon_feats = teacher.features(recon[:tb], perc_layers)
                 parts["perceptual"] = L.perceptual(recon_feats, target_feats)
-            if w.distill > 0:
+            if w.distill > 0 and not finetune:
                 target = L.pool_to_grid(target_feats[tcfg.teacher.distill_layer], grid)
                 parts["distill"] = L.distillation(model.distill_head(feats[:tb]), target)
         rows, ids = texts.choose(idx, cfg.seed, step)
-        if len(rows) and (w.contrastive > 0 or w.caption > 0):
+        if len(rows) and (w.contrastive > 0 or w.caption > 0) and not finetune:
             rows, ids = rows.to(device), ids.to(device)
             sel = feats[rows]
             if w.contrastive > 0 and len(rows) > 1:
@@ -370,6 +389,7 @@ def train_tokenizer(
 
 
 def _tail_mean(curve: list[dict[str, float]], n: int) -> dict[str, float]:
-    tail = curve[-n:]
-    keys = sorted({k for r in tail for k in r} - {"step", "lr"})
-    return {k: round(float(np.mean([r[k] for r in tail if k in r])), 5) for k in keys}
+    """Mean of each loss over the last `n` steps that logged it (the decoder fine-tune logs only
+    the pixel losses, so a semantic loss's tail ends where the fine-tune starts)."""
+    keys = sorted({k for r in curve for k in r} - {"step", "lr"})
+    return {k: round(float(np.mean([r[k] for r in curve if k in r][-n:])), 5) for k in keys}
