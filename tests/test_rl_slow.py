@@ -88,6 +88,7 @@ def test_claims_experiment_end_to_end(tmp_path):
     assert "a_rl_improves_targets" in result["claims"] and "rl_on_edit" in result["claims"]["b_cross_task_synergy"]
     assert (tmp_path / "claims" / "edit-s1" / "manifest.json").is_file()
     assert (tmp_path / "rl_claims.md").read_text() == render_report(result)
+    assert "--set rl.steps=1" in render_report(result)  # the report names every override it ran with
     assert json.loads((tmp_path / "rl_claims.json").read_text())["seeds"] == [0, 1]
     # run again (a resumed experiment): finished runs are reused, not re-exported and re-evaluated
     weights = tmp_path / "claims" / "edit-s1" / "model.safetensors"

@@ -182,6 +182,7 @@ def run_claims(
         claims["b_cross_task_synergy"] = synergy
 
     result = {"preset": base_cfg.preset, "seeds": seeds, "task_sets": task_sets, "base": str(base_dir),
+              "overrides": list(overrides or []),
               "base_scores": base_scores, "table": table, "claims": claims,
               "runs": {ts: {str(s): r for s, r in v.items()} for ts, v in runs.items()}}
     atomic_write_json(metrics_out, result)
@@ -201,7 +202,8 @@ def render_report(result: dict) -> str:
         f"# RL claims at small scale (preset `{result['preset']}`, seeds {result['seeds']})",
         "",
         f"Base model: `{result['base']}`. Each RL run: `arm rl --preset {result['preset']} --set rl.seed=S "
-        "--set rl.tasks=[...]`, evaluated on the held-out prompt sets. Mean ± std over seeds.",
+        "--set rl.tasks=[...]" + "".join(f" --set {o}" for o in result.get("overrides", [])) + "`, evaluated on "
+        "the held-out prompt sets. Mean ± std over seeds.",
         "",
         "| RL on | metric | base | after RL | change |",
         "|---|---|---|---|---|",
