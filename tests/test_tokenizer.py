@@ -294,10 +294,10 @@ def test_cell_state_codes_counts_states_that_share_a_code(micro_cfg):
                               for r in range(3) for c in range(3)] for s in scenes])
 
     jsons = [s.to_json() for s in scenes]
-    own = cell_state_codes(codes_for(code_of), jsons, 3)
+    own = cell_state_codes(codes_for(code_of), jsons, micro_cfg.world)
     assert own == {"cell_states": len(names), "cell_states_with_own_code": len(names)}
     a, b = [n for n in names if n != "empty"][:2]
-    merged = cell_state_codes(codes_for({**code_of, b: code_of[a]}), jsons, 3)
+    merged = cell_state_codes(codes_for({**code_of, b: code_of[a]}), jsons, micro_cfg.world)
     assert merged == {"cell_states": len(names), "cell_states_with_own_code": len(names) - 2}
 
 

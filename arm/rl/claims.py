@@ -85,21 +85,20 @@ def evaluate_model(cfg: ArmConfig, model_dir: Path, name: str) -> dict:
     return evaluate(cfg, model_dir, pipeline=_pipeline_for(cfg, model_dir), name=name)
 
 
-def finished_run(cfg: ArmConfig) -> dict | None:
-    """The metrics of an RL run that already finished into `rl.output` with this config and base.
+def finished_run(cfg: ArmConfig, base_sha256: dict) -> dict | None:
+    """The metrics of an RL run that already finished into `rl.output` with this config and base
+    weights (`base_sha256`, as arm.rl.trainer.base_identity records them).
 
     Training again would only re-export the same weights, which makes their evaluation stale, so
     a resumed experiment (or a second process working on other task sets) reuses the run.
     """
-    from arm.rl.trainer import base_identity
-
     metrics_file, manifest_file = Path(cfg.rl.metrics), Path(cfg.rl.output) / "manifest.json"
     if not (metrics_file.is_file() and manifest_file.is_file()):
         return None
     metrics = json.loads(metrics_file.read_text())
     record = json.loads(manifest_file.read_text()).get("rl", {})
     if (metrics.get("stopped") != "done" or record.get("config") != cfg.rl.model_dump(mode="json")
-            or record.get("base", {}).get("sha256") != base_identity(Path(cfg.rl.base))["sha256"]):
+            or record.get("base", {}).get("sha256") != base_sha256):
         return None
     return metrics
 
@@ -116,7 +115,7 @@ def run_claims(
     report_out: str | None = None,
     plots_dir: str = "plots/rl_claims",
 ) -> dict:
-    from arm.rl.trainer import train_rl
+    from arm.rl.trainer import base_identity, train_rl
 
     unknown = [t for t in task_sets if t not in TASK_SETS]
     if unknown:
@@ -137,6 +136,7 @@ def run_claims(
         log.info("no held-out prompt sets in %s: building them (arm eval-prompts)", base_cfg.eval.prompts.dir)
         build_prompt_sets(base_cfg)
     base_scores = evaluate_model(base_cfg, base_dir, f"claims_{base_cfg.preset}_base")["scores"]
+    base_sha256 = base_identity(base_dir)["sha256"]
 
     runs: dict[str, dict[int, dict]] = {}
     for ts in task_sets:
@@ -148,7 +148,7 @@ def run_claims(
                 f"rl.plot={plots_dir}/{tag}.csv",
             ])
             log.info("RL %s (seed %d, tasks %s)", tag, seed, cfg.rl.tasks)
-            rl_metrics = finished_run(cfg)
+            rl_metrics = finished_run(cfg, base_sha256)
             if rl_metrics is None:
                 rl_metrics = train_rl(cfg)
             else:

@@ -68,16 +68,23 @@ class ImageTextSet:
         return sorted({t for ts in self.texts for t in ts})
 
 
+def scene_class_count(world) -> int:
+    """Classes of `scene_cell_states`: the world's cell states plus "not the shapes world"."""
+    from arm.data.shapes import cell_state_count
+
+    return cell_state_count(world) + 1
+
+
 def scene_cell_states(images: ImageTextSet, world) -> torch.Tensor:
     """[N, grid*grid] cell classes (arm.data.shapes.cell_states) of every image.
 
-    Every cell of an image without a scene graph gets the extra class `cell_state_count`
-    ("not the shapes world"): natural-image patches then never share a code with a cell state,
-    whose decoded template they would blur.
+    Every cell of an image without a scene graph gets the last class ("not the shapes world"):
+    natural-image patches then never share a code with a cell state, whose decoded template
+    they would blur.
     """
-    from arm.data.shapes import Scene, cell_state_count, cell_states
+    from arm.data.shapes import Scene, cell_states
 
-    out = torch.full((len(images), world.grid * world.grid), cell_state_count(world), dtype=torch.long)
+    out = torch.full((len(images), world.grid * world.grid), scene_class_count(world) - 1, dtype=torch.long)
     for i, scene in enumerate(images.scenes):
         if scene is not None:
             out[i] = torch.tensor(cell_states(Scene.from_json(scene), world))

@@ -92,7 +92,7 @@ def oracle_accuracy(recon_u8: torch.Tensor, scenes: list[list[dict]], world) -> 
     return {"oracle_scene_accuracy": exact / n, "oracle_cell_accuracy": cells_ok / max(1, cells)}
 
 
-def cell_state_codes(codes: torch.Tensor, scenes: list[list[dict]], grid: int) -> dict[str, float]:
+def cell_state_codes(codes: torch.Tensor, scenes: list[list[dict]], world) -> dict[str, float]:
     """How many of the world's cell states (empty, or size+colour+kind) get a code of their own.
 
     A state's code is its most frequent one; a state "owns" it when no other state's most
@@ -101,15 +101,12 @@ def cell_state_codes(codes: torch.Tensor, scenes: list[list[dict]], grid: int) -
     """
     from collections import Counter, defaultdict
 
-    from arm.data.shapes import Scene
+    from arm.data.shapes import Scene, cell_states
 
-    seen: dict[str, Counter] = defaultdict(Counter)
+    seen: dict[int, Counter] = defaultdict(Counter)
     for row, scene_json in zip(codes.view(len(scenes), -1).tolist(), scenes):
-        scene = Scene.from_json(scene_json)
-        for r in range(grid):
-            for c in range(grid):
-                obj = scene.at(r, c)
-                seen["empty" if obj is None else obj.describe()][row[r * grid + c]] += 1
+        for state, code in zip(cell_states(Scene.from_json(scene_json), world), row):
+            seen[state][code] += 1
     top = {state: counts.most_common(1)[0][0] for state, counts in seen.items()}
     sharing = Counter(top.values())
     return {"cell_states": len(top), "cell_states_with_own_code": sum(sharing[code] == 1 for code in top.values())}
@@ -198,7 +195,7 @@ def evaluate(model: VisualTokenizer, val: ImageTextSet, cfg, with_fashion: bool 
             metrics.update({f"shapes_{k}": v for k, v in reconstruction_metrics(enc["recon"][sel], target[sel]).items()})
             scenes = [val.scenes[i] for i in shapes_idx]
             metrics.update(oracle_accuracy(enc["recon"][sel], scenes, cfg.world))
-            metrics.update(cell_state_codes(enc["codes"][sel], scenes, cfg.world.grid))
+            metrics.update(cell_state_codes(enc["codes"][sel], scenes, cfg.world))
             metrics["oracle_accuracy_on_originals"] = oracle_accuracy(target[sel], scenes, cfg.world)["oracle_scene_accuracy"]
             metrics.update({f"shapes_{k}": v for k, v in code_stats(enc["codes"][sel], model.codebook_size).items()
                             if k in ("code_usage", "code_perplexity")})

@@ -25,8 +25,7 @@ import torch
 
 from arm.io import atomic_path, atomic_write_json, atomic_write_text
 from arm.tokenizer import losses as L
-from arm.data.shapes import cell_state_count
-from arm.tokenizer.data import ImageTextSet, scene_cell_states
+from arm.tokenizer.data import ImageTextSet, scene_cell_states, scene_class_count
 from arm.tokenizer.model import VisualTokenizer, resolve_device
 from arm.tokenizer.teachers import build_teacher
 from arm.tokenizer.text_encoder import TextEncoder
@@ -249,7 +248,7 @@ def train_tokenizer(
         model = VisualTokenizer(json.loads(state["spec"]))
     else:
         model = VisualTokenizer.build(tcfg, caption_vocab=vocab.tokens, text_dim=text_encoder.dim, distill_dim=distill_dim,
-                                      scene_states=cell_state_count(cfg.world) + 1 if scene_states is not None else 0)
+                                      scene_states=scene_class_count(cfg.world) if scene_states is not None else 0)
     model.to(device).train()
     opt = torch.optim.AdamW(param_groups(model, tcfg.train.weight_decay), lr=tcfg.train.lr, betas=(0.9, 0.95))
     total = tcfg.train.steps
@@ -318,8 +317,10 @@ def train_tokenizer(
             if w.distill > 0 and not finetune:
                 target = L.pool_to_grid(target_feats[tcfg.teacher.distill_layer], grid)
                 parts["distill"] = L.distillation(model.distill_head(feats[:tb]), target)
-        rows, ids = texts.choose(idx, cfg.seed, step)
-        if len(rows) and (w.contrastive > 0 or w.caption > 0) and not finetune:
+        rows = []
+        if not finetune and (w.contrastive > 0 or w.caption > 0):
+            rows, ids = texts.choose(idx, cfg.seed, step)
+        if len(rows):
             rows, ids = rows.to(device), ids.to(device)
             sel = feats[rows]
             if w.contrastive > 0 and len(rows) > 1:
