@@ -12,7 +12,7 @@ from PIL import Image
 
 from arm.data import shapes
 from arm.tokenizer import losses as L
-from arm.tokenizer.metrics import code_stats, oracle_accuracy, reconstruction_metrics
+from arm.tokenizer.metrics import code_stats, one_hot_codes, oracle_accuracy, reconstruction_metrics
 from arm.tokenizer.model import VisualTokenizer
 from arm.tokenizer.vocab import CaptionVocab
 
@@ -87,6 +87,13 @@ def test_from_pretrained_errors(tmp_path, tok):
     d = tok.save_pretrained(tmp_path / "t")
     (d / "config.json").write_text("{nope")
     with pytest.raises(ValueError, match="invalid JSON"):
+        VisualTokenizer.from_pretrained(d)
+    # weights of another shape (a tokenizer saved by an older layout of a head) name the file
+    d = tok.save_pretrained(tmp_path / "t2")
+    spec = json.loads((d / "config.json").read_text())
+    spec["hidden_size"] = int(spec["hidden_size"]) * 2
+    (d / "config.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="model.safetensors: weights do not match"):
         VisualTokenizer.from_pretrained(d)
 
 
@@ -244,6 +251,8 @@ def test_metric_helpers(micro_cfg):
     s = code_stats(torch.tensor([0, 0, 1, 2]), 8)
     assert s["code_usage"] == 3 / 8 and s["codes_used"] == 3
     assert s["code_perplexity"] == pytest.approx(np.exp(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))))
+    hot = one_hot_codes(torch.tensor([[2, 0], [1, 1]]), 3)  # position-major: [pos0 codes 0..2, pos1 codes 0..2]
+    assert hot.tolist() == [[0, 0, 1, 1, 0, 0], [0, 1, 0, 0, 1, 0]]
 
 
 def test_reconstruction_log_mse_is_per_patch():

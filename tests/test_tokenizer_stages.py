@@ -149,7 +149,7 @@ def test_store_sets_keep_held_out_images_out_of_train(micro_store):
 def test_train_from_store_writes_model_metrics_and_curve(micro_tokenizer):
     cfg, root, m = micro_tokenizer
     for key in ("val_psnr", "val_ssim", "code_usage", "code_perplexity", "oracle_scene_accuracy",
-                "retrieval_r1", "fashion_zeroshot_accuracy", "fashion_linear_probe_accuracy"):
+                "retrieval_r1", "fashion_zeroshot_accuracy", "fashion_linear_probe_accuracy", "fashion_code_probe_accuracy"):
         assert key in m and np.isfinite(m[key]), key
     assert m["oracle_accuracy_on_originals"] == 1.0  # the oracle itself is exact on ground truth
     assert 0 <= m["cell_states_with_own_code"] <= m["cell_states"] <= 25  # 1 + 3 kinds x 4 colours x 2 sizes

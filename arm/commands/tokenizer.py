@@ -20,7 +20,8 @@ TARGETS = (
     ("fashion_zeroshot_accuracy", ">=", 0.75),
 )
 SHOWN = ("shapes_psnr", "shapes_ssim", "val_psnr", "oracle_scene_accuracy", "code_usage", "code_perplexity",
-         "retrieval_r1", "fashion_zeroshot_accuracy", "fashion_linear_probe_accuracy", "train_seconds")
+         "retrieval_r1", "fashion_zeroshot_accuracy", "fashion_linear_probe_accuracy", "fashion_code_probe_accuracy",
+         "train_seconds")
 
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Inspect a trained visual tokenizer.")
 

@@ -136,15 +136,25 @@ def _fashion(root: str, subset: str, limit: int | None, image_size: int) -> tupl
 
 
 @torch.no_grad()
-def _embed_pixels(model: VisualTokenizer, pixels_u8: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    embs, pooled = [], []
+def _embed_pixels(model: VisualTokenizer, pixels_u8: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(aligned embeddings [N, d], mean-pooled features [N, D], codes [N, h*w])."""
+    embs, pooled, codes = [], [], []
     for i in range(0, len(pixels_u8), batch):
         x = pixels_u8[i : i + batch].to(model.device).float() / 255.0
-        q, _ = model.quantize(x)
+        q, c = model.quantize(x)
         f = model.features(q)
         embs.append(model.align(f).cpu())
         pooled.append(f.mean(1).cpu())
-    return torch.cat(embs), torch.cat(pooled)
+        codes.append(c.cpu())
+    return torch.cat(embs), torch.cat(pooled), torch.cat(codes)
+
+
+def one_hot_codes(codes: torch.Tensor, codebook_size: int) -> np.ndarray:
+    """codes [N, T] -> [N, T * codebook_size] indicators: which code sits at each position."""
+    n, t = codes.shape
+    out = np.zeros((n, t * codebook_size), dtype=np.float32)
+    out[np.arange(n)[:, None], np.arange(t)[None, :] * codebook_size + codes.numpy()] = 1.0
+    return out
 
 
 def fashion_metrics(model: VisualTokenizer, cfg_eval, seed: int) -> dict[str, float]:
@@ -155,7 +165,7 @@ def fashion_metrics(model: VisualTokenizer, cfg_eval, seed: int) -> dict[str, fl
     from arm.data.sources import fashion_mnist as fm
 
     test_px, test_y = _fashion(cfg_eval.fashion_mnist_root, "t10k", cfg_eval.zeroshot_limit, model.image_size)
-    test_emb, test_pooled = _embed_pixels(model, test_px, cfg_eval.batch_size)
+    test_emb, test_pooled, test_codes = _embed_pixels(model, test_px, cfg_eval.batch_size)
     phrases = [fm.PHRASES[c] for c in fm.CLASSES]
     out: dict[str, float] = {"fashion_test_images": len(test_y)}
     class_embs = []
@@ -168,11 +178,17 @@ def fashion_metrics(model: VisualTokenizer, cfg_eval, seed: int) -> dict[str, fl
     out["fashion_zeroshot_accuracy"] = float(((test_emb @ ensemble.T).argmax(1).numpy() == test_y).mean())
 
     train_px, train_y = _fashion(cfg_eval.fashion_mnist_root, "train", cfg_eval.probe_train, model.image_size)
-    _, train_pooled = _embed_pixels(model, train_px, cfg_eval.batch_size)
+    _, train_pooled, train_codes = _embed_pixels(model, train_px, cfg_eval.batch_size)
     scaler = StandardScaler().fit(train_pooled.numpy())
     probe = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
     probe.fit(scaler.transform(train_pooled.numpy()), train_y)
     out["fashion_linear_probe_accuracy"] = float(probe.score(scaler.transform(test_pooled.numpy()), test_y))
+    # The same probe on the codes alone: the class information that survives quantization, which
+    # bounds what any head reading the codes (the alignment head included) can reach.
+    k = model.codebook_size
+    code_probe = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+    code_probe.fit(one_hot_codes(train_codes, k), train_y)
+    out["fashion_code_probe_accuracy"] = float(code_probe.score(one_hot_codes(test_codes, k), test_y))
     return out
 
 

@@ -478,7 +478,10 @@ class VisualTokenizer(nn.Module):
             raise ValueError(f"{cfg_path}: format version {spec['version']} is newer than this code ({FORMAT_VERSION})")
         model = cls(spec)
         state = load_file(str(weights))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a tensor of the wrong shape: weights saved by another version
+            raise ValueError(f"{weights}: weights do not match the config: {e}") from None
         if missing or unexpected:
             raise ValueError(f"{weights}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
         return model.to(device).eval()
