@@ -48,17 +48,22 @@ def main() -> None:
 
     from arm.config import load_config
     from arm.io import atomic_write_json
-    from arm.tokenizer.metrics import fashion_metrics
+    from arm.tokenizer.metrics import embed_fashion, fashion_probes, fashion_zeroshot
     from arm.tokenizer.model import VisualTokenizer
 
     torch.set_num_threads(args.threads)
     cfg = load_config(REPO / "params.yaml", preset=args.preset)
+    ecfg = cfg.tokenizer.eval
     tok = VisualTokenizer.from_pretrained(args.model)
     trained_on = captioned_clothing_images(cfg)
-    probes, zeroshot = {}, None
-    for n in sorted(set(args.labels + ([trained_on] if trained_on else []))):
-        m = fashion_metrics(tok, cfg.tokenizer.eval.model_copy(update={"probe_train": n}), cfg.seed)
-        zeroshot = m["fashion_zeroshot_accuracy"]
+    counts = sorted(set(args.labels + ([trained_on] if trained_on else [])))
+    # Each probe trains on the first n train images: encode the largest prefix once and cut it.
+    test = embed_fashion(tok, ecfg, "t10k", ecfg.zeroshot_limit)
+    train = embed_fashion(tok, ecfg, "train", counts[-1])
+    zeroshot = fashion_zeroshot(tok, test, ecfg.prompts)["fashion_zeroshot_accuracy"]
+    probes = {}
+    for n in counts:
+        m = fashion_probes(train.head(n), test, tok.codebook_size, cfg.seed)
         probes[n] = {"code_probe": round(m["fashion_code_probe_accuracy"], 4),
                      "feature_probe": round(m["fashion_linear_probe_accuracy"], 4)}
         print(f"n={n:6d}: code probe {probes[n]['code_probe']:.4f}, feature probe {probes[n]['feature_probe']:.4f}",

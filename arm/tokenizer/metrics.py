@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -125,28 +126,37 @@ def retrieval_r1(model: VisualTokenizer, emb: torch.Tensor, texts: list[list[str
     return {"retrieval_r1": hits / len(keep), "retrieval_candidates": len(pool)}
 
 
-def _fashion(root: str, subset: str, limit: int | None, image_size: int) -> tuple[torch.Tensor, np.ndarray]:
-    from arm.data.sources import fashion_mnist as fm
-    from arm.tokenizer.images import pil_to_uint8
+class FashionSet(NamedTuple):
+    """Fashion-MNIST images seen through a tokenizer: aligned embeddings [N, d], mean-pooled
+    features [N, D], codes [N, h*w] and labels [N]."""
 
-    root_p = Path(root)
-    images, labels = fm.read_idx(root_p / f"{subset}-images-idx3-ubyte.gz", root_p / f"{subset}-labels-idx1-ubyte.gz", limit)
-    arr = np.stack([pil_to_uint8(Image.fromarray(im), image_size) for im in images])
-    return torch.from_numpy(arr), labels.astype(np.int64)
+    emb: torch.Tensor
+    pooled: torch.Tensor
+    codes: torch.Tensor
+    labels: np.ndarray
+
+    def head(self, n: int) -> "FashionSet":
+        return FashionSet(self.emb[:n], self.pooled[:n], self.codes[:n], self.labels[:n])
 
 
 @torch.no_grad()
-def _embed_pixels(model: VisualTokenizer, pixels_u8: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(aligned embeddings [N, d], mean-pooled features [N, D], codes [N, h*w])."""
+def embed_fashion(model: VisualTokenizer, cfg_eval, subset: str, limit: int | None) -> FashionSet:
+    """The first `limit` images of a Fashion-MNIST subset ("train" or "t10k") through the tokenizer."""
+    from arm.data.sources import fashion_mnist as fm
+    from arm.tokenizer.images import pil_to_uint8
+
+    root = Path(cfg_eval.fashion_mnist_root)
+    images, labels = fm.read_idx(root / f"{subset}-images-idx3-ubyte.gz", root / f"{subset}-labels-idx1-ubyte.gz", limit)
+    pixels = torch.from_numpy(np.stack([pil_to_uint8(Image.fromarray(im), model.image_size) for im in images]))
     embs, pooled, codes = [], [], []
-    for i in range(0, len(pixels_u8), batch):
-        x = pixels_u8[i : i + batch].to(model.device).float() / 255.0
+    for i in range(0, len(pixels), cfg_eval.batch_size):
+        x = pixels[i : i + cfg_eval.batch_size].to(model.device).float() / 255.0
         q, c = model.quantize(x)
         f = model.features(q)
         embs.append(model.align(f).cpu())
         pooled.append(f.mean(1).cpu())
         codes.append(c.cpu())
-    return torch.cat(embs), torch.cat(pooled), torch.cat(codes)
+    return FashionSet(torch.cat(embs), torch.cat(pooled), torch.cat(codes), labels.astype(np.int64))
 
 
 def one_hot_codes(codes: torch.Tensor, codebook_size: int) -> np.ndarray:
@@ -157,39 +167,47 @@ def one_hot_codes(codes: torch.Tensor, codebook_size: int) -> np.ndarray:
     return out
 
 
-def fashion_metrics(model: VisualTokenizer, cfg_eval, seed: int) -> dict[str, float]:
-    """Zero-shot (class prompts through the text encoder) and linear-probe accuracy on t10k."""
+def fashion_zeroshot(model: VisualTokenizer, test: FashionSet, prompts: list[str]) -> dict[str, float]:
+    """Accuracy of the nearest class prompt (through the text encoder), per template and ensembled."""
+    from arm.data.sources import fashion_mnist as fm
+
+    phrases = [fm.PHRASES[c] for c in fm.CLASSES]
+    out: dict[str, float] = {}
+    class_embs = []
+    for k, template in enumerate(prompts):
+        e = model.embed_texts([template.format(p) for p in phrases])
+        class_embs.append(e)
+        out[f"fashion_zeroshot_template{k}"] = float(((test.emb @ e.T).argmax(1).numpy() == test.labels).mean())
+    ensemble = torch.nn.functional.normalize(torch.stack(class_embs).mean(0), dim=-1)
+    out["fashion_zeroshot_accuracy"] = float(((test.emb @ ensemble.T).argmax(1).numpy() == test.labels).mean())
+    return out
+
+
+def fashion_probes(train: FashionSet, test: FashionSet, codebook_size: int, seed: int) -> dict[str, float]:
+    """Logistic-regression probes fit on `train`, scored on `test`: on the pooled features, and on
+    the codes alone. The code probe measures the class information that survives quantization,
+    which bounds what any head reading the codes (the alignment head included) can reach."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from arm.data.sources import fashion_mnist as fm
-
-    test_px, test_y = _fashion(cfg_eval.fashion_mnist_root, "t10k", cfg_eval.zeroshot_limit, model.image_size)
-    test_emb, test_pooled, test_codes = _embed_pixels(model, test_px, cfg_eval.batch_size)
-    phrases = [fm.PHRASES[c] for c in fm.CLASSES]
-    out: dict[str, float] = {"fashion_test_images": len(test_y)}
-    class_embs = []
-    for k, template in enumerate(cfg_eval.prompts):
-        e = model.embed_texts([template.format(p) for p in phrases])
-        class_embs.append(e)
-        acc = float(((test_emb @ e.T).argmax(1).numpy() == test_y).mean())
-        out[f"fashion_zeroshot_template{k}"] = acc
-    ensemble = torch.nn.functional.normalize(torch.stack(class_embs).mean(0), dim=-1)
-    out["fashion_zeroshot_accuracy"] = float(((test_emb @ ensemble.T).argmax(1).numpy() == test_y).mean())
-
-    train_px, train_y = _fashion(cfg_eval.fashion_mnist_root, "train", cfg_eval.probe_train, model.image_size)
-    _, train_pooled, train_codes = _embed_pixels(model, train_px, cfg_eval.batch_size)
-    scaler = StandardScaler().fit(train_pooled.numpy())
-    probe = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
-    probe.fit(scaler.transform(train_pooled.numpy()), train_y)
-    out["fashion_linear_probe_accuracy"] = float(probe.score(scaler.transform(test_pooled.numpy()), test_y))
-    # The same probe on the codes alone: the class information that survives quantization, which
-    # bounds what any head reading the codes (the alignment head included) can reach.
-    k = model.codebook_size
-    code_probe = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
-    code_probe.fit(one_hot_codes(train_codes, k), train_y)
-    out["fashion_code_probe_accuracy"] = float(code_probe.score(one_hot_codes(test_codes, k), test_y))
+    scaler = StandardScaler().fit(train.pooled.numpy())
+    inputs = {
+        "fashion_linear_probe_accuracy": (scaler.transform(train.pooled.numpy()), scaler.transform(test.pooled.numpy())),
+        "fashion_code_probe_accuracy": (one_hot_codes(train.codes, codebook_size), one_hot_codes(test.codes, codebook_size)),
+    }
+    out = {}
+    for name, (x_train, x_test) in inputs.items():
+        probe = LogisticRegression(max_iter=2000, C=1.0, random_state=seed).fit(x_train, train.labels)
+        out[name] = float(probe.score(x_test, test.labels))
     return out
+
+
+def fashion_metrics(model: VisualTokenizer, cfg_eval, seed: int) -> dict[str, float]:
+    """Zero-shot (class prompts through the text encoder) and linear-probe accuracies on t10k."""
+    test = embed_fashion(model, cfg_eval, "t10k", cfg_eval.zeroshot_limit)
+    train = embed_fashion(model, cfg_eval, "train", cfg_eval.probe_train)
+    return {"fashion_test_images": len(test.labels), **fashion_zeroshot(model, test, cfg_eval.prompts),
+            **fashion_probes(train, test, model.codebook_size, seed)}
 
 
 def evaluate(model: VisualTokenizer, val: ImageTextSet, cfg, with_fashion: bool = True) -> dict[str, float]:
