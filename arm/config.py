@@ -114,6 +114,8 @@ class ParquetSourceConfig(Strict):
     caption_column: str = "caption"
     task: Literal["understand", "generate"] = "generate"
     batch_rows: int = Field(256, ge=1)  # rows per pyarrow batch: a shard is never read whole
+    # Quota: at most this many rows (rejections included), shards in path order; reading stops there.
+    limit: int | None = Field(None, ge=0)
 
 
 class WebDatasetSourceConfig(Strict):
@@ -123,6 +125,8 @@ class WebDatasetSourceConfig(Strict):
     image_ext: list[str] = ["jpg", "jpeg", "png", "webp"]
     caption_ext: list[str] = ["txt", "caption"]
     task: Literal["understand", "generate"] = "generate"
+    # Quota: at most this many samples (rejections included), shards in path order; reading stops there.
+    limit: int | None = Field(None, ge=0)
 
 
 SourceConfig = Annotated[
@@ -244,14 +248,32 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+def _preset_chain(presets: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The override layers of a preset, outermost ancestor first. A preset may `extends:` another
+    (7b-mini extends 7b: it keeps every switch of 7b by construction and changes only numbers)."""
+    chain: list[dict[str, Any]] = []
+    seen: list[str] = []
+    while name != "tiny":
+        if name not in presets:
+            raise ConfigError(f"unknown preset {name!r}; known: {['tiny', *sorted(presets)]}")
+        if name in seen:
+            raise ConfigError(f"presets extend each other in a cycle: {' -> '.join([*seen, name])}")
+        seen.append(name)
+        layer = dict(presets[name] or {})
+        parent = layer.pop("extends", "tiny")
+        chain.insert(0, layer)
+        name = parent
+    return chain
+
+
 def resolve(raw: dict[str, Any], preset: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Base values merged with a preset and `key.path=value` overrides (values parsed as YAML)."""
     raw = copy.deepcopy(raw)
     presets = raw.pop("presets", {}) or {}
     name = preset or raw.get("preset", "tiny")
-    if name != "tiny" and name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; known: {['tiny', *sorted(presets)]}")
-    merged = deep_merge(raw, presets.get(name, {}))
+    merged = raw
+    for layer in _preset_chain(presets, name):
+        merged = deep_merge(merged, layer)
     merged["preset"] = name
     for item in overrides or []:
         if "=" not in item:

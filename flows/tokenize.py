@@ -1,4 +1,8 @@
-"""Prefect flow of the tokenize stage: a thin wrapper around arm.tokenizer.tokens.tokenize."""
+"""Prefect flow of the tokenize stage: a thin wrapper around arm.tokenizer.tokens.tokenize.
+
+With nproc > 1 (tokenizer.tokens.nproc, or the argument) the task starts torchrun on this
+machine (arm.tokenizer.launch); every process runs the same stage function on its shards.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,27 @@ from arm.config import load_config
 
 
 @task(name="tokenize")
-def tokenize_task(params: str, preset: str | None, overrides: list[str] | None) -> dict:
+def tokenize_task(params: str, preset: str | None, overrides: list[str] | None, nproc: int | None) -> dict:
+    from arm.tokenizer.launch import tokenize_multiprocess
     from arm.tokenizer.tokens import tokenize
 
     cfg = load_config(params, preset, overrides)
+    nproc = nproc or cfg.tokenizer.tokens.nproc
     logger = get_run_logger()
-    manifest = tokenize(cfg, logger=logger)
-    logger.info("%d images -> %s (%s images/s)", manifest["images"], cfg.tokenizer.tokens.output,
-                manifest["images_per_second"])
+    if nproc > 1:
+        manifest = tokenize_multiprocess(params, preset, overrides or [], nproc)
+    else:
+        manifest = tokenize(cfg, logger=logger)
+    logger.info("%d images -> %s (%s images/s on %d process(es), %s)", manifest["images"], cfg.tokenizer.tokens.output,
+                manifest["images_per_second"], manifest["world_size"], manifest["precision"])
     return manifest
 
 
 @flow(name="tokenize")
-def tokenize_flow(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None) -> dict:
-    return tokenize_task(params, preset, overrides)
+def tokenize_flow(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None,
+                  nproc: int | None = None) -> dict:
+    """nproc: processes on this machine; None = tokenizer.tokens.nproc."""
+    return tokenize_task(params, preset, overrides, nproc)
 
 
 if __name__ == "__main__":

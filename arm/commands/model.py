@@ -62,6 +62,32 @@ def register_pretrain(app: typer.Typer) -> None:
 # ----------------------------------------------------------------------------- planning
 
 
+def _memory_table(r: dict) -> Table:
+    t = Table(title=f"memory per GPU in GB (1e9 bytes), limit {r['gpu_memory_gb']:g} GB; "
+                    f"pretraining over {r['nodes']} node(s) x {r['gpus_per_node']} GPUs")
+    for col, justify in (("stage", "left"), ("GPUs", "right"), ("dominated by (all parts, GB)", "left"),
+                         ("GB per GPU", "right"), ("fits", "left")):
+        t.add_column(col, justify=justify)
+    for s in r["stages"]:
+        parts = sorted(s["parts_gb"].items(), key=lambda kv: -kv[1])
+        detail = "; ".join(f"{k} {v:.2f}" for k, v in parts)
+        t.add_row(s["stage"], str(s["gpus"]), f"{s['dominant']}\n[dim]{detail}[/dim]", f"{s['per_gpu_gb']:.2f}",
+                  "yes" if s["fits"] else "[red]no[/red]")
+    return t
+
+
+def _stage_list(text: Optional[str]) -> Optional[list[str]]:
+    from arm.model.plan import STAGES
+
+    if text is None:
+        return None
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if not names or unknown:
+        raise typer.BadParameter(f"unknown stage(s) {unknown or [text]}; known: {', '.join(STAGES)}", param_hint="--stages")
+    return names
+
+
 def register_plan(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_cmd(
@@ -71,34 +97,45 @@ def register_plan(app: typer.Typer) -> None:
         gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", min=1,
                                                     help="processes (GPUs) per node; default pretrain.nproc"),
         nodes: int = typer.Option(1, "--nodes", min=1),
+        stages: Optional[str] = typer.Option(None, "--stages", help="comma-separated stages to plan and check "
+                                             "(pretrain, train_tokenizer, tokenize, rl, evaluate, serve); default all"),
+        gpu_memory: float = typer.Option(80.0, "--gpu-memory", min=0.0, help="GB (1e9 bytes) per GPU; a stage above it exits 1"),
         as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
     ) -> None:
-        """Parameters, FLOPs per token and DeepSpeed's ZeRO-3 memory estimate per GPU (meta device)."""
+        """Parameters, FLOPs per token and each stage's memory per GPU, measured on fake tensors (no memory used)."""
         cfg = resolve_config(params, preset, set_)
+        names = _stage_list(stages)
         from arm.model.build import human
         from arm.model.plan import plan
 
-        r = plan(cfg, gpus_per_node=gpus_per_node or cfg.pretrain.nproc, nodes=nodes)
+        try:
+            r = plan(cfg, gpus_per_node=gpus_per_node or cfg.pretrain.nproc, nodes=nodes, stages=names,
+                     gpu_memory_gb=gpu_memory)
+        except ValueError as e:  # e.g. a hub model that is neither cached nor of a known shape
+            console.print(f"[red]plan failed: {e}[/red]", highlight=False)
+            raise typer.Exit(2) from None
+        over = [s["stage"] for s in r["stages"] if not s["fits"]]
         if as_json:
             typer.echo(json.dumps(r, indent=2))
-            return
-        v = r["vocab"]
-        typer.echo(f"preset {r['preset']}: {r['arch']}, {r['parameters']:,} parameters ({human(r['parameters'])})")
-        typer.echo(f"vocabulary: {v['text']:,} text + 7 special + {v['image_codes']:,} image codes = {v['total']:,}; "
-                   f"{v['tokens_per_image']} tokens per image")
-        typer.echo(f"training FLOPs per token at seq_len {r['seq_len']}: {human(r['flops_per_token'])} "
-                   f"(6 x {human(r['matmul_params'])} matmul params + {human(r['attention_flops'])} attention)")
-        typer.echo(f"global batch {r['global_batch_tokens']:,} tokens -> {human(r['flops_per_step'])}FLOP per step")
-        t = Table(title=f"ZeRO-3 model states (params + grads + Adam), {r['nodes']} node(s) x {r['gpus_per_node']} GPUs; "
-                        "activations not included")
-        for col in ("offload optimizer", "offload params", "zero.Init", "per GPU (GiB)", "per CPU node (GiB)"):
-            t.add_column(col, justify="right")
-        for row in r["zero3_model_states"]:
-            t.add_row(*("yes" if row[k] else "no" for k in ("offload_optimizer", "offload_params", "zero_init")),
-                      f"{row['gpu_gib']:.1f}", f"{row['cpu_gib']:.1f}")
-        from rich.console import Console
+        else:
+            v = r["vocab"]
+            typer.echo(f"preset {r['preset']}: {r['arch']}, {r['parameters']:,} parameters ({human(r['parameters'])})")
+            typer.echo(f"vocabulary: {v['text']:,} text + 7 special + {v['image_codes']:,} image codes = {v['total']:,}; "
+                       f"{v['tokens_per_image']} tokens per image")
+            typer.echo(f"training FLOPs per token at seq_len {r['seq_len']}: {human(r['flops_per_token'])} "
+                       f"(6 x {human(r['matmul_params'])} matmul params + {human(r['attention_flops'])} attention)")
+            typer.echo(f"global batch {r['global_batch_tokens']:,} tokens -> {human(r['flops_per_step'])}FLOP per step")
+            ds = next(row for row in r["zero3_model_states"] if not row["offload_optimizer"] and row["zero_init"])
+            typer.echo(f"DeepSpeed's own ZeRO-3 model-state estimate (no offload): {ds['gpu_gib'] * 2**30 / 1e9:.1f} GB per GPU")
+            from rich.console import Console
 
-        Console().print(t)
+            Console().print(_memory_table(r))
+            for s in r["stages"]:
+                typer.echo(f"  {s['stage']}: {s['method']}")
+        if over:
+            # stderr, so that --json output stays parseable
+            typer.echo(f"over {gpu_memory:g} GB per GPU: {', '.join(over)}", err=True)
+            raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

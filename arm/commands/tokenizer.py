@@ -149,18 +149,31 @@ def register(app: typer.Typer) -> None:
 
     @app.command("tokenize")
     def tokenize_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
-                     set_: Optional[list[str]] = SetOpt) -> None:
-        """Encode every curated image once into code shards + an index (resumable per shard)."""
+                     set_: Optional[list[str]] = SetOpt,
+                     nproc: Optional[int] = typer.Option(
+                         None, "--nproc", min=1,
+                         help="processes on this machine, one per GPU (torchrun; default tokenizer.tokens.nproc)")) -> None:
+        """Encode every curated image once into code shards + an index (resumable per shard, data parallel)."""
+        import torch
+
+        from arm.tokenizer.launch import check_nproc
+
         cfg = resolve_config(params, preset, set_)
+        try:  # before Prefect starts: a node without enough GPUs is a usage error
+            check_nproc(nproc or cfg.tokenizer.tokens.nproc, cfg.tokenizer.device,
+                        torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        except ValueError as e:
+            console.print(f"[red]{e}[/red]", highlight=False)
+            raise typer.Exit(2) from None
         _prefect_env()
         from flows.tokenize import tokenize_flow
 
         try:
-            m = tokenize_flow(params=str(params), preset=preset, overrides=list(set_ or []))
-        except FileNotFoundError as e:
-            console.print(f"[red]{e}[/red]", highlight=False)
+            m = tokenize_flow(params=str(params), preset=preset, overrides=list(set_ or []), nproc=nproc)
+        except (FileNotFoundError, RuntimeError) as e:
+            console.print(f"[red]tokenize failed: {e}[/red]", highlight=False)
             raise typer.Exit(1) from None
         console.print(f"{m['images']} images, {m['samples']} samples -> {cfg.tokenizer.tokens.output} "
-                      f"({m['shards']} shard(s), {m['images_per_second']} images/s)")
+                      f"({m['shards']} shard(s), {m['images_per_second']} images/s on {m['world_size']} process(es))")
 
     app.add_typer(tokenizer_app, name="tokenizer")

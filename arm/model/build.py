@@ -42,11 +42,26 @@ def use_factorized(mcfg: ModelConfig, layout: VocabLayout) -> bool:
     return mcfg.factorized_image_embeddings and len(layout.levels) > 1
 
 
+def _zero3_init():
+    """deepspeed.zero.Init while transformers' ZeRO-3 config is active (it built the base model
+    partitioned), else nothing. Modules made inside are partitioned too, in the engine's dtype:
+    rows added after the base model must be, or DeepSpeed finds a plain fp32 CPU tensor among
+    bf16 partitions and refuses the mixed dtypes."""
+    from transformers.integrations import deepspeed_config, is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.Init(config_dict_or_path=deepspeed_config())
+
+
 def build_model(mcfg: ModelConfig, layout: VocabLayout, seed: int = 0, device: str | torch.device | None = None):
     """A freshly initialised model (or hub weights resized to the layout when `init_from` is set)."""
     if mcfg.init_from:
         try:
-            model = AutoModelForCausalLM.from_pretrained(mcfg.init_from, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(mcfg.init_from, local_files_only=True,
+                                                         attn_implementation=mcfg.attn_implementation)
         except OSError as e:
             raise FileNotFoundError(f"model.init_from {mcfg.init_from!r} is not in the local cache (offline): {e}") from None
         # rows past the hub tokenizer's own are its unused padding or new: they become ours
@@ -57,7 +72,7 @@ def build_model(mcfg: ModelConfig, layout: VocabLayout, seed: int = 0, device: s
         with torch.device(device) if device is not None else nullcontext():
             model = AutoModelForCausalLM.from_config(hf_config(mcfg, layout))
     if use_factorized(mcfg, layout):
-        with torch.device(device) if device is not None else nullcontext():
+        with torch.device(device) if device is not None else nullcontext(), _zero3_init():
             torch.manual_seed(seed + 1)
             factorized.install(model, layout, mcfg.initializer_range)
     return model

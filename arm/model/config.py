@@ -71,6 +71,10 @@ class PretrainConfig(Strict):
     visual_tokenizer: str = "models/tokenizer"
     output: str = "models/arm-base"
     checkpoints: str = "checkpoints/pretrain"
+    # The run store shared by all nodes (s3://bucket/prefix, or a path): the text tokenizer,
+    # checkpoints and the export are mirrored there, and nodes read each other's files only from
+    # it (arm.train.remote). null = one machine. Required when the ranks span several nodes.
+    remote: str | None = None
     metrics: str = "metrics/pretrain.json"
     plot: str = "plots/pretrain_loss.csv"
     # Where examples come from: "store" = the curated store (data.store); "shapes" = scenes drawn
@@ -89,6 +93,12 @@ class PretrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0)  # 0 = off
     zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Recompute each decoder layer in the backward pass instead of keeping its activations: at 7b,
+    # 28 layers x seq 4096 of saved activations would not fit next to the model states.
+    activation_checkpointing: bool = False
+    # Tokens per chunk of the fp32 cross-entropy: logits stay in the model dtype and only one chunk
+    # is upcast (and recomputed in the backward), not [tokens, vocab] in fp32 (2.7 GB at 7b).
+    loss_chunk: int = Field(1024, ge=1)
     # Processes on this machine (torchrun, gloo on CPU / NCCL on GPU); `arm pretrain --nproc` overrides.
     # On a 2-core CPU, 2 processes x 1 thread beat 1 process x 2 threads (intra-op threads stall
     # whenever a core is taken by another job; measured in benchmarks/pretrain.py).
@@ -111,6 +121,11 @@ class PretrainConfig(Strict):
             raise ValueError("pretrain.data=shapes has no tokenized images: it needs pretrain.images=oracle")
         if self.betas[0] >= 1 or self.betas[1] >= 1:
             raise ValueError(f"betas must be < 1, got {self.betas}")
+        if self.precision != "fp32" and self.zero_stage == 0:
+            # gradients must accumulate in fp32 over micro-steps; DeepSpeed does that for 16-bit
+            # weights only inside a ZeRO optimizer (stage 0 would sum, and lose, them in 16 bits)
+            raise ValueError(f"pretrain.precision={self.precision} needs pretrain.zero_stage >= 1 "
+                             "(fp32 gradient accumulation)")
         return self
 
 

@@ -32,17 +32,31 @@ def _shape(w: torch.Tensor) -> torch.Size:
 
 class _LevelMixin:
     """Level rows owned by the module itself (not a child): ZeRO-3 gathers a module's own
-    parameters before its forward, so rows used inside that forward must be registered on it."""
+    parameters before its forward, so rows used inside that forward must be registered on it.
+
+    A code's level rows are computed from the code with integer arithmetic on the ids' own
+    device rather than looked up in an index buffer: a buffer made at build time stays on the
+    CPU under ZeRO-3 (the engine never moves a zero.Init model), and CUDA ids cannot index it.
+    """
 
     def _init_levels(self, layout: VocabLayout, dim: int, init_std: float, weight: nn.Parameter | None) -> None:
-        offsets = torch.tensor([0, *layout.levels[:-1]]).cumsum(0)
-        self.register_buffer("level_index", code_digits(layout) + offsets, persistent=False)
+        self.levels = tuple(int(v) for v in layout.levels)
+        self.codebook_size = layout.codebook_size
         self.level_weight = weight if weight is not None else nn.Parameter(torch.randn(sum(layout.levels), dim) * init_std)
         self.offset = layout.image_offset
 
+    def level_rows(self, codes: torch.Tensor) -> torch.Tensor:
+        """[..., n_levels] rows of `level_weight` that code(s) use: digit of each level + its offset."""
+        out, div, base = [], 1, 0
+        for lv in self.levels:
+            out.append(torch.div(codes, div, rounding_mode="floor") % lv + base)
+            div, base = div * lv, base + lv
+        return torch.stack(out, -1)
+
     def per_code(self) -> torch.Tensor:
         """[codebook, d]: the sum of each code's level rows."""
-        return self.level_weight[self.level_index].sum(1)
+        codes = torch.arange(self.codebook_size, device=self.level_weight.device)
+        return self.level_weight[self.level_rows(codes)].sum(1)
 
     def effective_weight(self) -> torch.Tensor:
         w = self.weight
@@ -71,7 +85,7 @@ class FactorizedEmbedding(_LevelMixin, nn.Module):
         is_image = ids >= self.offset
         code = (ids - self.offset).clamp(min=0)
         # gather per token rather than materialising every code's row: cheap for a 64k codebook too
-        extra = self.level_weight[self.level_index[code]].sum(-2)
+        extra = self.level_weight[self.level_rows(code)].sum(-2)
         return out + extra * is_image.unsqueeze(-1).to(out.dtype)
 
 
@@ -90,7 +104,11 @@ class FactorizedHead(_LevelMixin, nn.Module):
         self._init_levels(layout, _shape(self.weight)[1], init_std, tied.level_weight if tied is not None else None)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.effective_weight())
+        # own rows, then the image columns' shared part added in place: no folded copy of the
+        # whole [vocab, d] matrix per forward (1.2 GB at 7b), only [codebook, d]
+        logits = F.linear(hidden, self.weight)
+        logits[..., self.offset :] += F.linear(hidden, self.per_code().to(hidden.dtype))
+        return logits
 
 
 def install(model, layout: VocabLayout, init_std: float) -> None:
@@ -126,3 +144,31 @@ def fold(model) -> None:
     else:
         plain_head.weight.copy_(head.effective_weight().detach())
     model.set_output_embeddings(plain_head)
+
+
+@torch.no_grad()
+def folded_state_dict(model, state_dict: dict | None = None) -> dict:
+    """The model's tensors with each factorised module's level rows folded in (exact): the state
+    dict of a stock transformers model of the same config. No other tensor is copied.
+
+    `state_dict` replaces the model's own tensors: under ZeRO-3 the module holds empty shards, and
+    rank 0 passes the engine's consolidated 16-bit state dict instead.
+    """
+    sd = dict(model.state_dict() if state_dict is None else state_dict)
+    folded: dict[str, torch.Tensor] = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (FactorizedEmbedding, FactorizedHead)):
+            continue
+        pre = f"{name}." if name else ""
+        level = sd.pop(pre + "level_weight", None)
+        if isinstance(mod, FactorizedHead) and mod.tied:
+            sd[pre + "weight"] = folded["embedding"]  # the same rows as the embedding, folded once
+            continue
+        w = sd[pre + "weight"]
+        if level is None:
+            raise KeyError(f"{pre}level_weight missing from the state dict: cannot fold {name}")
+        rows = mod.level_rows(torch.arange(mod.codebook_size, device=level.device))
+        sd[pre + "weight"] = torch.cat([w[: mod.offset], w[mod.offset :] + level[rows].sum(1).to(w.dtype)])
+        if isinstance(mod, FactorizedEmbedding):
+            folded["embedding"] = sd[pre + "weight"]
+    return sd

@@ -24,15 +24,29 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "arm-model/1"
 
 
-def export_model(model, tokenizer, layout: VocabLayout, manifest: dict, out: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write a complete model dir at `out` atomically (a crash leaves the previous one)."""
-    plain = copy.deepcopy(model).cpu()
-    factorized.fold(plain)
+def export_model(model, tokenizer, layout: VocabLayout, manifest: dict, out: str | Path, dtype: torch.dtype | None = None,
+                 state_dict: dict | None = None) -> Path:
+    """Write a complete model dir at `out` atomically (a crash leaves the previous one).
+
+    The stock model is assembled on the meta device around the (folded) tensors themselves, so the
+    export holds no copy of the model beyond the embedding and head rows that folding creates and
+    a device-to-host or dtype conversion where one is needed: at 7b the old deep copy plus a hub
+    reload held three host copies. `state_dict` stands in for the model's tensors (ZeRO-3, rank 0).
+    """
+    sd = factorized.folded_state_dict(model, state_dict)
+    sd = {k: v.detach().to("cpu", dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
+          for k, v in sd.items()}
+    config = copy.deepcopy(model.config)
+    config.use_cache = True  # training runs without a cache; generation wants one
     if dtype is not None:
-        plain = plain.to(dtype)
-    plain.config.use_cache = True  # training runs without a cache; generation wants one
-    if plain.config.vocab_size != layout.vocab_size:
-        raise ValueError(f"model vocab_size {plain.config.vocab_size} != layout {layout.vocab_size}")
+        config.dtype = dtype
+    if config.vocab_size != layout.vocab_size:
+        raise ValueError(f"model vocab_size {config.vocab_size} != layout {layout.vocab_size}")
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(sd, strict=True, assign=True)  # strict: every tensor of the stock model, no extra
+    if config.tie_word_embeddings:
+        plain.tie_weights()
     manifest = {"format": MANIFEST_FORMAT, "vocab_layout": layout.to_json(), **manifest}
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)

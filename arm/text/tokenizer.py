@@ -57,6 +57,11 @@ def hub_text_tokenizer(name: str) -> Tokenizer:
 def wrap(text_tok: Tokenizer, codebook_size: int, grid: tuple[int, int], levels: tuple[int, ...]) -> tuple[PreTrainedTokenizerFast, VocabLayout]:
     """Append the specials and image tokens to a text tokenizer; returns the HF tokenizer and layout."""
     tok = Tokenizer.from_str(text_tok.to_str())  # leave the caller's tokenizer untouched
+    clash = [s for s in SPECIAL_TOKENS if tok.token_to_id(s) is not None]
+    if clash:
+        # the layout puts every special after the text rows: a token the text vocabulary already
+        # has would not be added again, and every id after it would shift by one
+        raise ValueError(f"the text tokenizer already has the token(s) {clash} that ARM appends as specials")
     n_text = tok.get_vocab_size(with_added_tokens=True)
     layout = VocabLayout(n_text=n_text, codebook_size=codebook_size, grid=tuple(grid), levels=tuple(levels))
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKENS])
@@ -114,7 +119,9 @@ def save_tokenizer(tok: PreTrainedTokenizerFast, layout: VocabLayout, directory:
 def load_tokenizer(directory: str | Path) -> tuple[PreTrainedTokenizerFast, VocabLayout]:
     """Tokenizer and layout of a model dir, checked against each other."""
     layout = VocabLayout.load(directory)
-    tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    # the class we saved, not AutoTokenizer's pick from config.json's model_type: for a qwen2 model
+    # dir that is Qwen2Tokenizer, which adds <|endoftext|> and shifts every id after the text rows
+    tok = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     check_layout(tok, layout)
     return tok, layout
 

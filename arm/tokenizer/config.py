@@ -121,6 +121,12 @@ class TokenizeConfig(Strict):
     metrics: str = "metrics/tokenize.json"
     shard_size: int = Field(4096, ge=1)
     batch_size: int = Field(256, ge=1)
+    # Processes (torchrun, data parallel over shards): one per GPU on a GPU node; on CPU each
+    # process takes its share of the cores. The output does not depend on it.
+    nproc: int = Field(1, ge=1)
+    # DataLoader workers per process that decode and resize the PNGs (0 = on the main thread),
+    # so the encoder never waits on decode.
+    workers: int = Field(2, ge=0)
 
 
 class TokenizerConfig(Strict):

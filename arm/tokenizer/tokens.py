@@ -5,20 +5,29 @@ Layout under `tokenizer.tokens.output` (default `data/tokens/`):
     shards/codes-00000.parquet   image_sha, codes (fixed-size list of h*w int32), in sha order
     index.parquet                one row per curated sample: id, split, task, image_sha,
                                  source_image_sha, image_row, source_image_row (global code rows)
-    manifest.json                tokenizer fingerprint, grid, levels, counts per split/task, speed
+    manifest.json                tokenizer fingerprint, grid, levels, counts per split/task, speed,
+                                 world size
 
 Images are deduplicated by sha and sorted, so shard k always holds the same images for the same
 store: the output is a pure function of (store, tokenizer). A run writes `run.json` (its
 fingerprint) first; a re-run with the same fingerprint keeps the shards that are complete and
 encodes only the rest, which is what makes the stage resumable per shard.
+
+Data parallel: `tokenize` runs as one rank of the world the environment describes (torchrun's
+RANK / WORLD_SIZE; without them, a world of one in this process). Rank r encodes the shards k
+with k % world == r, so the shards do not depend on the number of processes; a DataLoader
+decodes and resizes each rank's PNGs in worker processes while the encoder runs. After a
+barrier rank 0 writes the one index and manifest. `arm.tokenizer.launch` starts N ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from arm.io import atomic_path, atomic_write_json, sha256_file
 
@@ -75,70 +85,190 @@ def _shard_ok(path: Path, shas: list[str], width: int) -> bool:
     return t.column("image_sha").to_pylist() == shas and t.schema.field("codes").type.list_size == width
 
 
+class ShardBatches(Dataset):
+    """Item i: (shard, offset, uint8 [b, 3, S, S]), one batch of one shard, decoded and resized
+    wherever the item is loaded (a DataLoader worker), so PNG decode overlaps the encoder.
+
+    Holds the store's path, not the store: each worker opens its own read-only connection.
+    """
+
+    def __init__(self, store_root: str | Path, batches: list[tuple[int, int, list[str]]], size: int):
+        self.store_root, self.batches, self.size = Path(store_root), batches, size
+        self._store = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[int, int, torch.Tensor]:
+        from arm.data.store import CuratedStore
+        from arm.tokenizer.images import pil_to_uint8
+
+        if self._store is None:
+            self._store = CuratedStore(self.store_root)
+        shard, offset, shas = self.batches[i]
+        pixels = np.stack([pil_to_uint8(im, self.size) for im in self._store.load_images(shas)])
+        return shard, offset, torch.from_numpy(pixels)
+
+
+def shard_batches(shas: list[str], shards: list[int], shard_size: int, batch: int) -> list[tuple[int, int, list[str]]]:
+    """(shard, offset, shas) of every batch of `shards`; batch boundaries restart at each shard, so a
+    shard's batches are the same whichever rank encodes it."""
+    out = []
+    for k in shards:
+        part = shas[k * shard_size : (k + 1) * shard_size]
+        out += [(k, i, part[i : i + batch]) for i in range(0, len(part), batch)]
+    return out
+
+
+def _dist_env():
+    """This process's rank; a world of one (no process group) when torchrun did not start it."""
+    from arm.train import dist
+
+    if "RANK" not in os.environ:
+        return dist.DistEnv(rank=0, world_size=1, local_rank=0)
+    e = dist.env()
+    if e.world_size > 1:
+        dist.init(e)
+    return e
+
+
+def _device(name: str, e) -> torch.device:
+    """auto: this rank's GPU, else CPU; a bare `cuda` also means this rank's GPU (one per process)."""
+    from arm.tokenizer.model import resolve_device
+    from arm.train import dist
+
+    if name == "auto":
+        return dist.device_for(e)
+    d = resolve_device(name)
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", e.local_rank)
+        torch.cuda.set_device(d)
+    return d
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    import torch.distributed as td
+
+    out: list[Any] = [None] * world
+    td.all_gather_object(out, obj)
+    return out
+
+
+def _encode_shards(model, loader: DataLoader, shas: list[str], shard_size: int, width: int, shards_dir: Path,
+                   device: torch.device, bar) -> tuple[int, float]:
+    """Encodes the loader's batches and writes each shard (atomically) as soon as it is complete.
+
+    Only the shards in flight are held in memory. bf16 autocast on CUDA; fp32 on CPU, where codes
+    must be exact and reproducible. Returns (images encoded, seconds inside the encoder)."""
+    pending: dict[int, np.ndarray] = {}
+    left: dict[int, int] = {}
+    encoded, t_encode = 0, 0.0
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    with torch.inference_mode():
+        for shard, offset, pixels in loader:
+            shard, offset = int(shard), int(offset)
+            if shard not in pending:
+                n = len(shas[shard * shard_size : (shard + 1) * shard_size])
+                pending[shard], left[shard] = np.zeros((n, width), dtype=np.int32), n
+            b = pixels.shape[0]
+            t0 = time.perf_counter()
+            with amp:
+                c = model.encode(pixels.to(device, non_blocking=True))
+            t_encode += time.perf_counter() - t0  # encode() returns on the CPU: the GPU work is done
+            pending[shard][offset : offset + b] = c.reshape(b, -1).numpy()
+            left[shard] -= b
+            encoded += b
+            if bar is not None:
+                bar.update(b)
+            if left[shard] == 0:
+                part = shas[shard * shard_size : (shard + 1) * shard_size]
+                with atomic_path(shards_dir / shard_name(shard)) as tmp:
+                    pq.write_table(_shard_table(part, pending.pop(shard)), tmp)
+                del left[shard]
+    if pending:  # the loader yields every batch of every shard it was given
+        raise RuntimeError(f"tokenize: shards {sorted(pending)} left incomplete")
+    return encoded, t_encode
+
+
 def tokenize(cfg, *, tokenizer_dir: str | Path | None = None, store_root: str | Path | None = None,
              output: str | Path | None = None, progress: bool = True,
              logger: logging.Logger | None = None) -> dict[str, Any]:
-    """Encodes every image of the curated store (image and edit source) once; returns the manifest."""
+    """Encodes every image of the curated store (image and edit source) once; returns the manifest.
+
+    Runs as this process's rank (see the module doc); every rank returns the merged manifest."""
     from arm.data.store import CuratedStore
-    from arm.tokenizer.images import pil_to_uint8
-    from arm.tokenizer.model import VisualTokenizer, resolve_device
+    from arm.tokenizer.model import VisualTokenizer
+    from arm.train import dist
 
     say = (logger or log).info
     tcfg = cfg.tokenizer
     model_dir = Path(tokenizer_dir or tcfg.output)
     out = Path(output or tcfg.tokens.output)
-    shard_size, batch = tcfg.tokens.shard_size, tcfg.tokens.batch_size
+    root = Path(store_root or cfg.data.store)
+    shard_size, batch, workers = tcfg.tokens.shard_size, tcfg.tokens.batch_size, tcfg.tokens.workers
     if tcfg.train.threads:
         torch.set_num_threads(tcfg.train.threads)
-    model = VisualTokenizer.from_pretrained(model_dir, device=resolve_device(tcfg.device))
-    store = CuratedStore(store_root or cfg.data.store)
+    denv = _dist_env()
+    device = _device(tcfg.device, denv)
+    model = VisualTokenizer.from_pretrained(model_dir, device=device)
+    store = CuratedStore(root)
     df = store.samples(columns=["id", "split", "task", "image_sha", "source_image_sha"])
+    store.close()
     shas = sorted(set(df["image_sha"].dropna()) | set(df["source_image_sha"].dropna()))
     width = model.grid[0] * model.grid[1]
 
     tok_fp = tokenizer_fingerprint(model_dir)
     run_fp = hashlib.sha256("\n".join([tok_fp, str(shard_size), *shas]).encode()).hexdigest()[:20]
     shards_dir = out / SHARDS_DIR
-    run_path = out / RUN_FILE
-    previous = json.loads(run_path.read_text()).get("fingerprint") if run_path.is_file() else None
-    if previous != run_fp:
-        # Another tokenizer or store: nothing on disk can be reused.
-        for p in (shards_dir, out / INDEX_FILE, out / MANIFEST_FILE):
-            _clear(p)
-        atomic_write_json(run_path, {"fingerprint": run_fp, "tokenizer": tok_fp, "images": len(shas)})
-    shards_dir.mkdir(parents=True, exist_ok=True)
+    if denv.is_main:
+        run_path = out / RUN_FILE
+        previous = json.loads(run_path.read_text()).get("fingerprint") if run_path.is_file() else None
+        if previous != run_fp:
+            # Another tokenizer or store: nothing on disk can be reused.
+            for p in (shards_dir, out / INDEX_FILE, out / MANIFEST_FILE):
+                _clear(p)
+            atomic_write_json(run_path, {"fingerprint": run_fp, "tokenizer": tok_fp, "images": len(shas)})
+        shards_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # no rank looks at a shard before rank 0 has cleared a stale run
 
     n_shards = max(1, math.ceil(len(shas) / shard_size))
+    mine = [k for k in range(n_shards) if k % denv.world_size == denv.rank]
+    todo = [k for k in mine if not _shard_ok(shards_dir / shard_name(k), shas[k * shard_size : (k + 1) * shard_size], width)]
+    if not shas and todo:  # an empty store still gets its one (empty) shard, as readers expect
+        with atomic_path(shards_dir / shard_name(0)) as tmp:
+            pq.write_table(_shard_table([], np.zeros((0, width), dtype=np.int32)), tmp)
+    batches = shard_batches(shas, todo, shard_size, batch)
+    loader = DataLoader(ShardBatches(root, batches, model.image_size), batch_size=None, shuffle=False,
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
     bar = None
-    if progress:
+    if progress and denv.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(shas), desc="tokenize", unit="img", dynamic_ncols=True)
-    encoded, skipped, t_encode = 0, 0, 0.0
-    for k in range(n_shards):
-        part = shas[k * shard_size : (k + 1) * shard_size]
-        path = shards_dir / shard_name(k)
-        if path.is_file() and _shard_ok(path, part, width):
-            skipped += 1
-            if bar is not None:
-                bar.update(len(part))
-            continue
-        codes = np.zeros((len(part), width), dtype=np.int32)
-        for i in range(0, len(part), batch):
-            chunk = part[i : i + batch]
-            pixels = np.stack([pil_to_uint8(im, model.image_size) for im in store.load_images(chunk)])
-            t0 = time.perf_counter()
-            c = model.encode(torch.from_numpy(pixels))
-            t_encode += time.perf_counter() - t0
-            codes[i : i + len(chunk)] = c.reshape(len(chunk), -1).numpy()
-            encoded += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-        with atomic_path(path) as tmp:
-            pq.write_table(_shard_table(part, codes), tmp)
+        bar = tqdm(total=sum(len(b[2]) for b in batches), desc=f"tokenize (rank 0 of {denv.world_size})",
+                   unit="img", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    encoded, t_encode = _encode_shards(model, loader, shas, shard_size, width, shards_dir, device, bar)
+    wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()
+    ranks = _gather({"rank": denv.rank, "shards": len(mine), "shards_encoded": len(todo), "images_encoded": encoded,
+                     "encode_seconds": round(t_encode, 3), "wall_seconds": round(wall, 3)}, denv.world_size)
+    if denv.is_main:
+        _write_index_and_manifest(cfg, df, shas, out, model, model_dir, tok_fp, run_fp, n_shards, ranks, device, workers)
+    dist.barrier()  # the manifest is on disk for every rank
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    if denv.is_main:
+        say(f"tokenized {len(shas)} images ({manifest['images_encoded']} encoded by {denv.world_size} process(es), "
+            f"{manifest['shards_reused']} shard(s) reused) into {out}")
+    return manifest
 
+
+def _write_index_and_manifest(cfg, df: pd.DataFrame, shas: list[str], out: Path, model, model_dir: Path, tok_fp: str,
+                              run_fp: str, n_shards: int, ranks: list[dict], device: torch.device, workers: int) -> None:
+    width = model.grid[0] * model.grid[1]
     row = {s: i for i, s in enumerate(shas)}
     index = pd.DataFrame({
         "id": df["id"].astype(str),
@@ -156,6 +286,9 @@ def tokenize(cfg, *, tokenizer_dir: str | Path | None = None, store_root: str | 
     for (split, task), g in index.groupby(["split", "task"], sort=True):
         n_img = int(g["image_row"].notna().sum() + g["source_image_row"].notna().sum())
         counts.setdefault(split, {})[task] = {"samples": len(g), "images": n_img, "image_tokens": n_img * width}
+    encoded = sum(r["images_encoded"] for r in ranks)
+    # The stage's speed: every rank's images over the slowest rank's loop (decode included).
+    wall = max(r["wall_seconds"] for r in ranks)
     manifest = {
         "format": FORMAT,
         "tokenizer_dir": str(model_dir),
@@ -168,17 +301,21 @@ def tokenize(cfg, *, tokenizer_dir: str | Path | None = None, store_root: str | 
         "images": len(shas),
         "samples": len(index),
         "shards": n_shards,
-        "shard_size": shard_size,
-        "shards_reused": skipped,
+        "shard_size": cfg.tokenizer.tokens.shard_size,
+        "shards_reused": n_shards - sum(r["shards_encoded"] for r in ranks),
         "images_encoded": encoded,
-        "encode_seconds": round(t_encode, 3),
-        "images_per_second": round(encoded / t_encode, 1) if t_encode > 0 else None,
+        "world_size": len(ranks),
+        "device": device.type,
+        "precision": "bf16" if device.type == "cuda" else "fp32",
+        "loader_workers": workers,
+        "encode_seconds": round(sum(r["encode_seconds"] for r in ranks), 3),
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(encoded / wall, 1) if encoded and wall > 0 else None,
+        "per_rank": ranks,
         "by_split_task": counts,
     }
     atomic_write_json(out / MANIFEST_FILE, manifest)
-    atomic_write_json(tcfg.tokens.metrics, {k: v for k, v in manifest.items() if k not in ("tokenizer_dir",)})
-    say(f"tokenized {len(shas)} images ({encoded} encoded, {skipped} shard(s) reused) into {out}")
-    return manifest
+    atomic_write_json(cfg.tokenizer.tokens.metrics, {k: v for k, v in manifest.items() if k not in ("tokenizer_dir",)})
 
 
 class TokenStore:

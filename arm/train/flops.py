@@ -29,5 +29,16 @@ def measured_peak_flops(n: int = 1024, seconds: float = 1.0, dtype: torch.dtype 
     return best
 
 
+def peak_flops(device: torch.device, precision: str) -> float:
+    """The measured matmul peak of this process's device in the training precision (per process).
+
+    On a GPU the bf16 peak is what MFU is quoted against; on the CPU fp32 is what runs."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    if device.type == "cpu":
+        return measured_peak_flops(dtype=torch.float32)
+    # 8192^2: large enough to reach the tensor cores' steady state on an H100/H200
+    return measured_peak_flops(n=8192, dtype=dtype, device=str(device))
+
+
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
     return tokens_per_s * flops_per_token / peak_flops if peak_flops > 0 else float("nan")

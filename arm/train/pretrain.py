@@ -35,9 +35,9 @@ from arm.model.io import export_model
 from arm.text.sequences import TASKS, PackedStream, collate, eval_rows, padding_waste, tokenize_examples
 from arm.text.tokenizer import build_tokenizer, encode_texts, load_tokenizer, save_tokenizer
 from arm.train import checkpoint as ckpt
-from arm.train import dist
+from arm.train import dist, remote
 from arm.train.data import ExampleSet, load_examples, training_texts
-from arm.train.flops import measured_peak_flops, mfu
+from arm.train.flops import mfu, peak_flops
 from arm.train.schedule import lr_multiplier
 
 # Fields that change how a run is watched, not what it computes: they stay out of the fingerprint.
@@ -86,6 +86,9 @@ def ds_config(cfg: ArmConfig, world_size: int) -> dict:
         "zero_optimization": {"stage": p.zero_stage},
         "bf16": {"enabled": p.precision == "bf16"},
         "fp16": {"enabled": p.precision == "fp16"},
+        # 16-bit weights, fp32 gradient accumulation across micro-steps (and fp32 master weights in
+        # the ZeRO optimizer): summing grad_accum bf16 gradients in bf16 loses their low bits
+        **({"data_types": {"grad_accum_dtype": "fp32"}} if p.precision != "fp32" else {}),
         # our torch AdamW: no fused_adam extension to compile; ZeRO accepts it with this flag
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -102,13 +105,27 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def token_losses(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-task (loss sum, target count) and the mean loss of a batch; token t predicts t+1."""
-    targets = batch["input_ids"][:, 1:]
+def _chunk_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def token_losses(logits: torch.Tensor, batch: dict[str, torch.Tensor], chunk: int = 1024
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-task (loss sum, target count) and the mean loss of a batch; token t predicts t+1.
+
+    The fp32 cross-entropy runs over `chunk` tokens at a time under activation checkpointing, so
+    neither an fp32 copy of the logits nor their fp32 log-softmax is ever held whole."""
+    from torch.utils.checkpoint import checkpoint
+
+    targets = batch["input_ids"][:, 1:].reshape(-1)
     mask = batch["loss_mask"][:, 1:].bool()
     task = batch["task_ids"][:, 1:]
-    ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    ce = ce.view_as(targets) * mask
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
+    parts = []
+    for i in range(0, flat.shape[0], chunk):
+        args = (flat[i : i + chunk], targets[i : i + chunk])
+        parts.append(checkpoint(_chunk_ce, *args, use_reentrant=False) if flat.requires_grad else _chunk_ce(*args))
+    ce = torch.cat(parts).view_as(mask) * mask
     sums = torch.stack([ce[task == i].sum() for i in range(len(TASKS))])
     counts = torch.stack([(mask & (task == i)).sum() for i in range(len(TASKS))]).to(sums.dtype)
     return sums, counts, ce.sum() / mask.sum().clamp(min=1)
@@ -131,7 +148,7 @@ def _any_rank(flag: bool) -> bool:
 
 
 @torch.no_grad()
-def evaluate(engine, rows_by_task: dict, denv: dist.DistEnv, device, micro_batch: int) -> dict[str, float]:
+def evaluate(engine, rows_by_task: dict, denv: dist.DistEnv, device, micro_batch: int, loss_chunk: int) -> dict[str, float]:
     """Per-task validation loss (nats/target token). Rows are sharded over ranks with equal counts
     (the last shard repeats a row with zero weight) so ZeRO-3's collective forwards stay in step."""
     engine.eval()
@@ -147,7 +164,7 @@ def evaluate(engine, rows_by_task: dict, denv: dist.DistEnv, device, micro_batch
             weight = torch.tensor([w for _, w in chunk], device=device)
             batch["loss_mask"] = batch["loss_mask"] * weight[:, None].long()
             logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-            sums, counts, _ = token_losses(logits, batch)
+            sums, counts, _ = token_losses(logits, batch, loss_chunk)
             acc += torch.stack([sums.sum(), counts.sum()]).double()
         _all_reduce(acc)
         out[task] = float(acc[0] / acc[1]) if acc[1] > 0 else float("nan")
@@ -156,14 +173,24 @@ def evaluate(engine, rows_by_task: dict, denv: dist.DistEnv, device, micro_batch
 
 
 def prepare_tokenizer(cfg: ArmConfig, data: ExampleSet, run_dir: Path, denv: dist.DistEnv):
-    """Rank 0 trains (or loads) the text tokenizer into the run dir; every rank then loads it."""
+    """Rank 0 trains (or loads) the text tokenizer into the run dir; every rank then loads it.
+    With a run store (pretrain.remote) rank 0 takes the store's copy or uploads the one it trains,
+    and the other nodes pull it from there: nodes share no disk."""
     tok_dir = run_dir / "tokenizer"
-    if denv.is_main and not (tok_dir / "tokenizer.json").exists():
+
+    def build() -> None:
         spec = data.image
         tok, layout = build_tokenizer(cfg.text, training_texts(data.train), spec.codebook_size, spec.grid, spec.levels)
         with atomic_path(tok_dir) as tmp:
             save_tokenizer(tok, layout, tmp)
-    dist.barrier()
+
+    mirror = remote.mirror_for(cfg, run_dir, denv)
+    if mirror is not None:
+        mirror.share_dir(tok_dir, "tokenizer", denv, build)
+    else:
+        if denv.is_main and not (tok_dir / "tokenizer.json").exists():
+            build()
+        dist.barrier()
     return load_tokenizer(tok_dir)
 
 
@@ -228,6 +255,9 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
 
         hf_ds = HfDeepSpeedConfig(ds_cfg)  # noqa: F841 (kept alive until the engine exists)
     model = build_model(cfg.model, layout, seed=cfg.seed)
+    if p.activation_checkpointing:
+        # non-reentrant: works with ZeRO-3's parameter hooks and inputs that need no grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     n_params = sum(getattr(q, "ds_numel", q.numel()) for q in model.parameters())
     optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, betas=p.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(p.schedule, p.warmup_steps, p.max_steps, p.min_lr_ratio))
@@ -238,7 +268,9 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     _seed_process(cfg.seed, denv.rank)
 
     state = TrainState()
-    tag = ckpt.latest_tag(run_dir)
+    mirror = remote.mirror_for(cfg, run_dir, denv)
+    # with a run store, its `latest` decides (a node's disk may hold a tag other nodes never uploaded)
+    tag = mirror.pull_checkpoint(run_dir, denv) if mirror is not None else ckpt.latest_tag(run_dir)
     if tag:
         load_path, client = engine.load_checkpoint(str(run_dir), tag=tag)
         if load_path is None:
@@ -254,8 +286,11 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         ckpt.save_rng(tag_dir, denv.rank)
         engine.save_checkpoint(str(run_dir), tag=tag_dir.name, client_state=state.client_state())
         dist.barrier()
-        if denv.is_main:
+        if mirror is not None:
+            mirror.push_checkpoint(run_dir, tag_dir.name, denv, p.keep_checkpoints)
+        if denv.local_rank == 0:  # every node keeps its own disk in bounds
             ckpt.prune(run_dir, p.keep_checkpoints)
+        if denv.is_main:
             write_curve(state.history, Path(p.plot))
 
     flops = flops_per_token(cfg.model, layout, cfg.text.seq_len)
@@ -279,7 +314,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
             mine = chunk[denv.rank * p.micro_batch : (denv.rank + 1) * p.micro_batch]
             batch = {k: v.to(device) for k, v in collate(mine).items()}
             logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-            sums, counts, loss = token_losses(logits, batch)
+            sums, counts, loss = token_losses(logits, batch, p.loss_chunk)
             engine.backward(loss)
             engine.step()
             acc += torch.stack([sums.detach(), counts]).double()
@@ -299,7 +334,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
             stop_reason = "time_limit"
             log.warning("time limit of %.1f min reached at step %d of %d", p.time_limit_min, state.step, p.max_steps)
         if state.step % p.eval_every == 0 or state.step == p.max_steps or stop_reason == "time_limit":
-            row.update({f"val_{t}": v for t, v in evaluate(engine, val, denv, device, p.micro_batch).items()})
+            row.update({f"val_{t}": v for t, v in evaluate(engine, val, denv, device, p.micro_batch, p.loss_chunk).items()})
         state.history.append(row)
         if bar is not None:
             bar.update(1)
@@ -317,17 +352,12 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     if stop_reason == "stop_after":
         return {"stopped": stop_reason, "step": state.step, "run_dir": str(run_dir)}
 
-    # a consolidated copy of the weights on every rank for the export (ZeRO-3 shards them)
-    if p.zero_stage == 3:
-        sd = engine._zero3_consolidated_16bit_state_dict()
-        module = build_model(cfg.model, layout, seed=cfg.seed) if denv.is_main else None
-        if denv.is_main:
-            module.load_state_dict(sd)
-    else:
-        module = engine.module
+    # ZeRO-3 shards the weights: every rank takes part in gathering them, layer by layer, into
+    # one 16-bit copy on rank 0 (None elsewhere), which the export uses as is
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if p.zero_stage == 3 else None
     final_val = {t[len("val_"):]: v for t, v in state.history[-1].items() if t.startswith("val_")}
     tokens_per_s = state.tokens / max(state.train_time, 1e-9)
-    peak = measured_peak_flops() * denv.world_size if device.type == "cpu" else float("nan")
+    peak = peak_flops(device, p.precision) * denv.world_size
     metrics = {
         "steps": state.step,
         "stopped": stop_reason,
@@ -361,35 +391,55 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
                          "val_loss": final_val},
         }
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p.precision)
-        export_model(module, tok, layout, manifest, p.output, dtype=dtype)
+        export_model(engine.module, tok, layout, manifest, p.output, dtype=dtype, state_dict=state_dict)
+        if mirror is not None:
+            mirror.push_export(Path(p.output), metrics)
         atomic_write_json(p.metrics, metrics)
         write_curve(state.history, Path(p.plot))
     dist.barrier()
     return metrics
 
 
+def _nnodes(env) -> int:
+    try:
+        return int(env.get("NNODES", "1"))
+    except ValueError:
+        raise RuntimeError(f"NNODES must be a whole number of nodes, got {env['NNODES']!r}") from None
+
+
 def _rendezvous_args(env) -> list[str]:
-    """One node: torchrun --standalone. Several (a GPU work pool's job variables NNODES, NODE_RANK,
-    MASTER_ADDR, MASTER_PORT, set per node): a static rendezvous at the master."""
-    nnodes = int(env.get("NNODES", "1"))
+    """One node: torchrun --standalone. Several (NNODES > 1; the Prefect fan-out in flows/pretrain.py
+    sets these per node): torchrun's c10d rendezvous at MASTER_ADDR:MASTER_PORT (default 29400)
+    under RDZV_ID, which all nodes of one job share. NODE_RANK=0 marks the node that hosts the
+    rendezvous store; global ranks are handed out by the rendezvous itself (torchrun ignores
+    --node_rank under c10d), so nothing assumes where rank 0 runs."""
+    nnodes = _nnodes(env)
     if nnodes <= 1:
         return ["--standalone"]
-    missing = [k for k in ("NODE_RANK", "MASTER_ADDR") if k not in env]
+    missing = [k for k in ("MASTER_ADDR", "RDZV_ID") if not env.get(k)]
     if missing:
-        raise RuntimeError(f"NNODES={nnodes} needs {', '.join(missing)} in the environment")
-    return [f"--nnodes={nnodes}", f"--node_rank={env['NODE_RANK']}", f"--master_addr={env['MASTER_ADDR']}",
-            f"--master_port={env.get('MASTER_PORT', '29500')}"]
+        raise RuntimeError(f"NNODES={nnodes} needs {', '.join(missing)} in the environment: the rendezvous host "
+                           "(MASTER_ADDR[:MASTER_PORT]) and a job id shared by all nodes (RDZV_ID)")
+    args = [f"--nnodes={nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={env['MASTER_ADDR']}:{env.get('MASTER_PORT', '29400')}",
+            f"--rdzv_id={env['RDZV_ID']}"]
+    if env.get("NODE_RANK"):
+        if not env["NODE_RANK"].isdigit() or int(env["NODE_RANK"]) >= nnodes:
+            raise RuntimeError(f"NODE_RANK={env['NODE_RANK']!r} is not a node of NNODES={nnodes} (0..{nnodes - 1})")
+        args.append(f"--rdzv_conf=is_host={int(int(env['NODE_RANK']) == 0)}")
+    return args
 
 
 def pretrain_multiprocess(params: str, preset: str | None, overrides: list[str], nproc: int,
                           stop_after: int | None = None) -> dict:
-    """Run the stage in `nproc` local processes via torchrun; returns rank 0's metrics."""
+    """Run the stage in `nproc` local processes via torchrun (joining the other nodes' when NNODES > 1);
+    returns rank 0's metrics."""
     import subprocess
     import sys
 
     from arm.config import load_config
 
     cfg = load_config(params, preset, overrides)
+    remote.require_store(cfg.pretrain.remote, _nnodes(os.environ))
     cmd = [sys.executable, "-m", "torch.distributed.run", *_rendezvous_args(os.environ), f"--nproc_per_node={nproc}",
            "-m", "arm.train.launch", "--params", str(params)]
     if preset:
@@ -404,4 +454,6 @@ def pretrain_multiprocess(params: str, preset: str | None, overrides: list[str],
         raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode}): {' '.join(cmd)}")
     if stop_after and stop_after < cfg.pretrain.max_steps:
         return {"stopped": "stop_after", "step": stop_after, "run_dir": cfg.pretrain.checkpoints}
+    if cfg.pretrain.remote:  # rank 0 may have run on another node
+        return remote.fetch_metrics(cfg.pretrain.remote, cfg.storage)
     return json.loads(Path(cfg.pretrain.metrics).read_text())

@@ -9,6 +9,7 @@ columns raises SourceError, since that is a configuration mistake rather than ba
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 from arm.config import ArmConfig, ParquetSourceConfig
@@ -83,6 +84,11 @@ def _records(src: ParquetSourceConfig, cfg: ArmConfig, shard: str, pf: Any) -> I
 
 @register("parquet")
 def read_parquet(src: ParquetSourceConfig, cfg: ArmConfig) -> Iterator[RawRecord]:
+    # islice stops pulling at the quota: shards past it are never opened
+    return islice(_read_all(src, cfg), src.limit)
+
+
+def _read_all(src: ParquetSourceConfig, cfg: ArmConfig) -> Iterator[RawRecord]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -12,6 +12,7 @@ import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 from arm.config import ArmConfig, WebDatasetSourceConfig
 from arm.data import s3
@@ -101,6 +102,11 @@ def _record(src: WebDatasetSourceConfig, shard: str, sample: _Sample) -> RawReco
 
 @register("webdataset")
 def read_webdataset(src: WebDatasetSourceConfig, cfg: ArmConfig) -> Iterator[RawRecord]:
+    # islice stops pulling at the quota: shards past it are never opened
+    return islice(_read_all(src, cfg), src.limit)
+
+
+def _read_all(src: WebDatasetSourceConfig, cfg: ArmConfig) -> Iterator[RawRecord]:
     store = s3.Storage(cfg.storage)
     for entry in store.expand(src.path, SUFFIXES):
         with store.open_stream(entry.path) as stream:

@@ -1,0 +1,85 @@
+"""The tokenize stage over N processes on this node: the torchrun runner and the per-process entry.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 8 -m arm.tokenizer.launch --preset 7b
+    arm tokenize --nproc 8 --preset 7b          # the same, through the Prefect flow
+
+Each process reads its rank from the environment (arm.train.dist) and runs the same stage
+function as `arm tokenize`; rank r encodes the shards k with k % N == r (arm.tokenizer.tokens).
+One node only: the shards are written to a local directory that rank 0 then indexes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def check_nproc(nproc: int, device: str, cuda_devices: int) -> None:
+    """A clear error for a process count this node cannot run: < 1, or more processes than GPUs
+    when encoding on CUDA (one process per GPU)."""
+    if nproc < 1:
+        raise ValueError(f"--nproc {nproc}: need at least 1 process")
+    on_cuda = device.startswith("cuda") or (device == "auto" and cuda_devices > 0)
+    if on_cuda and nproc > cuda_devices:
+        raise ValueError(f"--nproc {nproc}: this node has {cuda_devices} CUDA device(s) and tokenize runs one "
+                         f"process per GPU (tokenizer.device={device!r}; use --nproc <= {cuda_devices})")
+
+
+def tokenize_multiprocess(params: str, preset: str | None, overrides: list[str], nproc: int) -> dict:
+    """Runs the stage in `nproc` local processes via torchrun; returns the merged manifest."""
+    import torch
+
+    from arm.config import load_config
+    from arm.tokenizer.tokens import MANIFEST_FILE
+
+    cfg = load_config(params, preset, overrides)
+    check_nproc(nproc, cfg.tokenizer.device, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "arm.tokenizer.launch", "--params", str(params)]
+    if preset:
+        cmd += ["--preset", preset]
+    for o in overrides:
+        cmd += ["--set", o]
+    # A parent that is itself a rank (a test, a pretrain process) must not leak its world.
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"tokenize: torchrun with {nproc} processes failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return json.loads((Path(cfg.tokenizer.tokens.output) / MANIFEST_FILE).read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m arm.tokenizer.launch", description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    import torch.distributed as td
+
+    from arm.config import ConfigError, load_config
+    from arm.tokenizer.tokens import tokenize
+
+    try:
+        cfg = load_config(args.params, args.preset, args.overrides)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    manifest = tokenize(cfg)  # progress bar on rank 0 only
+    if td.is_initialized():
+        td.destroy_process_group()
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps({k: v for k, v in manifest.items() if k != "by_split_task"}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
