@@ -199,13 +199,3 @@ def test_pretrain_on_curated_store_with_tokenize_stage_codes(tmp_path):
         .save_pretrained(tmp_path / "vt")
     with pytest.raises(ValueError, match="re-run `arm tokenize`"):
         pretrain(cfg, progress=False)
-
-
-def test_rendezvous_is_standalone_on_one_node_and_static_across_nodes():
-    from arm.train.pretrain import _rendezvous_args
-
-    assert _rendezvous_args({}) == ["--standalone"]
-    assert _rendezvous_args({"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}) == [
-        "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1", "--master_port=29500"]
-    with pytest.raises(RuntimeError, match="NODE_RANK, MASTER_ADDR"):
-        _rendezvous_args({"NNODES": "4"})

@@ -5,7 +5,9 @@ Each command group lives in its own function, called from `register`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -109,8 +111,10 @@ def register_plan(app: typer.Typer) -> None:
         from arm.model.plan import plan
 
         try:
-            r = plan(cfg, gpus_per_node=gpus_per_node or cfg.pretrain.nproc, nodes=nodes, stages=names,
-                     gpu_memory_gb=gpu_memory)
+            # DeepSpeed logs to stdout when it is first imported: keep stdout for the plan (--json)
+            with contextlib.redirect_stdout(sys.stderr):
+                r = plan(cfg, gpus_per_node=gpus_per_node or cfg.pretrain.nproc, nodes=nodes, stages=names,
+                         gpu_memory_gb=gpu_memory)
         except ValueError as e:  # e.g. a hub model that is neither cached nor of a known shape
             console.print(f"[red]plan failed: {e}[/red]", highlight=False)
             raise typer.Exit(2) from None

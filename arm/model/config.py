@@ -99,6 +99,10 @@ class PretrainConfig(Strict):
     # Tokens per chunk of the fp32 cross-entropy: logits stay in the model dtype and only one chunk
     # is upcast (and recomputed in the backward), not [tokens, vocab] in fp32 (2.7 GB at 7b).
     loss_chunk: int = Field(1024, ge=1)
+    # Training documents as token shards (arm.train.shards), each rank streaming its own units:
+    # documents per Parquet file, and per row group (the unit a rank reads and holds in memory).
+    shard_docs: int = Field(65536, ge=1)
+    row_group_docs: int = Field(1024, ge=1)
     # Processes on this machine (torchrun, gloo on CPU / NCCL on GPU); `arm pretrain --nproc` overrides.
     # On a 2-core CPU, 2 processes x 1 thread beat 1 process x 2 threads (intra-op threads stall
     # whenever a core is taken by another job; measured in benchmarks/pretrain.py).

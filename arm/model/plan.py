@@ -166,16 +166,16 @@ def _free_grads_on_arrival(model: torch.nn.Module) -> None:
             p.register_post_accumulate_grad_hook(lambda q: setattr(q, "grad", None))
 
 
-def _by_depth(measure: Callable[[int], int], layers: int) -> tuple[int, int]:
-    """(bytes at `layers`, bytes per extra layer), extrapolated linearly from depths 2 and 3.
+def _by_depth(measure: Callable[[int], int], layers: int) -> int:
+    """Bytes at `layers`, extrapolated linearly from depths 2 and 3.
 
     Not from depth 1: in inference the peak grows from 1 to 2 layers (a layer's output meets
     the next one's working set) and is flat after; in training every layer adds its saved
     tensors. Both are linear from depth 2 on. Models of 3 layers or fewer are measured whole."""
     if layers <= 3:
-        return measure(layers), 0
+        return measure(layers)
     two, three = measure(2), measure(3)
-    return three + (layers - 3) * (three - two), three - two
+    return three + (layers - 3) * (three - two)
 
 
 def _chunked_ce(logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -208,9 +208,8 @@ def _fake_lm(cfg: ArmConfig, layout: VocabLayout, layers: int, dtype: torch.dtyp
 
 
 def lm_transient_bytes(cfg: ArmConfig, layout: VocabLayout, *, rows: int, seq: int, dtype: torch.dtype,
-                       mode: str, checkpointing: bool = False, loss_chunk: int = 1024) -> tuple[int, int]:
-    """Measured activation (+ transient) bytes of the AR model over `rows` x `seq` tokens, and the
-    share of one decoder layer. mode: "pretrain" (forward + chunked loss + backward), "policy"
+                       mode: str, checkpointing: bool = False, loss_chunk: int = 1024) -> int:
+    """Measured activation (+ transient) bytes of the AR model over `rows` x `seq` tokens. mode: "pretrain" (forward + chunked loss + backward), "policy"
     (decoder forward + backward, the RL update: its LM head runs on image rows in small chunks),
     "prefill" (inference forward, logits of the last position only)."""
 
@@ -350,7 +349,7 @@ def plan_pretrain(cfg: ArmConfig, layout: VocabLayout, gpus: int, micro_batch: i
     n, largest = count_parameters(model), largest_layer_params(model)
     mb = micro_batch or p.micro_batch
     dtype = DTYPES[p.precision]
-    acts, _ = lm_transient_bytes(cfg, layout, rows=mb, seq=cfg.text.seq_len, dtype=dtype, mode="pretrain",
+    acts = lm_transient_bytes(cfg, layout, rows=mb, seq=cfg.text.seq_len, dtype=dtype, mode="pretrain",
                                  checkpointing=p.activation_checkpointing, loss_chunk=p.loss_chunk)
     if p.zero_stage == 3:
         states = {"model states (ZeRO-3 partition)": math.ceil(n / gpus) * ZERO3_BYTES_PER_PARAM,
@@ -384,7 +383,7 @@ def plan_tokenize(cfg: ArmConfig) -> StagePlan:
 
             return _transient_bytes(run, enc, x)  # the pixels are tracked too
 
-    acts, _ = _by_depth(measure, _encoder_depth(cfg))
+    acts = _by_depth(measure, _encoder_depth(cfg))
     from transformers import SiglipVisionModel
 
     with _meta():
@@ -454,7 +453,7 @@ def plan_train_tokenizer(cfg: ArmConfig) -> StagePlan:
             return _transient_bytes(run, enc, *nets, x)
 
     # the teacher is as deep as the encoder at 7b (both so400m): one depth sweep covers both
-    acts, _ = _by_depth(measure, max(_encoder_depth(cfg), 1))
+    acts = _by_depth(measure, max(_encoder_depth(cfg), 1))
     return StagePlan("train_tokenizer", 1, {
         "trainable weights + grads + AdamW (fp32)": trainable * 16,
         "frozen encoder + teacher + text encoder (fp32)": frozen * 4,
@@ -469,7 +468,7 @@ def plan_rl(cfg: ArmConfig, layout: VocabLayout) -> StagePlan:
     n = count_parameters(meta_model(cfg.model, layout))
     rows = r.minibatch_size * (2 if r.cfg_scale != 1 else 1)
     seq = edit_document_tokens(layout)
-    acts, _ = lm_transient_bytes(cfg, layout, rows=rows, seq=seq, dtype=torch.float32, mode="policy")
+    acts = lm_transient_bytes(cfg, layout, rows=rows, seq=seq, dtype=torch.float32, mode="policy")
     parts = {"policy weights + grads (fp32)": n * 8, "AdamW states (fp32)": n * 8,
              f"activations ({rows} rows x {seq} tokens)": acts}
     if r.beta > 0:
@@ -487,7 +486,7 @@ def _plan_sampling(stage: str, cfg: ArmConfig, layout: VocabLayout, batch: int, 
     seq = edit_document_tokens(layout)
     kv_per_token = 2 * m.num_layers * m.num_kv_heads * (m.hidden_size // m.num_heads) * BYTES[dtype]
     prompt = seq - layout.tokens_per_image - 2  # the edit prompt: everything before the target image
-    prefill, _ = lm_transient_bytes(cfg, layout, rows=rows, seq=prompt, dtype=dtype, mode="prefill")
+    prefill = lm_transient_bytes(cfg, layout, rows=rows, seq=prompt, dtype=dtype, mode="prefill")
     return StagePlan(stage, 1, {f"weights ({cfg.sampling.dtype})": n * BYTES[dtype],
                                 f"KV cache ({rows} rows x {seq} tokens)": rows * seq * kv_per_token,
                                 "prefill activations": max(0, prefill - rows * prompt * kv_per_token)},

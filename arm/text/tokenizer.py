@@ -2,8 +2,8 @@
 
 Ids follow `VocabLayout`: the text tokenizer's own ids [0, n_text), then the special tokens in
 `SPECIAL_TOKENS` order, then one added token `<img_{c}>` per image code. Saved into the model
-dir, so `AutoTokenizer.from_pretrained(model_dir)` returns ids that agree with
-`vocab_layout.json`.
+dir, so `PreTrainedTokenizerFast.from_pretrained(model_dir)` returns ids that agree with
+`vocab_layout.json` (AutoTokenizer would pick the class of config.json's model_type instead).
 
 Text comes from a byte-level BPE trained on the curated train text (`text.tokenizer: bpe`) or
 from a hub tokenizer by name (e.g. Qwen/Qwen2.5-7B), read from the local cache only.

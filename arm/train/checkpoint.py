@@ -56,6 +56,29 @@ def load_rng(tag_dir: Path, rank: int) -> None:
     set_rng_state(torch.load(path, weights_only=True))
 
 
+def save_data_position(tag_dir: Path, rank: int, position: dict | None) -> None:
+    """This rank's position in its own document stream (arm.train.shards): per rank, because
+    DeepSpeed keeps client state only once, and each rank streams different shards."""
+    import json
+
+    atomic_write_bytes(tag_dir / f"data_rank{rank}.json", json.dumps(position).encode())
+
+
+def load_data_position(tag_dir: Path, rank: int, world_size: int) -> dict | None:
+    """This rank's saved position; a clear refusal when the checkpoint was written by another
+    number of ranks (their data shards and ZeRO partitions depend on it), never a silent restart."""
+    import json
+
+    path = tag_dir / f"data_rank{rank}.json"
+    saved = json.loads(path.read_text()) if path.exists() else None
+    saved_world = saved.get("world_size") if saved else None
+    if saved_world != world_size:
+        raise ValueError(f"{tag_dir}: checkpoint written by {saved_world or 'fewer'} rank(s), this run has world_size "
+                         f"{world_size}; resume with that many processes or start a new run (another "
+                         "pretrain.checkpoints)")
+    return saved
+
+
 def latest_tag(run_dir: Path) -> str | None:
     path = run_dir / LATEST
     return path.read_text().strip() if path.exists() else None

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -64,6 +67,28 @@ def init(e: DistEnv) -> None:
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
+def from_main(fn: Callable[[], T]) -> T:
+    """Rank 0 computes a value that every rank then uses (all must agree: a tag, the data version).
+    If it fails there, every rank raises, rather than the others waiting in the next collective."""
+    import torch.distributed as td
+
+    box: list = [None, None]
+    many = td.is_initialized() and td.get_world_size() > 1
+    if not td.is_initialized() or td.get_rank() == 0:
+        try:
+            box[0] = fn()
+        except Exception as e:
+            box[1] = f"{type(e).__name__}: {e}"
+            if many:
+                td.broadcast_object_list(box, src=0)
+            raise
+    if many:
+        td.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise RuntimeError(f"rank 0 failed: {box[1]}")
+    return box[0]
 
 
 def barrier() -> None:

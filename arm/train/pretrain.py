@@ -32,23 +32,26 @@ from arm.config import ArmConfig
 from arm.io import atomic_path, atomic_write_json, atomic_write_text
 from arm.model.build import build_model, flops_per_token, use_factorized
 from arm.model.io import export_model
-from arm.text.sequences import TASKS, PackedStream, collate, eval_rows, padding_waste, tokenize_examples
+from arm.fs import join
+from arm.text.sequences import TASKS, TokExample, collate, document, eval_rows, tokenize_examples
 from arm.text.tokenizer import build_tokenizer, encode_texts, load_tokenizer, save_tokenizer
 from arm.train import checkpoint as ckpt
+from arm.train import shards
 from arm.train import dist, remote
 from arm.train.data import ExampleSet, load_examples, training_texts
 from arm.train.flops import mfu, peak_flops
 from arm.train.schedule import lr_multiplier
 
 # Fields that change how a run is watched, not what it computes: they stay out of the fingerprint.
-_BOOKKEEPING = {"log_every", "checkpoint_every", "keep_checkpoints", "time_limit_min", "output", "checkpoints", "metrics", "plot"}
+_BOOKKEEPING = {"log_every", "checkpoint_every", "keep_checkpoints", "time_limit_min", "output", "checkpoints", "metrics",
+                "plot", "remote"}
 
 
 @dataclass
 class TrainState:
     step: int = 0  # optimizer steps done
-    position: tuple[int, int] = (0, 0)  # stream position of the next row
     tokens: int = 0  # row tokens consumed (all ranks), padding included
+    pad_tokens: int = 0  # of which padding (all ranks)
     target_tokens: int = 0  # tokens scored by the loss (all ranks)
     train_time: float = 0.0  # seconds spent in training steps (not eval/checkpoint)
     history: list[dict] = field(default_factory=list)
@@ -58,12 +61,12 @@ class TrainState:
 
     @staticmethod
     def from_client_state(cs: dict) -> "TrainState":
-        d = json.loads(cs["arm"])
-        d["position"] = tuple(d["position"])
-        return TrainState(**d)
+        return TrainState(**json.loads(cs["arm"]))
 
 
-def fingerprint(cfg: ArmConfig, data_version: str, world_size: int) -> str:
+def fingerprint(cfg: ArmConfig, data_version: str) -> str:
+    """The run's identity. Not the world size: each rank's data position carries it and refuses
+    another one with a clear error (arm.train.shards), where a new run dir would restart silently."""
     pre = {k: v for k, v in cfg.pretrain.model_dump(mode="json").items() if k not in _BOOKKEEPING}
     blob = {
         "seed": cfg.seed,
@@ -71,7 +74,6 @@ def fingerprint(cfg: ArmConfig, data_version: str, world_size: int) -> str:
         "model": cfg.model.model_dump(mode="json"),
         "pretrain": pre,
         "data": data_version,
-        "world_size": world_size,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
@@ -172,7 +174,7 @@ def evaluate(engine, rows_by_task: dict, denv: dist.DistEnv, device, micro_batch
     return out
 
 
-def prepare_tokenizer(cfg: ArmConfig, data: ExampleSet, run_dir: Path, denv: dist.DistEnv):
+def prepare_tokenizer(cfg: ArmConfig, data: ExampleSet | None, run_dir: Path, denv: dist.DistEnv):
     """Rank 0 trains (or loads) the text tokenizer into the run dir; every rank then loads it.
     With a run store (pretrain.remote) rank 0 takes the store's copy or uploads the one it trains,
     and the other nodes pull it from there: nodes share no disk."""
@@ -192,6 +194,18 @@ def prepare_tokenizer(cfg: ArmConfig, data: ExampleSet, run_dir: Path, denv: dis
             build()
         dist.barrier()
     return load_tokenizer(tok_dir)
+
+
+def split_too_long(docs: list[TokExample], layout, seq_len: int) -> tuple[list[TokExample], dict[str, int]]:
+    """Documents that fit a row (in their longest, conditioned form) and the count per task of
+    those that do not: dropped once, when the shards are written, not found again by every rank."""
+    fits, too_long = [], {t: 0 for t in TASKS}
+    for d in docs:
+        if len(document(d, layout)[0]) > seq_len:
+            too_long[d.task] += 1
+        else:
+            fits.append(d)
+    return fits, too_long
 
 
 def _seed_process(seed: int, rank: int) -> None:
@@ -231,21 +245,40 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     device = dist.device_for(denv)
     t_start = time.perf_counter()
 
-    data = load_examples(cfg)
-    if not data.train:
+    # Only rank 0 reads the examples: it builds the text tokenizer, writes the training documents
+    # as token shards once per run (local run dir, or the run store that every node reads) and
+    # packs the validation rows; every rank then streams its own shards of the documents.
+    data = load_examples(cfg) if denv.is_main else None
+    if data is not None and not data.train:
         raise ValueError("no training examples: check the curated store / tokens (pretrain.data, pretrain.images)")
-    fp = fingerprint(cfg, data.version, denv.world_size)
-    run_dir = Path(p.checkpoints) / fp[:16]
+    version = dist.from_main(lambda: data.version)
+    run_dir = Path(p.checkpoints) / fingerprint(cfg, version)[:16]
     run_dir.mkdir(parents=True, exist_ok=True)
     tok, layout = prepare_tokenizer(cfg, data, run_dir, denv)
+    docs_url = join(f"{p.remote.rstrip('/')}/checkpoints/{run_dir.name}", "documents") if p.remote \
+        else str(run_dir / "documents")
     encode = partial(encode_texts, tok)
-    train_docs = tokenize_examples(data.train, encode)
-    stream = PackedStream(
-        train_docs, layout, seq_len=cfg.text.seq_len, weights=cfg.text.task_weights,
-        cfg_dropout=cfg.text.cfg_dropout, seed=cfg.seed, block_docs=cfg.text.pack_block,
+
+    def prepare() -> tuple[dict, dict]:
+        summary = {"train": len(data.train), "val": len(data.val), "skipped": data.skipped,
+                   "image": data.image.reference, "too_long": {}}
+        try:
+            summary["too_long"] = shards.read_manifest(docs_url, cfg.storage)["meta"]["too_long"]
+        except FileNotFoundError:
+            fits, too_long = split_too_long(tokenize_examples(data.train, encode), layout, cfg.text.seq_len)
+            summary["too_long"] = too_long
+            shards.write_documents(fits, docs_url, storage=cfg.storage, docs_per_shard=p.shard_docs,
+                                   row_group_docs=p.row_group_docs,
+                                   meta={"data_version": version, "vocab_layout": layout.to_json(), "too_long": too_long})
+        return summary, eval_rows(tokenize_examples(data.val, encode), layout, cfg.text.seq_len, p.eval_rows)
+
+    summary, val = dist.from_main(prepare)
+    del data  # rank 0 drops the examples: from here on every rank only streams
+    stream = shards.DocumentStream(
+        docs_url, rank=denv.rank, world_size=denv.world_size, layout=layout, seq_len=cfg.text.seq_len,
+        weights=cfg.text.task_weights, cfg_dropout=cfg.text.cfg_dropout, seed=cfg.seed,
+        block_docs=cfg.text.pack_block, storage=cfg.storage,
     )
-    val = eval_rows(tokenize_examples(data.val, encode), layout, cfg.text.seq_len, p.eval_rows)
-    waste = padding_waste(stream.block(0) + stream.block(1))
 
     ds_cfg = ds_config(cfg, denv.world_size)
     if p.zero_stage == 3:
@@ -268,10 +301,13 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     _seed_process(cfg.seed, denv.rank)
 
     state = TrainState()
+    position = None  # this rank's data position; None = the start of its stream
     mirror = remote.mirror_for(cfg, run_dir, denv)
     # with a run store, its `latest` decides (a node's disk may hold a tag other nodes never uploaded)
     tag = mirror.pull_checkpoint(run_dir, denv) if mirror is not None else ckpt.latest_tag(run_dir)
     if tag:
+        # before DeepSpeed reads partitions laid out for another world size: a clear refusal
+        position = ckpt.load_data_position(run_dir / tag, denv.rank, denv.world_size)
         load_path, client = engine.load_checkpoint(str(run_dir), tag=tag)
         if load_path is None:
             raise RuntimeError(f"{run_dir}/{tag}: DeepSpeed could not load the checkpoint")
@@ -284,6 +320,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         tag_dir = run_dir / ckpt.tag_name(state.step)
         tag_dir.mkdir(parents=True, exist_ok=True)
         ckpt.save_rng(tag_dir, denv.rank)
+        ckpt.save_data_position(tag_dir, denv.rank, position)
         engine.save_checkpoint(str(run_dir), tag=tag_dir.name, client_state=state.client_state())
         dist.barrier()
         if mirror is not None:
@@ -294,8 +331,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
             write_curve(state.history, Path(p.plot))
 
     flops = flops_per_token(cfg.model, layout, cfg.text.seq_len)
-    rows = stream.rows(*state.position)
-    per_micro = p.micro_batch * denv.world_size
+    rows = stream.rows(position)
     bar = None
     if progress and denv.is_main:
         from tqdm.auto import tqdm
@@ -305,23 +341,25 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     while state.step < p.max_steps:
         t0 = time.perf_counter()
         acc = torch.zeros(2, len(TASKS), dtype=torch.float64, device=device)
-        n_tok = 0
+        n_tok = torch.zeros(2, dtype=torch.float64, device=device)  # tokens, padding (this rank)
         for _ in range(p.grad_accum):
-            chunk = []
-            for _ in range(per_micro):
-                state.position, row = next(rows)
-                chunk.append(row)
-            mine = chunk[denv.rank * p.micro_batch : (denv.rank + 1) * p.micro_batch]
+            mine = []
+            for _ in range(p.micro_batch):
+                position, row = next(rows)
+                mine.append(row)
+            n_tok += torch.tensor([sum(len(r.input_ids) for r in mine), sum(r.n_pad for r in mine)],
+                                  dtype=torch.float64, device=device)
             batch = {k: v.to(device) for k, v in collate(mine).items()}
             logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
             sums, counts, loss = token_losses(logits, batch, p.loss_chunk)
             engine.backward(loss)
             engine.step()
             acc += torch.stack([sums.detach(), counts]).double()
-            n_tok += batch["input_ids"].numel() * denv.world_size
         _all_reduce(acc)
+        _all_reduce(n_tok)
         state.step += 1
-        state.tokens += n_tok
+        state.tokens += int(n_tok[0])
+        state.pad_tokens += int(n_tok[1])
         state.target_tokens += int(acc[1].sum())
         state.train_time += time.perf_counter() - t0
         row = {"step": state.step, "tokens": state.tokens, "lr": engine.get_lr()[0],
@@ -371,19 +409,19 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         "achieved_flops": tokens_per_s * flops.per_token,
         "peak_flops_matmul": peak,
         "mfu": mfu(tokens_per_s, flops.per_token, peak),
-        "padding_waste": round(waste, 4),
+        "padding_waste": round(state.pad_tokens / max(state.tokens, 1), 4),
         "final_train_loss": float(np.mean([h["loss"] for h in state.history[-max(1, p.log_every):]])),
         "val_loss": final_val,
-        "examples": {"train": len(data.train), "val": len(data.val), "dropped_too_long": stream.too_long,
-                     "skipped": data.skipped},
+        "examples": {"train": summary["train"], "val": summary["val"], "dropped_too_long": summary["too_long"],
+                     "skipped": summary["skipped"]},
         "vocab_size": layout.vocab_size,
         "run": run_dir.name,
     }
     if denv.is_main:
         manifest = {
-            "visual_tokenizer": data.image.reference,
-            "data": {"version": data.version, "source": p.data, "images": p.images,
-                     "train_examples": len(data.train), "val_examples": len(data.val)},
+            "visual_tokenizer": summary["image"],
+            "data": {"version": version, "source": p.data, "images": p.images,
+                     "train_examples": summary["train"], "val_examples": summary["val"]},
             "text_tokenizer": cfg.text.tokenizer,
             "model": {"arch": cfg.model.arch, "parameters": n_params,
                       "factorized_image_embeddings": "folded" if use_factorized(cfg.model, layout) else "none"},

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 import torch
 from fsspec import AbstractFileSystem
@@ -36,12 +36,11 @@ from arm.config import ArmConfig, StorageConfig
 from arm.fs import fs_for, join
 from arm.io import atomic_path
 from arm.train.checkpoint import LATEST
-from arm.train.dist import DistEnv
+from arm.train.dist import DistEnv, from_main
 
-_RANK_FILE = re.compile(r"(?:zero_pp_rank_|rng_rank)(\d+)[_.]")
+_RANK_FILE = re.compile(r"(?:zero_pp_rank_|rng_rank|data_rank)(\d+)[_.]")
 _TAG = re.compile(r"step\d+")
 METRICS = "metrics.json"
-T = TypeVar("T")
 
 
 class RemoteError(RuntimeError):
@@ -81,23 +80,6 @@ def _on_all_ranks(what: str, fn: Callable[[], None]) -> None:
     if not _all_ok(err is None):
         where = f"{type(err).__name__}: {err}" if err else "on another rank"
         raise RemoteError(f"{what} failed ({where})") from err
-
-
-def _from_main(fn: Callable[[], T]) -> T:
-    """Rank 0 computes a value that every rank then uses (all must agree, e.g. on a tag)."""
-    import torch.distributed as td
-
-    box: list = [None, None]
-    if not td.is_initialized() or td.get_rank() == 0:
-        try:
-            box[0] = fn()
-        except Exception as e:  # noqa: BLE001 - shipped to every rank as text
-            box[1] = f"{type(e).__name__}: {e}"
-    if td.is_initialized() and td.get_world_size() > 1:
-        td.broadcast_object_list(box, src=0)
-    if box[1] is not None:
-        raise RemoteError(box[1])
-    return box[0]
 
 
 def spans_nodes(denv: DistEnv) -> bool:
@@ -216,7 +198,7 @@ class RunMirror:
         """The tag all ranks resume from: the one the store's `latest` names (the store, not a
         node's disk, knows which checkpoint every rank finished). Each rank downloads the files it
         loads that its disk lacks; the shared ones once per node."""
-        tag = _from_main(self.latest)
+        tag = from_main(self.latest)
         if tag is None:
             return None
 
