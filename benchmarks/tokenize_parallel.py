@@ -5,10 +5,10 @@
 
 Ours: `arm tokenize --nproc 2` as it runs (torchrun, rank r encodes shards k % 2 == r, a
 DataLoader decoding PNGs in `--workers` processes per rank), each rank with cores/2 torch
-threads. Baseline, in the same run and on the same curated store: one process with all
-`--cores` threads, with the same loader workers. For reference: one process with one rank's
-share of the threads (the pure data-parallel scaling), and one process decoding on its main
-thread (workers 0, the stage before it was made parallel). Every run starts torchrun
+threads. Baseline, in the same run and on the same curated store: one process with the same
+loader workers, at the better of two thread counts (all `--cores` threads, or one rank's share):
+the ratio is against the best a single process did. For reference: one process decoding on its
+main thread (workers 0, the stage before it was made parallel). Every run starts torchrun
 and encodes from scratch into a fresh directory; the rate is the stage's own (all ranks' images
 over the slowest rank's encode loop, decode included), so process start-up is not counted.
 The tokenizer is an untrained one of the default config: throughput does not depend on weights.
@@ -99,6 +99,7 @@ def main() -> None:
         two = run(base, root / "two", 2, max(1, args.cores // 2), args.workers, **common)
         same = all((root / "one" / "shards" / p.name).read_bytes() == p.read_bytes()
                    for p in (root / "two" / "shards").iterdir())
+    best = max(one, share, key=lambda r: r["images_per_s"])  # the fairest single process: its best thread count
     result = {
         "scenes": args.scenes,
         "images": one["images"],
@@ -106,20 +107,22 @@ def main() -> None:
         "batch_size": args.batch_size,
         "cores": args.cores,
         "runs": [serial, one, share, two],
-        "baseline_1_process_images_per_s": one["images_per_s"],
+        "baseline_1_process_images_per_s": best["images_per_s"],
+        "baseline_1_process_threads": best["threads_per_process"],
         "images_per_s_2_processes": two["images_per_s"],
-        "speedup_2_vs_1_processes": round(two["images_per_s"] / one["images_per_s"], 2),
+        "speedup_2_vs_1_processes": round(two["images_per_s"] / best["images_per_s"], 2),
+        "speedup_2_processes_vs_1_process_with_all_threads": round(two["images_per_s"] / one["images_per_s"], 2),
         "speedup_2_processes_vs_1_process_with_their_share_of_threads": round(
             two["images_per_s"] / share["images_per_s"], 2),
         "speedup_loader_workers_vs_main_thread_decode": round(one["images_per_s"] / serial["images_per_s"], 2),
         "shards_identical_1_vs_2_processes": same,
         "machine_cpus": os.cpu_count(),
         "load_average": list(psutil.getloadavg()),
-        "note": ("CPU shared with other jobs (see the load averages per run): wall-clock rates are noisy. On an "
-                 "oversubscribed machine one process with several intra-op threads loses most of its time to "
-                 "threads waiting on each other, which inflates the 2-vs-1 ratio; the ratio against one process "
-                 "with one rank's share of the threads is the data-parallel scaling itself. Loader workers "
-                 "compete with the encoders for the same cores here; on a GPU node they run beside the GPUs."),
+        "note": ("CPU shared with other jobs (see the load averages per run): wall-clock rates are noisy. For "
+                 "a small encoder, intra-op threads cost more than they give on busy cores (1 process x all "
+                 "threads is far slower than 1 x 1), so the headline ratio is against the better single-process "
+                 "run. Loader workers compete with the encoders for the same cores here; on a GPU node they "
+                 "run on the host CPUs beside the GPUs."),
     }
     atomic_write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))

@@ -173,7 +173,8 @@ def test_plan_cli_prints_parameters_flops_and_zero3_memory():
     from arm.cli import app
     from tests.conftest import REPO
 
-    res = CliRunner().invoke(app, ["plan", "--params", str(REPO / "params.yaml"), "--preset", "7b", "--json"])
+    res = CliRunner().invoke(app, ["plan", "--params", str(REPO / "params.yaml"), "--preset", "7b", "--json",
+                                  "--stages", "pretrain,tokenize"])
     assert res.exit_code == 0, res.output
     r = json.loads(res.output[res.output.index("{"):])
     assert r["arch"] == "qwen2" and r["parameters"] > 7.5e9
@@ -181,5 +182,6 @@ def test_plan_cli_prints_parameters_flops_and_zero3_memory():
     no_offload = next(x for x in r["zero3_model_states"] if not x["offload_optimizer"] and x["zero_init"])
     # 18 bytes/param (fp16 params+grads, fp32 Adam) over 8 GPUs, with DeepSpeed's 1.5 buffer factor
     assert 15 < no_offload["gpu_gib"] < 25
-    res = CliRunner().invoke(app, ["plan", "--params", str(REPO / "params.yaml"), "--preset", "7b"])
+    res = CliRunner().invoke(app, ["plan", "--params", str(REPO / "params.yaml"), "--preset", "7b",
+                                  "--stages", "pretrain,tokenize"])
     assert res.exit_code == 0 and "ZeRO-3" in res.output and "parameters" in res.output

@@ -8,11 +8,9 @@ import torch
 from arm.text.sequences import (
     TASK_INDEX,
     Example,
-    PackedStream,
     document,
     eval_rows,
     pack,
-    padding_waste,
     tokenize_examples,
 )
 from arm.text.tokenizer import build_tokenizer, encode_texts, image_token, load_tokenizer, save_tokenizer
@@ -153,33 +151,51 @@ def test_pack_isolates_documents_and_keeps_every_token():
         pack([([1] * 20, [1] * 20, 0)], 16, 0)
 
 
-def _stream(shapes_set, tok_layout, **kw):
+def _stream(docs, L, root, **kw):
+    """The training stream of one rank in a world of one, over `docs` written as token shards."""
+    from arm.train.shards import DocumentStream, write_documents
+
+    if not (root / "manifest.json").exists():
+        write_documents(docs, str(root), storage=None, docs_per_shard=512, row_group_docs=64, meta={})
+    return DocumentStream(str(root), rank=0, world_size=1, layout=L, **kw)
+
+
+def _shapes_stream(shapes_set, tok_layout, root, **kw):
     cfg, data = shapes_set
     tok, L = tok_layout
     docs = tokenize_examples(data.train, lambda x: encode_texts(tok, x))
     args = dict(seq_len=128, weights=cfg.text.task_weights, cfg_dropout=0.3, seed=0, block_docs=64)
     args.update(kw)
-    return PackedStream(docs, L, **args)
+    return _stream(docs, L, root, **args)
 
 
-def test_stream_is_deterministic_and_seekable(shapes_set, tok_layout):
-    s1, s2 = _stream(shapes_set, tok_layout), _stream(shapes_set, tok_layout)
+def _blocks(stream, n: int) -> list:
+    """Every row of the stream's first n blocks."""
+    rows = []
+    for after, row in stream.rows():
+        rows.append(row)
+        if after["block"] == n:
+            return rows
+
+
+def test_stream_is_deterministic_and_seekable(shapes_set, tok_layout, tmp_path):
+    s1, s2 = _shapes_stream(shapes_set, tok_layout, tmp_path), _shapes_stream(shapes_set, tok_layout, tmp_path)
     it = s1.rows()
     seq = [next(it) for _ in range(30)]
     pos, _ = seq[11]  # resume from the position after row 11
-    resumed = s2.rows(*pos)
+    resumed = s2.rows(pos)
     for (_, a), (_, b) in zip(seq[12:], [next(resumed) for _ in range(18)]):
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.loss_mask, b.loss_mask)
-    other = next(_stream(shapes_set, tok_layout, seed=1).rows())[1]
+    other = next(_shapes_stream(shapes_set, tok_layout, tmp_path, seed=1).rows())[1]
     assert not torch.equal(other.input_ids, seq[0][1].input_ids)
 
 
-def test_mixture_weights_and_cfg_dropout(shapes_set, tok_layout):
+def test_mixture_weights_and_cfg_dropout(shapes_set, tok_layout, tmp_path):
     _, L = tok_layout
-    s = _stream(shapes_set, tok_layout, weights={"understand": 2.0, "generate": 1.0, "edit": 1.0, "text": 0.0},
-                block_docs=80)
+    s = _shapes_stream(shapes_set, tok_layout, tmp_path,
+                       weights={"understand": 2.0, "generate": 1.0, "edit": 1.0, "text": 0.0}, block_docs=80)
     assert s.quotas == {"understand": 40, "generate": 20, "edit": 20}
-    rows = [r for b in range(6) for r in s.block(b)]
+    rows = _blocks(s, 6)
     ids = torch.cat([r.input_ids for r in rows])
     task = torch.cat([r.task_ids for r in rows])
     starts = torch.cat([r.position_ids for r in rows]) == 0
@@ -191,7 +207,7 @@ def test_mixture_weights_and_cfg_dropout(shapes_set, tok_layout):
     assert 0.2 < n_uncond / 240 < 0.4
 
 
-def test_padding_waste_under_10_percent_on_tiny_mix(tok_layout):
+def test_padding_waste_under_10_percent_on_tiny_mix(tok_layout, tmp_path):
     """The tiny preset's mix (its seq_len, block and weights) on shapes documents."""
     from arm.config import load_config
     from tests.conftest import REPO
@@ -201,10 +217,10 @@ def test_padding_waste_under_10_percent_on_tiny_mix(tok_layout):
     data = shapes_examples(cfg)
     tok, L = tok_layout
     docs = tokenize_examples(data.train, lambda x: encode_texts(tok, x))
-    s = PackedStream(docs, L, seq_len=cfg.text.seq_len, weights=cfg.text.task_weights,
-                     cfg_dropout=cfg.text.cfg_dropout, seed=0, block_docs=cfg.text.pack_block)
-    rows = [r for b in range(4) for r in s.block(b)]
-    assert padding_waste(rows) < 0.10
+    s = _stream(docs, L, tmp_path, seq_len=cfg.text.seq_len, weights=cfg.text.task_weights,
+                cfg_dropout=cfg.text.cfg_dropout, seed=0, block_docs=cfg.text.pack_block)
+    rows = _blocks(s, 4)
+    assert sum(r.n_pad for r in rows) / sum(len(r.input_ids) for r in rows) < 0.10
     assert sum(s.too_long.values()) == 0
 
 

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from arm.config import ArmConfig
 from arm.model.build import count_parameters, flops_per_token, hf_config, largest_layer_params, meta_model, use_factorized
@@ -178,22 +177,6 @@ def _by_depth(measure: Callable[[int], int], layers: int) -> int:
     return three + (layers - 3) * (three - two)
 
 
-def _chunked_ce(logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """The pretraining loss's memory pattern (arm.train.pretrain.token_losses): logits stay in the
-    model dtype, the fp32 cross-entropy runs on `chunk` tokens at a time and is recomputed in the
-    backward. The per-task sums are left out: boolean indexing has a data-dependent shape that
-    fake tensors cannot run, and they are [tokens]-sized."""
-    from torch.utils.checkpoint import checkpoint
-
-    def ce(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(x.float(), t, reduction="none")
-
-    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
-    t = targets[:, 1:].reshape(-1)
-    parts = [checkpoint(ce, flat[i : i + chunk], t[i : i + chunk], use_reentrant=False) for i in range(0, flat.shape[0], chunk)]
-    return torch.cat(parts).mean()
-
-
 def _fake_lm(cfg: ArmConfig, layout: VocabLayout, layers: int, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
@@ -212,6 +195,8 @@ def lm_transient_bytes(cfg: ArmConfig, layout: VocabLayout, *, rows: int, seq: i
     """Measured activation (+ transient) bytes of the AR model over `rows` x `seq` tokens. mode: "pretrain" (forward + chunked loss + backward), "policy"
     (decoder forward + backward, the RL update: its LM head runs on image rows in small chunks),
     "prefill" (inference forward, logits of the last position only)."""
+
+    from arm.train.pretrain import chunked_ce
 
     def measure(layers: int) -> int:
         with _fake():
@@ -232,7 +217,7 @@ def lm_transient_bytes(cfg: ArmConfig, layout: VocabLayout, *, rows: int, seq: i
                 def run() -> None:
                     if mode == "pretrain":
                         logits = model(input_ids=ids, use_cache=False).logits
-                        _chunked_ce(logits, ids, loss_chunk).backward()
+                        chunked_ce(logits, ids, torch.ones_like(ids), loss_chunk).mean().backward()
                     else:
                         model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state.float().mean().backward()
 

@@ -6,15 +6,13 @@ is how transformers recognises packed sequences (masking_utils.find_packed_seque
 with attention_mask=None it builds a block-diagonal causal mask for sdpa/eager, and the
 flash-attention varlen path reads the same resets), so no token attends across documents.
 
-The training stream is a sequence of *blocks*, each a pure function of (seed, block index):
-a fixed quota of documents per task (the mixture weights), drawn without replacement from a
-per-epoch permutation of each task's pool, CFG condition dropout drawn per document, packed
-best-fit-decreasing. A stream position is (block, row in block), so resuming seeks in O(1).
+The training stream itself (per-task quotas of documents per block, CFG condition dropout,
+best-fit packing), streamed per rank from token shards, is arm.train.shards.DocumentStream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,64 +159,6 @@ def block_quotas(weights: Mapping[str, float], pools: Mapping[str, int], block_d
     return {t: max(1, round(block_docs * w / total)) for t, w in used.items()}
 
 
-class PackedStream:
-    """The deterministic, seekable stream of packed training rows (see module doc)."""
-
-    def __init__(
-        self,
-        examples: Sequence[TokExample],
-        layout: VocabLayout,
-        *,
-        seq_len: int,
-        weights: Mapping[str, float],
-        cfg_dropout: float,
-        seed: int,
-        block_docs: int,
-    ) -> None:
-        self.layout, self.seq_len, self.cfg_dropout, self.seed = layout, seq_len, cfg_dropout, seed
-        self.pools: dict[str, list[TokExample]] = {t: [] for t in TASKS}
-        self.too_long: dict[str, int] = {t: 0 for t in TASKS}
-        for ex in examples:
-            # the longest form of a document is its conditioned one
-            if len(document(ex, layout)[0]) > seq_len:
-                self.too_long[ex.task] += 1
-            else:
-                self.pools[ex.task].append(ex)
-        self.quotas = block_quotas(weights, {t: len(p) for t, p in self.pools.items()}, block_docs)
-        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def _perm(self, task: str, epoch: int) -> np.ndarray:
-        key = (TASK_INDEX[task], epoch)
-        if key not in self._perm_cache:
-            if len(self._perm_cache) > 64:
-                self._perm_cache.clear()
-            rng = np.random.default_rng([self.seed, 1, key[0], epoch])
-            self._perm_cache[key] = rng.permutation(len(self.pools[task]))
-        return self._perm_cache[key]
-
-    def block(self, b: int) -> list[Row]:
-        rng = np.random.default_rng([self.seed, 2, b])
-        docs = []
-        for task, q in self.quotas.items():
-            pool = self.pools[task]
-            for j in range(b * q, (b + 1) * q):
-                ex = pool[self._perm(task, j // len(pool))[j % len(pool)]]
-                uncond = task in ("generate", "edit") and rng.random() < self.cfg_dropout
-                ids, mask = document(ex, self.layout, uncond)
-                docs.append((ids, mask, TASK_INDEX[task]))
-        rows = pack(docs, self.seq_len, self.layout.pad)
-        return [rows[i] for i in rng.permutation(len(rows))]  # long documents not always first
-
-    def rows(self, block: int = 0, offset: int = 0) -> Iterator[tuple[tuple[int, int], Row]]:
-        """Rows from position (block, offset) on, each with the position of the row after it."""
-        while True:
-            rows = self.block(block)
-            for i in range(offset, len(rows)):
-                nxt = (block, i + 1) if i + 1 < len(rows) else (block + 1, 0)
-                yield nxt, rows[i]
-            block, offset = block + 1, 0
-
-
 def eval_rows(examples: Sequence[TokExample], layout: VocabLayout, seq_len: int, max_rows: int) -> dict[str, list[Row]]:
     """Per task, its first validation documents (condition kept) that fill about max_rows rows.
 
@@ -242,8 +182,3 @@ def eval_rows(examples: Sequence[TokExample], layout: VocabLayout, seq_len: int,
         if docs:
             out[task] = pack(docs, seq_len, layout.pad)
     return out
-
-
-def padding_waste(rows: Sequence[Row]) -> float:
-    total = sum(len(r.input_ids) for r in rows)
-    return sum(r.n_pad for r in rows) / total if total else 0.0

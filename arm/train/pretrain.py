@@ -111,23 +111,35 @@ def _chunk_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
-def token_losses(logits: torch.Tensor, batch: dict[str, torch.Tensor], chunk: int = 1024
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-task (loss sum, target count) and the mean loss of a batch; token t predicts t+1.
+def shift_left(t: torch.Tensor) -> torch.Tensor:
+    """[B, S] -> row-wise next position's value (token t predicts t+1), 0 at the last position."""
+    return torch.cat([t[:, 1:], torch.zeros_like(t[:, :1])], 1)
+
+
+def chunked_ce(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[B, S] next-token cross-entropy, zero where the mask (shifted with the targets) is 0.
 
     The fp32 cross-entropy runs over `chunk` tokens at a time under activation checkpointing, so
-    neither an fp32 copy of the logits nor their fp32 log-softmax is ever held whole."""
+    neither an fp32 copy of the logits nor their fp32 log-softmax is ever held whole, and the
+    logits are read as one flat view (slicing off their last position would copy all of them).
+    `arm plan` measures this very function on fake tensors."""
     from torch.utils.checkpoint import checkpoint
 
-    targets = batch["input_ids"][:, 1:].reshape(-1)
-    mask = batch["loss_mask"][:, 1:].bool()
-    task = batch["task_ids"][:, 1:]
-    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
+    targets = shift_left(input_ids).reshape(-1)
+    flat = logits.reshape(-1, logits.shape[-1])
     parts = []
     for i in range(0, flat.shape[0], chunk):
         args = (flat[i : i + chunk], targets[i : i + chunk])
         parts.append(checkpoint(_chunk_ce, *args, use_reentrant=False) if flat.requires_grad else _chunk_ce(*args))
-    ce = torch.cat(parts).view_as(mask) * mask
+    return torch.cat(parts).view_as(input_ids) * shift_left(loss_mask)
+
+
+def token_losses(logits: torch.Tensor, batch: dict[str, torch.Tensor], chunk: int = 1024
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-task (loss sum, target count) and the mean loss of a batch."""
+    ce = chunked_ce(logits, batch["input_ids"], batch["loss_mask"], chunk)
+    mask = shift_left(batch["loss_mask"]).bool()
+    task = shift_left(batch["task_ids"])
     sums = torch.stack([ce[task == i].sum() for i in range(len(TASKS))])
     counts = torch.stack([(mask & (task == i)).sum() for i in range(len(TASKS))]).to(sums.dtype)
     return sums, counts, ce.sum() / mask.sum().clamp(min=1)

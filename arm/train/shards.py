@@ -14,9 +14,9 @@ unit, so there every rank reads every unit and keeps the documents at positions 
 ... of the epoch's document sequence: still disjoint and complete, at the cost of reading the
 (small) task world times. Documents inside a unit are shuffled by (seed, task, epoch, unit).
 
-`DocumentStream.rows` packs blocks exactly as `arm.text.sequences.PackedStream` does (same
-per-task quotas, CFG dropout drawn per document, best-fit packing, rows permuted), but from
-the rank's own documents. Memory is one decoded row group per task plus one block of
+`DocumentStream.rows` packs the training stream in *blocks*: a fixed quota of documents per
+task (the mixture weights, `block_quotas`), CFG condition dropout drawn per document, best-fit
+packing (`pack`), rows permuted, all drawn from the rank's own documents. Memory is one decoded row group per task plus one block of
 documents, whatever the dataset's size. The stream state is a small JSON-able dict: for each
 task the cursor (epoch, unit, document) at the start of the current block, the block index
 and the rows of it already consumed, so resuming rebuilds that one block and skips.
