@@ -25,7 +25,8 @@ from s3_servers import free_ports
 from tests.conftest import REPO
 
 TAG_FILES = ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-             "zero_pp_rank_1_mp_rank_00_optim_states.pt", "rng_rank0.pt", "rng_rank1.pt"]
+             "zero_pp_rank_1_mp_rank_00_optim_states.pt", "rng_rank0.pt", "rng_rank1.pt",
+             "data_rank0.json", "data_rank1.json"]
 RANK0 = DistEnv(rank=0, world_size=2, local_rank=0)
 
 
@@ -67,7 +68,7 @@ def _mirror(tmp_path, fs=None) -> RunMirror:
 
 
 def test_writer_rank_follows_deepspeed_names():
-    assert [writer_rank(n) for n in TAG_FILES] == [0, 0, 1, 0, 1]
+    assert [writer_rank(n) for n in TAG_FILES] == [0, 0, 1, 0, 1, 0, 1]
     assert writer_rank("bf16_zero_pp_rank_12_mp_rank_00_optim_states.pt") == 12
     assert writer_rank("zero_pp_rank_3_mp_rank_00_model_states.pt") == 3  # ZeRO-3 weights
 
@@ -85,7 +86,8 @@ def test_each_rank_uploads_its_files_and_latest_goes_last(tmp_path):
     # rank 1 (another node) adds its own files; it never writes `latest`
     m.fs.ops.clear()
     m.push_checkpoint(tmp_path / "run", "step00000003", DistEnv(1, 2, 0), keep=2)
-    assert sorted(Path(p).name for op, p in m.fs.ops) == ["rng_rank1.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert sorted(Path(p).name for op, p in m.fs.ops) == ["data_rank1.json", "rng_rank1.pt",
+                                                         "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert sorted(p.name for p in Path(root, "step00000003").iterdir()) == sorted(TAG_FILES)
 
 
@@ -123,7 +125,7 @@ def test_pull_takes_the_stores_latest_and_only_this_ranks_files(tmp_path):
     got = tmp_path / "node1" / "step00000003"
     # its own rank's files plus the shared one (first rank of its node); none of rank 0's
     assert sorted(p.name for p in got.iterdir()) == \
-        ["mp_rank_00_model_states.pt", "rng_rank1.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+        ["data_rank1.json", "mp_rank_00_model_states.pt", "rng_rank1.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert (got / "rng_rank1.pt").read_bytes() == b"step00000003/rng_rank1.pt"
     # a second rank on the same node fetches only its own files; present ones are not fetched again
     m.fs.ops.clear()
@@ -262,8 +264,11 @@ def test_two_nodes_share_only_s3_and_resume_from_it(s3_server, tmp_path, monkeyp
     store = f"{bucket}/a/checkpoints/{run}"
     assert fs.cat_file(f"{store}/latest").decode() == "step00000006"
     objects = {p[len(store) + 1:] for p in fs.find(store)}  # retention: only step 6 is left
-    assert {p for p in objects if not p.startswith("tokenizer/")} == \
+    assert {p for p in objects if not p.startswith(("tokenizer/", "documents/"))} == \
         {"latest", "tokenizer.files.json", *(f"step00000006/{n}" for n in TAG_FILES)}
+    # the training documents were written once, to the store, and both nodes streamed them from there
+    assert "documents/manifest.json" in objects
+    assert not any((n / "ckpt" / run / "documents").exists() for n in nodes_a)
     assert fs.exists(f"{bucket}/a/export/model.safetensors") and fs.exists(f"{bucket}/a/export.files.json")
     assert json.loads(fs.cat_file(f"{bucket}/a/metrics.json"))["run"] == run
 

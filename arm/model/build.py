@@ -58,6 +58,7 @@ def _zero3_init():
 
 def build_model(mcfg: ModelConfig, layout: VocabLayout, seed: int = 0, device: str | torch.device | None = None):
     """A freshly initialised model (or hub weights resized to the layout when `init_from` is set)."""
+    torch.manual_seed(seed)  # the rows a resize adds to hub weights are random draws too
     if mcfg.init_from:
         try:
             model = AutoModelForCausalLM.from_pretrained(mcfg.init_from, local_files_only=True,
@@ -68,7 +69,6 @@ def build_model(mcfg: ModelConfig, layout: VocabLayout, seed: int = 0, device: s
         model.resize_token_embeddings(layout.vocab_size)
         model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = layout.pad, layout.bos, layout.eos
     else:
-        torch.manual_seed(seed)
         with torch.device(device) if device is not None else nullcontext():
             model = AutoModelForCausalLM.from_config(hf_config(mcfg, layout))
     if use_factorized(mcfg, layout):

@@ -10,16 +10,13 @@ One node only: the shards are written to a local directory that rank 0 then inde
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
+from arm.train import dist
 
 def check_nproc(nproc: int, device: str, cuda_devices: int) -> None:
     """A clear error for a process count this node cannot run: < 1, or more processes than GPUs
@@ -41,26 +38,12 @@ def tokenize_multiprocess(params: str, preset: str | None, overrides: list[str],
 
     cfg = load_config(params, preset, overrides)
     check_nproc(nproc, cfg.tokenizer.device, torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "arm.tokenizer.launch", "--params", str(params)]
-    if preset:
-        cmd += ["--preset", preset]
-    for o in overrides:
-        cmd += ["--set", o]
-    # A parent that is itself a rank (a test, a pretrain process) must not leak its world.
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode:
-        raise RuntimeError(f"tokenize: torchrun with {nproc} processes failed (exit {proc.returncode}): {' '.join(cmd)}")
+    dist.torchrun("arm.tokenizer.launch", nproc, params, preset, overrides)
     return json.loads((Path(cfg.tokenizer.tokens.output) / MANIFEST_FILE).read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m arm.tokenizer.launch", description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--preset", default=None)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value")
-    args = ap.parse_args(argv)
+    args = dist.stage_args("python -m arm.tokenizer.launch", __doc__, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     import torch.distributed as td

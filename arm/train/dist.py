@@ -91,6 +91,45 @@ def from_main(fn: Callable[[], T]) -> T:
     return box[0]
 
 
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def torchrun(module: str, nproc: int, params: str, preset: str | None, overrides: list[str],
+             rendezvous: list[str] | None = None, extra: list[str] | None = None) -> None:
+    """Run `python -m module --params .. --preset .. --set ..` in `nproc` processes under torchrun
+    (`rendezvous`: its node arguments; default one standalone node). Raises on a failed process."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", *(rendezvous or ["--standalone"]),
+           f"--nproc_per_node={nproc}", "-m", module, "--params", str(params)]
+    if preset:
+        cmd += ["--preset", preset]
+    for o in overrides:
+        cmd += ["--set", o]
+    cmd += extra or []
+    # a parent that is itself a rank (a test, a pretrain process) must not leak its world
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode}): {' '.join(cmd)}")
+
+
+def stage_args(prog: str, description: str | None, argv: list[str] | None, **extra: dict):
+    """The arguments every per-process entry point takes (params, preset, --set overrides), plus
+    `extra` (name -> add_argument kwargs); the `deepspeed` launcher's --local_rank is accepted."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    for name, kwargs in extra.items():
+        ap.add_argument(name, **kwargs)
+    return ap.parse_args(argv)
+
+
 def barrier() -> None:
     import torch.distributed as td
 

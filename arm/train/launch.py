@@ -9,20 +9,16 @@ function as `arm pretrain`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m arm.train.launch", description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--preset", default=None)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="key.path=value")
-    ap.add_argument("--stop-after", type=int, default=None, help="stop with a checkpoint after this many steps")
-    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
-    args = ap.parse_args(argv)
+    from arm.train.dist import stage_args
+
+    args = stage_args("python -m arm.train.launch", __doc__, argv, **{
+        "--stop-after": dict(type=int, default=None, help="stop with a checkpoint after this many steps")})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     from arm.config import ConfigError, load_config

@@ -285,7 +285,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         return summary, eval_rows(tokenize_examples(data.val, encode), layout, cfg.text.seq_len, p.eval_rows)
 
     summary, val = dist.from_main(prepare)
-    del data  # rank 0 drops the examples: from here on every rank only streams
+    data = None  # rank 0 drops the examples: from here on every rank only streams
     stream = shards.DocumentStream(
         docs_url, rank=denv.rank, world_size=denv.world_size, layout=layout, seq_len=cfg.text.seq_len,
         weights=cfg.text.task_weights, cfg_dropout=cfg.text.cfg_dropout, seed=cfg.seed,
@@ -483,25 +483,12 @@ def pretrain_multiprocess(params: str, preset: str | None, overrides: list[str],
                           stop_after: int | None = None) -> dict:
     """Run the stage in `nproc` local processes via torchrun (joining the other nodes' when NNODES > 1);
     returns rank 0's metrics."""
-    import subprocess
-    import sys
-
     from arm.config import load_config
 
     cfg = load_config(params, preset, overrides)
     remote.require_store(cfg.pretrain.remote, _nnodes(os.environ))
-    cmd = [sys.executable, "-m", "torch.distributed.run", *_rendezvous_args(os.environ), f"--nproc_per_node={nproc}",
-           "-m", "arm.train.launch", "--params", str(params)]
-    if preset:
-        cmd += ["--preset", preset]
-    for o in overrides:
-        cmd += ["--set", o]
-    if stop_after:
-        cmd += ["--stop-after", str(stop_after)]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode:
-        raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode}): {' '.join(cmd)}")
+    dist.torchrun("arm.train.launch", nproc, params, preset, overrides, rendezvous=_rendezvous_args(os.environ),
+                  extra=["--stop-after", str(stop_after)] if stop_after else None)
     if stop_after and stop_after < cfg.pretrain.max_steps:
         return {"stopped": "stop_after", "step": stop_after, "run_dir": cfg.pretrain.checkpoints}
     if cfg.pretrain.remote:  # rank 0 may have run on another node
