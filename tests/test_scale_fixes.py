@@ -156,3 +156,17 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="world_size 3"):
         ckpt.load_data_position(tmp_path, 2, 3)
     assert json.loads((tmp_path / "data_rank0.json").read_text())["world_size"] == 2
+
+
+def test_init_from_keeps_the_configured_attention_and_is_seeded(tmp_path):
+    """`init_from` used to drop model.attn_implementation (the hub default won) and drew the
+    resized rows unseeded, so two runs of one config started from different weights."""
+    from arm.model.build import build_model
+    from tests.mini_checkpoints import make_qwen2
+
+    hub = make_qwen2(tmp_path / "qwen2")
+    cfg = SMALL.model_copy(update={"init_from": str(hub), "attn_implementation": "eager"})
+    a, b = build_model(cfg, LAYOUT, seed=0), build_model(cfg, LAYOUT, seed=0)
+    assert a.config._attn_implementation == "eager"
+    assert a.config.vocab_size == LAYOUT.vocab_size
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
