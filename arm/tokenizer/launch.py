@@ -11,8 +11,6 @@ One node only: the shards are written to a local directory that rank 0 then inde
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
@@ -42,26 +40,19 @@ def tokenize_multiprocess(params: str, preset: str | None, overrides: list[str],
     return json.loads((Path(cfg.tokenizer.tokens.output) / MANIFEST_FILE).read_text())
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = dist.stage_args("python -m arm.tokenizer.launch", __doc__, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
+def _run(cfg, _args) -> dict:
     import torch.distributed as td
 
-    from arm.config import ConfigError, load_config
     from arm.tokenizer.tokens import tokenize
 
-    try:
-        cfg = load_config(args.params, args.preset, args.overrides)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
     manifest = tokenize(cfg)  # progress bar on rank 0 only
     if td.is_initialized():
         td.destroy_process_group()
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps({k: v for k, v in manifest.items() if k != "by_split_task"}, indent=2, default=str))
-    return 0
+    return {k: v for k, v in manifest.items() if k != "by_split_task"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dist.stage_main("python -m arm.tokenizer.launch", __doc__, argv, _run)
 
 
 if __name__ == "__main__":

@@ -115,10 +115,16 @@ def torchrun(module: str, nproc: int, params: str, preset: str | None, overrides
         raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode}): {' '.join(cmd)}")
 
 
-def stage_args(prog: str, description: str | None, argv: list[str] | None, **extra: dict):
-    """The arguments every per-process entry point takes (params, preset, --set overrides), plus
-    `extra` (name -> add_argument kwargs); the `deepspeed` launcher's --local_rank is accepted."""
+def stage_main(prog: str, description: str | None, argv: list[str] | None, run: Callable, **extra: dict) -> int:
+    """The per-process entry point of a torchrun-launched stage: parse --params/--preset/--set (and
+    `extra`: name -> add_argument kwargs; the `deepspeed` launcher's --local_rank is accepted),
+    load the config (its errors exit 2), call `run(cfg, args)` and print its dict on rank 0."""
     import argparse
+    import json
+    import logging
+    import sys
+
+    from arm.config import ConfigError, load_config
 
     ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--params", default="params.yaml")
@@ -127,7 +133,17 @@ def stage_args(prog: str, description: str | None, argv: list[str] | None, **ext
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     for name, kwargs in extra.items():
         ap.add_argument(name, **kwargs)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.params, args.preset, args.overrides)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    out = run(cfg, args)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(out, indent=2, default=str))
+    return 0
 
 
 def barrier() -> None:
