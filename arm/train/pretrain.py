@@ -20,6 +20,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,7 +34,7 @@ from arm.io import atomic_path, atomic_write_json, atomic_write_text
 from arm.model.build import build_model, flops_per_token, use_factorized
 from arm.model.io import export_model
 from arm.fs import join
-from arm.text.sequences import TASKS, TokExample, collate, document, eval_rows, tokenize_examples
+from arm.text.sequences import TASKS, Example, TokExample, collate, document, eval_rows, tokenize_examples
 from arm.text.tokenizer import build_tokenizer, encode_texts, load_tokenizer, save_tokenizer
 from arm.train import checkpoint as ckpt
 from arm.train import shards
@@ -208,16 +209,17 @@ def prepare_tokenizer(cfg: ArmConfig, data: ExampleSet | None, run_dir: Path, de
     return load_tokenizer(tok_dir)
 
 
-def split_too_long(docs: list[TokExample], layout, seq_len: int) -> tuple[list[TokExample], dict[str, int]]:
-    """Documents that fit a row (in their longest, conditioned form) and the count per task of
-    those that do not: dropped once, when the shards are written, not found again by every rank."""
-    fits, too_long = [], {t: 0 for t in TASKS}
-    for d in docs:
-        if len(document(d, layout)[0]) > seq_len:
-            too_long[d.task] += 1
-        else:
-            fits.append(d)
-    return fits, too_long
+def fitting_documents(examples: list[Example], encode, layout, seq_len: int, too_long: dict[str, int],
+                      chunk: int = 4096) -> Iterator[TokExample]:
+    """The examples tokenized `chunk` at a time (never all at once), without those that do not
+    fit a row in their longest, conditioned form: dropped once, when the shards are written, and
+    counted per task in `too_long`, not found again by every rank."""
+    for i in range(0, len(examples), chunk):
+        for d in tokenize_examples(examples[i : i + chunk], encode):
+            if len(document(d, layout)[0]) > seq_len:
+                too_long[d.task] = too_long.get(d.task, 0) + 1
+            else:
+                yield d
 
 
 def _seed_process(seed: int, rank: int) -> None:
@@ -277,8 +279,9 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         try:
             summary["too_long"] = shards.read_manifest(docs_url, cfg.storage)["meta"]["too_long"]
         except FileNotFoundError:
-            fits, too_long = split_too_long(tokenize_examples(data.train, encode), layout, cfg.text.seq_len)
-            summary["too_long"] = too_long
+            too_long = summary["too_long"] = {t: 0 for t in TASKS}
+            fits = fitting_documents(data.train, encode, layout, cfg.text.seq_len, too_long)
+            # the manifest's meta is written after the last shard, so the counts are complete by then
             shards.write_documents(fits, docs_url, storage=cfg.storage, docs_per_shard=p.shard_docs,
                                    row_group_docs=p.row_group_docs,
                                    meta={"data_version": version, "vocab_layout": layout.to_json(), "too_long": too_long})

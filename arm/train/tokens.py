@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from arm.config import ArmConfig
 from arm.train.data import Codes, ImageSpec
 
@@ -28,12 +30,13 @@ def token_codes_of(cfg: ArmConfig) -> tuple[Callable[[str, dict], Codes | None],
                 f"{current}: re-run `arm tokenize`"
             )
     shas, codes = store.all_codes()
-    flat = codes.reshape(len(shas), -1).tolist()
+    # one int32 array, not a Python int per code (~9x the memory): tuples are made per lookup
+    flat = codes.reshape(len(shas), -1).numpy().astype(np.int32)
     where = {s: i for i, s in enumerate(shas)}
 
     def codes_of(sha, _meta: dict) -> Codes | None:
         i = where.get(sha) if isinstance(sha, str) else None
-        return tuple(flat[i]) if i is not None else None
+        return tuple(flat[i].tolist()) if i is not None else None
 
     reference = {
         "kind": "visual_tokenizer",
