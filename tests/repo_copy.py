@@ -20,7 +20,10 @@ BIN = Path(sys.executable).parent
 
 def tool_env(**extra: str) -> dict[str, str]:
     """The environment a stage subprocess sees: the venv's `arm`/`dvc`/`prefect` first on PATH."""
-    env = dict(os.environ)
+    from arm.train.dist import DIST_VARS
+
+    # not the torchrun variables an in-process test of this worker set: a stage would join its world
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env

@@ -102,5 +102,5 @@ def test_tiny_cpu_smoke_writes_sane_json(tmp_path):
         assert row["tokens"] == n * size.grid**2 and row["tokens_per_s"] > 0  # <eoi> is forced, not drawn
 
     assert set(r["phases_seconds"]) == {"peak", "stand_ins", "pretrain", "resume", "sampling"}
-    assert r["total_seconds"] >= sum(r["phases_seconds"].values())
+    assert r["total_seconds"] >= sum(r["phases_seconds"].values()) - 0.05  # each rounded to 0.01 s
     assert r["environment"]["gpu"] is None and "CPU" in r["note"]

@@ -54,9 +54,11 @@ def test_loader_workers_give_the_tokenizers_own_codes(store_and_tokenizer, tmp_p
     from arm.tokenizer.tokens import TokenStore, tokenize
 
     root = store_and_tokenizer
+    before = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     inline = tokenize(_cfg(root, tmp_path / "w0", "tokenizer.tokens.workers=0"), progress=False)
     pooled = tokenize(_cfg(root, tmp_path / "w2", "tokenizer.tokens.workers=2"), progress=False)
-    assert "RANK" not in os.environ  # a world of one in-process leaves no torchrun variables behind
+    # a world of one in-process leaves no torchrun variables behind (earlier tests may have set some)
+    assert {k: os.environ.get(k) for k in before} == before
     assert inline["world_size"] == pooled["world_size"] == 1
     assert (inline["precision"], pooled["loader_workers"]) == ("fp32", 2)
     assert inline["shards"] > 2 and pooled["images_encoded"] == pooled["images"]
