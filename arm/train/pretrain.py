@@ -262,10 +262,16 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     # Only rank 0 reads the examples: it builds the text tokenizer, writes the training documents
     # as token shards once per run (local run dir, or the run store that every node reads) and
     # packs the validation rows; every rank then streams its own shards of the documents.
-    data = load_examples(cfg) if denv.is_main else None
-    if data is not None and not data.train:
-        raise ValueError("no training examples: check the curated store / tokens (pretrain.data, pretrain.images)")
-    version = dist.from_main(lambda: data.version)
+    data = None
+
+    def load() -> str:
+        nonlocal data
+        data = load_examples(cfg)
+        if not data.train:
+            raise ValueError("no training examples: check the curated store / tokens (pretrain.data, pretrain.images)")
+        return data.version
+
+    version = dist.from_main(load)  # a failure on rank 0 reaches every rank, none waits on it
     run_dir = Path(p.checkpoints) / fingerprint(cfg, version)[:16]
     run_dir.mkdir(parents=True, exist_ok=True)
     tok, layout = prepare_tokenizer(cfg, data, run_dir, denv)
