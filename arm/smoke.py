@@ -1,6 +1,6 @@
 """GPU smoke test of the `7b` code path: a ~1B-parameter model on one GPU in a few minutes.
 
-    python -m arm.smoke --device cuda            # what scripts/gpu_smoke.sh runs (< 8 min on one H200)
+    python -m arm.smoke --device cuda            # what scripts/gpu_smoke.sh runs (< 10 min on one H200)
     python -m arm.smoke --device cpu --tiny      # the same phases at a tiny size (tests/test_gpu_smoke.py)
 
 The run keeps every switch of the `7b` preset (qwen2, `init_from` a local checkpoint whose
@@ -8,13 +8,20 @@ vocabulary is resized, factorized image embeddings, ZeRO-3, bf16, sdpa, activati
 the 7b layout's vocabulary size, 576 tokens per image) and changes only widths, depths, steps and
 data, which come from the shapes world with oracle codes (no curated store or tokenizer needed).
 Nothing is downloaded: the hub pieces of `7b` are replaced by local stand-ins made here, a
-random-init Qwen2 checkpoint and a text tokenizer padded to the size that gives the 7b vocabulary.
+random-init Qwen2 checkpoint and a text tokenizer padded to the size that gives the 7b vocabulary
+(and blank Fashion-MNIST files, which building the held-out prompt sets reads).
 
 Phases, each timed: the device's measured matmul peak; pretraining through
 `arm.train.pretrain.pretrain` (tokens/s, MFU against that peak, first vs last logged loss); a
 resume check on a smaller model of the same path (stop_after, resume, compare the loss curve with
 an uninterrupted run; a 1B checkpoint is ~15 GB, too slow to write three times here); sampling
-tokens/s at batch 1 and 16 with the exported model. Writes one JSON (default
+tokens/s at batch 1 and 16 with the exported model; one GRPO step on that model with the 7b
+preset's RL switches through `arm.rl.trainer.train_rl` (ZeRO-3 on accelerate in one process, bf16
+with fp32 master weights, activation checkpointing; samples/s, reward, KL, and whether the fp32
+master weights moved); `arm evaluate` of a few held-out prompts on the device (shapes GenEval,
+editing, VQA and captions); `arm package` of the model into a BentoML store in the work dir, a
+model worker started as services/service.py starts one, and one generate request through it
+(latency, the worker's device and dtype, the image). Writes one JSON (default
 benchmarks/results/gpu_smoke.json).
 """
 
@@ -74,18 +81,24 @@ class Size:
     sample_images: tuple[int, int]  # images measured at batch 1 and at batch 16
     peak_n: int  # side of the square matmul that measures the peak
     time_limit_min: float  # safety net of the main run: stop, checkpoint and export
+    rl_prompts: int  # prompts of the one GRPO step (tasks alternate over them)
+    rl_group: int  # samples per prompt
 
 
 # ~1.1B parameters: Qwen2.5-1.5B's widths (hidden 1536, 12 heads, 2 KV heads, MLP 8960) at 12
 # layers; with the 7b vocabulary (167k rows in and out) a third of them are embeddings and head.
 # 100 steps x 32k tokens = 3.3M tokens: ~1-2 min at 25-40% MFU on an H200 (5.8 GFLOP/token with
 # activation checkpointing's recompute not counted); with the final 15 GB ZeRO-3 checkpoint, the
-# export, the resume runs and ~600 sampling steps per batch size, the whole run is planned at ~6 min.
+# export, the resume runs and ~600 sampling steps per batch size, that part is planned at ~6 min.
+# The GRPO step (16 guided rollouts decoded together, one update, a second 15 GB ZeRO-3 checkpoint
+# written and read back) ~1.5 min, the evaluation (~11 prompts: three decodes of 576 steps) ~1 min,
+# packaging (two hashed copies of the 2 GB export) and one request ~0.5 min: ~9 min in all.
 GPU_1B = Size(
     name="1b", model=Shape(1536, 8960, 12, 12, 2), resume_model=Shape(512, 1408, 4, 8, 2),
     seq_len=4096, micro_batch=4, grad_accum=2, steps=100, warmup=10, lr=3e-4,
     resume_steps=12, resume_stop=6, n_scenes=1500, image_size=96, grid=24, max_objects=6,
     pack_block=512, eval_rows=8, vocab=None, sample_images=(1, 16), peak_n=8192, time_limit_min=3.0,
+    rl_prompts=4, rl_group=4,
 )
 # seconds on 2 CPU cores: the phases and the JSON, not the numbers
 TINY = Size(
@@ -93,6 +106,7 @@ TINY = Size(
     seq_len=256, micro_batch=2, grad_accum=2, steps=8, warmup=2, lr=3e-3,
     resume_steps=6, resume_stop=3, n_scenes=60, image_size=48, grid=4, max_objects=3,
     pack_block=64, eval_rows=2, vocab=2048, sample_images=(2, 16), peak_n=512, time_limit_min=10.0,
+    rl_prompts=2, rl_group=4,
 )
 
 LOSS_COLUMNS = ("loss", "loss_understand", "loss_generate", "loss_edit", "loss_text")
@@ -314,6 +328,208 @@ def sampling_speed(model_dir: Path, text_dir: Path, cfg: ArmConfig, device: str,
     return out
 
 
+# ----------------------------------------------------------------------------- RL, evaluation, serving
+
+# the weight whose fp32 master copy shows whether the GRPO step reached the parameters
+PROBE_WEIGHT = "model.layers.0.self_attn.q_proj.weight"
+# the cheap benchmarks the smoke runs (one per pipeline call: generate, edit, describe) and their prompt sets
+EVAL_SETS = {"shapes_geneval": ("geneval",), "shapes_edit": ("edit",), "understanding": ("vqa", "caption")}
+HEADLINE = ("shapes_geneval.overall", "shapes_edit.success", "understanding.vqa_accuracy", "understanding.caption_f1")
+SERVE_PROMPT = "a red circle"
+
+
+def stage_overrides(size: Size, work: Path, device: str, dtype: torch.dtype, fmnist_root: Path) -> list[str]:
+    """RL, evaluation and serving of the main run's model with the 7b preset's switches; only
+    batch sizes and prompt counts shrink, and every output goes inside `work`."""
+    samples = size.rl_prompts * size.rl_group
+    o = {
+        # evaluation and serving sample on the smoke's device: the 7b preset's bf16 on a GPU, fp32 on the CPU
+        "sampling.device": device,
+        "sampling.dtype": str(dtype).removeprefix("torch."),
+        "rl.base": str(work / "main" / "model"),
+        "rl.output": str(work / "rl" / "model"),
+        "rl.checkpoints": str(work / "rl" / "checkpoints"),
+        "rl.metrics": str(work / "rl" / "metrics.json"),
+        "rl.plot": str(work / "rl" / "reward.csv"),
+        "rl.nproc": 1,  # one GPU: accelerate's ZeRO-3 over a world of one
+        "rl.steps": 1,
+        "rl.prompts_per_step": size.rl_prompts,
+        "rl.group_size": size.rl_group,
+        "rl.sample_batch": samples,
+        "rl.minibatch_size": samples,  # one optimizer step on the whole batch
+        "rl.rewards.t2i.alignment": 0,  # the oracle codec has no contrastive text alignment
+        "eval.prompts.dir": str(work / "eval_prompts"),
+        "eval.prompts.geneval_per_category": 1,
+        "eval.prompts.wise": 1,
+        "eval.prompts.edit": 2,
+        "eval.prompts.vqa": 2,
+        "eval.prompts.caption": 1,
+        "eval.prompts.fmnist_per_class": 1,
+        "eval.prompts.prior_scenes": 10,
+        "eval.benchmarks": list(EVAL_SETS),  # no fmnist (needs a trained judge) nor tokenizer (the oracle)
+        "eval.samples_per_prompt": 1,
+        "eval.fmnist.root": str(fmnist_root),
+        "eval.metrics_dir": str(work / "metrics"),
+        "eval.reports_dir": str(work / "reports"),
+        "gate.output": str(work / "gate.json"),  # no gate ran here; the repo's last verdict does not apply
+    }
+    return [f"{k}={json.dumps(v)}" for k, v in o.items()]
+
+
+def stand_in_fashion_mnist(out: Path) -> Path:
+    """Blank Fashion-MNIST idx files, two images per class and split: building the held-out prompt
+    sets reads labels from them (for the fmnist sets, which the smoke's benchmarks never use), and
+    the GPU box has no dataset package."""
+    import gzip
+    import struct
+
+    from arm.data.sources.fashion_mnist import CLASSES
+
+    labels = bytes(k for k in range(len(CLASSES)) for _ in range(2))
+    out.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        with gzip.open(out / f"{split}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, len(labels), 28, 28) + bytes(28 * 28 * len(labels)))
+        with gzip.open(out / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 0x801, len(labels)) + labels)
+    return out
+
+
+@contextmanager
+def fresh_accelerate():
+    """accelerate's per-process state cleared before and after: the RL step's DeepSpeed settings
+    must not meet, or leave behind, another Accelerator's in this process (a test session)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    try:
+        yield
+    finally:
+        AcceleratorState._reset_state()
+
+
+def saved_tensor(model_dir: Path, name: str) -> torch.Tensor:
+    """One tensor of an exported model dir, read alone from whichever safetensors shard holds it."""
+    from safetensors import safe_open
+
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            if name in f.keys():
+                return f.get_tensor(name)
+    raise KeyError(f"{model_dir}: no tensor {name} in its safetensors files")
+
+
+def master_weight_change(base: Path, run_dir: Path, name: str) -> dict:
+    """|fp32 master weight - base| of one weight after the step, consolidated from the newest
+    ZeRO-3 checkpoint. The policy starts from the base loaded in bf16, whose fp32 master copy is
+    exact: an lr-1e-6 Adam step (~1e-6 per weight) is below bf16's resolution and lives only there."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from arm.train.checkpoint import latest_tag
+
+    master = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / latest_tag(run_dir)), tag="pytorch_model")
+    delta = (master[f"lm.{name}"].detach() - saved_tensor(base, name).bfloat16().float()).abs()
+    moved = float((delta > 0).float().mean())  # Adam moves every weight that got a gradient by ~lr
+    return {"weight": name, "weights_moved": moved > 0.5, "moved_fraction": moved,
+            "median_abs_delta": float(delta.median()), "max_abs_delta": float(delta.max())}
+
+
+def grpo_step(cfg: ArmConfig) -> dict:
+    """One GRPO step (arm.rl.trainer) on the pretrained model with the 7b preset's RL switches."""
+    from arm.rl.trainer import train_rl
+
+    r = cfg.rl
+    with fresh_accelerate():
+        m = train_rl(cfg, progress=False)
+    run_dir = Path(r.checkpoints) / m["run"]
+    change = master_weight_change(Path(r.base), run_dir, PROBE_WEIGHT)
+    shutil.rmtree(run_dir)  # weights, fp32 master and Adam: ~15 GB at 1B, read once above
+    print(f"[smoke] rl: {m['samples_per_s']:.2f} samples/s, reward {m['rewards']['reward']['last']:.3f}, "
+          f"median |master delta| {change['median_abs_delta']:.2e}", flush=True)
+    return {
+        "zero_stage": r.zero_stage, "precision": r.precision, "activation_checkpointing": r.activation_checkpointing,
+        "nproc": r.nproc, "lr": r.lr, "beta": r.beta, "cfg_scale": r.cfg_scale, "tasks": list(r.tasks),
+        "steps": m["steps"], "stopped": m["stopped"], "prompts_per_step": r.prompts_per_step,
+        "group_size": r.group_size, "samples": m["samples"], "train_seconds": m["train_seconds"],
+        "samples_per_s": m["samples_per_s"], "reward": m["rewards"]["reward"]["last"],
+        "kl": m["kl_final"],  # taken before the update: ~0, the policy is still the base, its reference
+        **change,
+    }
+
+
+def evaluate_few(cfg: ArmConfig, model_dir: Path, name: str) -> tuple[dict, Path]:
+    """`arm evaluate` of a few held-out prompts; returns the summary and the metrics file."""
+    from arm.eval.prompts import build_prompt_sets
+    from arm.eval.run import evaluate, metrics_path
+    from arm.rl.claims import _pipeline_for
+
+    build_prompt_sets(cfg)
+    pipe = _pipeline_for(cfg, model_dir)  # the oracle codec as the visual tokenizer, on sampling.device/dtype
+    m = evaluate(cfg, model_dir, pipeline=pipe, name=name)
+    counts = m["prompts"]["counts"]
+    scores = {key: m["scores"].get(key.split(".")[0], {}).get(key.split(".", 1)[1]) for key in HEADLINE}
+    out = {
+        "benchmarks": list(cfg.eval.benchmarks), "device": str(pipe.model.device),
+        "dtype": str(pipe.model.dtype).removeprefix("torch."),
+        "items": sum(counts[s] for b in cfg.eval.benchmarks for s in EVAL_SETS[b]),
+        "items_per_set": {s: counts[s] for b in cfg.eval.benchmarks for s in EVAL_SETS[b]},
+        "samples_per_prompt": cfg.eval.samples_per_prompt, "scores": scores, "skipped": m["skipped"],
+    }
+    return out, metrics_path(cfg, name)
+
+
+@contextmanager
+def model_store(home: Path):
+    """BentoML's model store under `home` (BENTOML_HOME's models/) while the block runs. The store
+    provider is patched rather than the variable set: bentoml resolves its home once per process,
+    and a test session must get its own store back afterwards."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    with BentoMLContainer.model_store.patch(ModelStore(home / "models")):
+        yield
+
+
+def serve_one(cfg: ArmConfig, model_dir: Path, metrics: Path, repo: Path, device: str) -> dict:
+    """`arm package` of the model (no bento build), a model worker started as services/service.py
+    starts one, and one generate request through its batch runner."""
+    import base64
+    import io
+
+    import bentoml
+    from PIL import Image
+
+    from arm.serve.package import package
+    from arm.serve.runner import start_worker
+    from arm.serve.schemas import GenerateItem
+
+    s = cfg.sampling
+    t = time.perf_counter()
+    packed = package(cfg, model_dir, repo=repo, metrics=metrics, build=False)
+    package_s = time.perf_counter() - t
+    t = time.perf_counter()
+    runner = start_worker(bentoml.models.get(packed["model_tag"]), cfg.serve, s)
+    start_s = time.perf_counter() - t
+    item = GenerateItem(prompt=SERVE_PROMPT, cfg_scale=s.cfg_scale, temperature=s.temperature, top_k=s.top_k,
+                        top_p=s.top_p, seed=s.seed)
+    _sync(device)
+    t = time.perf_counter()
+    (outcome,) = runner.generate([item])
+    _sync(device)
+    latency = time.perf_counter() - t
+    image = Image.open(io.BytesIO(base64.b64decode(outcome.image))) if outcome.ok else None
+    model = runner.pipeline.model
+    print(f"[smoke] serve: one request in {latency:.2f} s on {model.device} ({model.dtype})", flush=True)
+    return {
+        "model_tag": packed["model_tag"], "eval_labels": sum(k.startswith("eval.") for k in packed["labels"]),
+        "package_seconds": round(package_s, 3), "worker_start_seconds": round(start_s, 3),
+        "verify": cfg.serve.verify, "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
+        "prompt": SERVE_PROMPT, "latency_seconds": round(latency, 3), "ok": outcome.ok, "error": outcome.error,
+        "image": None if image is None else {"format": image.format, "size": list(image.size)},
+    }
+
+
 def environment(device: str) -> dict:
     import deepspeed
     import transformers
@@ -372,8 +588,9 @@ def run(params: Path, size: Size, device: str, out: Path, work: Path, steps: int
             stand_in_checkpoint(probe, size.resume_model, n_text, work / "init_resume", device, ckpt_dtype)
 
     with phase("pretrain"):
-        cfg = load_config(params, PRESET, overrides(size, size.model, work, "main", text_dir, n_text, main_init, steps,
-                                                    time_limit_min=size.time_limit_min))
+        main_overrides = overrides(size, size.model, work, "main", text_dir, n_text, main_init, steps,
+                                   time_limit_min=size.time_limit_min)
+        cfg = load_config(params, PRESET, main_overrides)
         m = pretrain(cfg, progress=False)
         _free(device)
     curve = read_curve(work / "main" / "loss.csv")
@@ -429,14 +646,34 @@ def run(params: Path, size: Size, device: str, out: Path, work: Path, steps: int
     print(f"[smoke] resume: max relative loss difference {diff['max_rel_loss_diff']:.2e} (ok={result['resume']['ok']})",
           flush=True)
 
+    infer_dtype = dtype if device == "cuda" else torch.float32
     with phase("sampling"):
-        result["sampling"] = sampling_speed(work / "main" / "model", text_dir, cfg, device,
-                                            dtype if device == "cuda" else torch.float32, size.sample_images)
+        result["sampling"] = sampling_speed(work / "main" / "model", text_dir, cfg, device, infer_dtype,
+                                            size.sample_images)
+
+    stage_cfg = load_config(params, PRESET, [*main_overrides, *stage_overrides(
+        size, work, device, infer_dtype, stand_in_fashion_mnist(work / "fashion_mnist"))])
+    with phase("rl"):
+        result["rl"] = grpo_step(stage_cfg)
+        _free(device)
+
+    with phase("evaluate"):
+        result["evaluate"], eval_metrics = evaluate_few(stage_cfg, work / "main" / "model", name="smoke")
+        _free(device)
+
+    with phase("serve"), model_store(work / "bentoml"):
+        result["serve"] = serve_one(stage_cfg, work / "main" / "model", eval_metrics, params.resolve().parent, device)
+        _free(device)
 
     result["phases_seconds"] = phase.seconds
     result["total_seconds"] = round(time.perf_counter() - phase.t0, 2)
-    result["note"] = (f"measured on {result['environment']['gpu']}" if device == "cuda" else
-                      "tiny CPU run: checks the phases and the JSON end to end; its numbers say nothing about a GPU")
+    result["note"] = (
+        (f"measured on {result['environment']['gpu']}" if device == "cuda" else
+         "tiny CPU run: checks the phases and the JSON end to end; its numbers say nothing about a GPU")
+        + "; rl: one GRPO step on the pretrained model (7b RL switches: ZeRO-3 on accelerate, bf16 with fp32 master "
+        "weights, activation checkpointing; one process); evaluate: a few held-out prompts of the cheap shapes "
+        "benchmarks (no fmnist judge, no tokenizer benchmark for the oracle codec); serve: `arm package` without "
+        "the bento build, a model worker started as the service starts one, one generate request in process")
     atomic_write_json(out, result)
     print(f"[smoke] wrote {out} ({result['total_seconds']:.0f} s in all)", flush=True)
     return result

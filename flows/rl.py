@@ -9,12 +9,16 @@ from arm.config import load_config
 
 @task(name="grpo")
 def grpo_task(params: str, preset: str | None, overrides: list[str] | None, stop_after: int | None) -> dict:
-    from arm.rl.trainer import train_rl
+    from arm.rl.trainer import train_rl, train_rl_multiprocess
 
     cfg = load_config(params, preset, overrides)
     logger = get_run_logger()
-    logger.info("GRPO on %s for tasks %s, %d steps (seed %d)", cfg.rl.base, cfg.rl.tasks, cfg.rl.steps, cfg.rl.seed)
-    metrics = train_rl(cfg, stop_after=stop_after)
+    logger.info("GRPO on %s for tasks %s, %d steps (seed %d), %d process(es)", cfg.rl.base, cfg.rl.tasks, cfg.rl.steps,
+                cfg.rl.seed, cfg.rl.nproc)
+    if cfg.rl.nproc > 1:
+        metrics = train_rl_multiprocess(params, preset, overrides or [], cfg.rl.nproc, stop_after)
+    else:
+        metrics = train_rl(cfg, stop_after=stop_after)
     if metrics.get("stopped") == "stop_after":
         logger.info("stopped after step %d with a checkpoint in %s", metrics["step"], metrics["run_dir"])
     else:

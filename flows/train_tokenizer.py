@@ -9,11 +9,16 @@ from arm.config import load_config
 
 @task(name="train_tokenizer")
 def train_tokenizer_task(params: str, preset: str | None, overrides: list[str] | None, resume: bool) -> dict:
+    from arm.tokenizer.launch import train_tokenizer_multiprocess
     from arm.tokenizer.train import train_tokenizer
 
     cfg = load_config(params, preset, overrides)
     logger = get_run_logger()
-    metrics = train_tokenizer(cfg, resume=resume, logger=logger)
+    nproc = cfg.tokenizer.train.nproc
+    if nproc > 1:  # data parallel: torchrun starts the processes, rank 0 writes the metrics
+        metrics = train_tokenizer_multiprocess(params, preset, list(overrides or []), nproc, resume=resume)
+    else:
+        metrics = train_tokenizer(cfg, resume=resume, logger=logger)
     logger.info("tokenizer at %s: %s", cfg.tokenizer.output,
                 {k: metrics.get(k) for k in ("shapes_psnr", "oracle_scene_accuracy", "code_usage",
                                              "fashion_zeroshot_accuracy", "train_seconds")})

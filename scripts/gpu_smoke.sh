@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke test of the `7b` code path on ONE CUDA GPU, offline (issue 12, deliverable 8).
+# GPU smoke test of the `7b` code path on ONE CUDA GPU, offline (issue 12 item 8, issue 15 item 8).
 #
 #   ARM_WHEELS=/path/to/wheels scripts/gpu_smoke.sh          # from the repo root or anywhere
 #
@@ -8,12 +8,24 @@
 # (torch and its nvidia-* dependency wheels, e.g. filled on a connected machine with
 # `pip download torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128 -d wheels/`);
 # if the project is not installed, it and its dependencies come from that folder too.
-# Then `python -m arm.smoke --device cuda` trains a ~1B-parameter model with every switch of the
-# 7b preset (qwen2, init_from + vocabulary resize, factorized image embeddings, ZeRO-3, bf16, sdpa)
-# through arm.train.pretrain.pretrain and writes benchmarks/results/gpu_smoke.json: tokens/s,
-# MFU against the measured bf16 matmul peak, loss drop, a resume check, sampling tokens/s at
-# batch 1 and 16. Planned at ~6 minutes on one H200 (each phase prints its time); extra
-# arguments go to arm.smoke (e.g. --steps 50, --keep).
+# Then `python -m arm.smoke --device cuda` runs, on that one GPU, the lifecycle of a ~1B-parameter
+# model with every switch of the 7b preset and writes benchmarks/results/gpu_smoke.json. Phases
+# (each prints its time), planned minutes on one H200:
+#   peak + stand-ins  ~0.5  bf16 matmul peak; local random-init Qwen2 and text tokenizer (no hub)
+#   pretrain          ~3    arm.train.pretrain (qwen2, init_from + vocabulary resize, factorized
+#                           image embeddings, ZeRO-3, bf16, sdpa, activation checkpointing):
+#                           tokens/s, MFU against the measured peak, loss drop, 15 GB checkpoint
+#   resume            ~1.5  stop, resume, same loss curve (smaller model of the same path)
+#   sampling          ~1    image tokens/s at batch 1 and 16
+#   rl                ~1.5  one GRPO step (arm.rl.trainer on accelerate: ZeRO-3, bf16 with fp32
+#                           master weights, activation checkpointing, one process): samples/s,
+#                           reward, KL, whether the fp32 master weights moved
+#   evaluate          ~1    arm evaluate of ~11 held-out prompts (GenEval, editing, VQA, captions)
+#                           in bf16 on the GPU
+#   serve             ~0.5  arm package (BentoML store in the work dir, no bento build), a model
+#                           worker as the service starts it, one generate request: latency,
+#                           the worker's device and dtype, the PNG that came back
+# ~9 minutes in all. Extra arguments go to arm.smoke (e.g. --steps 50, --keep).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -77,23 +77,20 @@ class ArmModel:
 
     def __init__(self) -> None:
         from arm.serve import store
-        from arm.serve.runner import BatchRunner, load_pipeline
+        from arm.serve.runner import start_worker
 
+        # Runs once per worker process (workers=1: one per GPU at 7b); the front never loads the model.
         stored = self.bento_model
-        model_dir = Path(stored.path) / store.MODEL_SUBDIR
-        files = (stored.info.metadata or {}).get("files")
-        if SERVE.verify_checksums:
-            if not files:
-                raise RuntimeError(f"{stored.tag}: no file checksums in its metadata; package it with `arm package`")
-            store.verify_files(model_dir, files)
         t0 = time.perf_counter()
-        self.runner = BatchRunner(load_pipeline(model_dir, SAMPLING, SERVE.torch_threads, SERVE.device), LIMITS)
+        self.runner = start_worker(stored, SERVE, SAMPLING)
         self.info_ = ModelInfo(
             **store.model_info(stored),
             batching=SERVE.batching.enabled,
             max_batch_size=SERVE.batching.max_batch_size,
         )
-        log.info("loaded %s in %.1fs (batching %s)", stored.tag, time.perf_counter() - t0, SERVE.batching.enabled)
+        model = self.runner.pipeline.model
+        log.info("loaded %s on %s in %s in %.1fs (batching %s)", stored.tag, model.device, model.dtype,
+                 time.perf_counter() - t0, SERVE.batching.enabled)
 
     @bentoml.api(**BATCH)
     def generate_batch(self, items: list[GenerateItem]) -> list[Outcome]:

@@ -101,6 +101,28 @@ def test_tiny_cpu_smoke_writes_sane_json(tmp_path):
         assert row["images"] == row["complete_images"] == n
         assert row["tokens"] == n * size.grid**2 and row["tokens_per_s"] > 0  # <eoi> is forced, not drawn
 
-    assert set(r["phases_seconds"]) == {"peak", "stand_ins", "pretrain", "resume", "sampling"}
+    rl = r["rl"]  # one GRPO step with the 7b RL switches, in this process
+    assert (rl["zero_stage"], rl["precision"], rl["activation_checkpointing"], rl["nproc"]) == (3, "bf16", True, 1)
+    assert rl["steps"] == 1 and rl["stopped"] == "done" and rl["samples"] == size.rl_prompts * size.rl_group
+    assert rl["samples_per_s"] > 0 and 0 <= rl["reward"] <= 1
+    assert rl["kl"] == 0.0  # measured before the step's update: the policy is still its reference, the base
+    # an lr-1e-6 Adam step moves nearly every weight by ~1e-6, which only the fp32 master weights hold
+    assert rl["lr"] == 1e-6 and rl["weights_moved"] is True and rl["moved_fraction"] > 0.9
+    assert 1e-7 < rl["median_abs_delta"] < 1e-5 and rl["max_abs_delta"] < 1e-5
+
+    ev = r["evaluate"]
+    assert ev["benchmarks"] == ["shapes_geneval", "shapes_edit", "understanding"] and ev["skipped"] == {}
+    assert (ev["device"], ev["dtype"]) == ("cpu", "float32")
+    assert ev["items_per_set"]["edit"] == 2 and ev["items_per_set"]["vqa"] == 2 and ev["items_per_set"]["caption"] == 1
+    assert ev["items"] == sum(ev["items_per_set"].values()) > 5  # every GenEval category once
+    assert set(ev["scores"]) == set(smoke.HEADLINE) and all(0 <= v <= 1 for v in ev["scores"].values())
+
+    sv = r["serve"]
+    assert sv["ok"] is True and sv["error"] is None and sv["model_tag"].startswith("arm:")
+    assert sv["image"] == {"format": "PNG", "size": [size.image_size, size.image_size]}
+    assert (sv["device"], sv["dtype"]) == ("cpu", "float32") and sv["latency_seconds"] > 0
+    assert sv["eval_labels"] > 0  # the package carries the evaluation just run
+
+    assert set(r["phases_seconds"]) == {"peak", "stand_ins", "pretrain", "resume", "sampling", "rl", "evaluate", "serve"}
     assert r["total_seconds"] >= sum(r["phases_seconds"].values()) - 0.05  # each rounded to 0.01 s
     assert r["environment"]["gpu"] is None and "CPU" in r["note"]

@@ -126,3 +126,76 @@ def test_unknown_hub_encoder_offline_is_a_clear_error():
     with pytest.raises(ValueError, match="nobody/vit.*not in the local cache"):
         siglip_config("nobody/vit", "vision")
     assert siglip_config("google/siglip2-so400m-patch16-384", "vision").num_hidden_layers == 27
+
+
+def _tokenizer_plan(*overrides: str) -> dict:
+    sets = [a for o in overrides for a in ("--set", o)]
+    res = _plan("--preset", "7b", "--stages", "train_tokenizer", "--json", *sets)
+    assert res.exit_code == 0, res.output
+    return _json(res)["stages"][0]
+
+
+def test_7b_tokenizer_training_fits_8_gpus_with_a_chunked_recomputed_bf16_teacher():
+    cfg = load_config(PARAMS, preset="7b")
+    tr = cfg.tokenizer.train
+    assert (tr.precision, tr.nproc, tr.teacher_batch, tr.teacher_checkpointing) == ("bf16", 8, None, True)
+    st = _tokenizer_plan()
+    b = tr.batch_size // tr.nproc  # 32 images per GPU
+    assert st["gpus"] == 8 and st["fits"] and st["per_gpu_gb"] < 80
+    assert b == 32 and f"encoder activations (batch {b} per GPU)" in st["parts_gb"]
+    # so400m teacher (~400M parameters) held in bf16
+    assert 2 * 3.9e8 < _part(st, "teacher weights (bf16)") < 2 * 4.5e8
+    n, d, mlp, chunk = (384 // 16) ** 2, 1152, 4304, tr.teacher_chunk
+    depth = max(cfg.tokenizer.teacher.perceptual_layers)  # the perceptual pass stops at layer 13
+    acts = _part(st, "teacher activations")
+    # at least: one chunk's MLP activation (bf16) and every map the losses keep (3 target
+    # layers + 2 perceptual ones, bf16, of all 32 images)
+    assert acts > chunk * n * mlp * 2 + 5 * b * n * d * 2
+    # at most: two bf16 tensors per token and layer (the residual stream and the MLP's) for all
+    # 32 images through the perceptual pass's depth: the saved activations of the pass without
+    # recomputation are several times that
+    assert acts < b * n * depth * (d + mlp) * 2 * 2
+    # the whole batch without recomputation keeps every chunk's activations
+    plain = _tokenizer_plan("tokenizer.train.teacher_checkpointing=false")
+    assert _part(plain, "teacher activations") > 2.5 * acts
+    assert st["per_gpu_bytes"] == pytest.approx(sum(v * GB for v in st["parts_gb"].values()))
+
+
+def test_7b_rl_fits_8_gpus_with_a_sharded_policy_and_reference():
+    cfg = load_config(PARAMS, "7b")
+    res = _plan("--preset", "7b", "--stages", "rl", "--json")
+    assert res.exit_code == 0, res.output
+    (rl,) = _json(res)["stages"]
+    n = _json(res)["parameters"]
+    assert rl["gpus"] == 8 and rl["fits"] and rl["per_gpu_gb"] < 80
+    # ZeRO-3 with bf16: 2 (weights) + 4 (fp32 grads) + 12 (fp32 master + Adam) bytes per parameter, an eighth each
+    assert _part(rl, "policy states") == pytest.approx(n / 8 * 18, rel=1e-6)
+    assert _part(rl, "reference") == pytest.approx(n / 8 * 2, rel=1e-6)
+    # the rollouts gather the whole policy in bf16 and keep the KV cache of this GPU's 32 samples x 2 (CFG)
+    rows = cfg.rl.prompts_per_step * cfg.rl.group_size // 8 * 2
+    m = cfg.model
+    kv = rows * 1222 * 2 * m.num_layers * m.num_kv_heads * (m.hidden_size // m.num_heads) * 2
+    assert n * 2 + kv < _part(rl, "rollouts") < n * 2 + kv + 10 * GB
+
+
+def test_7b_rl_with_lora_holds_the_frozen_base_and_small_adapters():
+    res = _plan("--preset", "7b", "--stages", "rl", "--set", "rl.lora={r: 16}", "--json")
+    (rl,) = _json(res)["stages"]
+    n = _json(res)["parameters"]
+    assert rl["fits"] and not any(k.startswith(("policy states", "reference")) for k in rl["parts_gb"])
+    adapters = _part(rl, "LoRA adapters") / 16  # parameters: fp32 weights, grads and two Adam moments
+    m = load_config(PARAMS, "7b").model
+    kv_width = m.num_kv_heads * (m.hidden_size // m.num_heads)
+    # r x (in + out) per adapted linear: q, o (h -> h), k, v (h -> kv), gate, up, down (h <-> intermediate)
+    per_layer = 16 * (2 * (m.hidden_size + m.hidden_size) + 2 * (m.hidden_size + kv_width)
+                      + 3 * (m.hidden_size + m.intermediate_size))
+    assert adapters == per_layer * m.num_layers
+    assert _part(rl, "frozen base") == pytest.approx(n / 8 * 2, rel=1e-6)
+
+
+def test_7b_every_stage_of_the_lifecycle_fits_80_gb():
+    res = _plan("--preset", "7b", "--json")
+    assert res.exit_code == 0, res.output
+    stages = {s["stage"]: s for s in _json(res)["stages"]}
+    assert set(stages) == {"pretrain", "train_tokenizer", "tokenize", "rl", "evaluate", "serve"}
+    assert all(s["fits"] and s["per_gpu_gb"] < 80 for s in stages.values()), {k: s["per_gpu_gb"] for k, s in stages.items()}

@@ -36,7 +36,8 @@ def toy_texts(world, n: int = 150) -> list[str]:
     return out
 
 
-def build_model_dir(out: Path, world, *, visual=None, vt_ref=None, seed: int = 0) -> Path:
+def build_model_dir(out: Path, world, *, visual=None, vt_ref=None, seed: int = 0, model_cfg=None,
+                    dtype: torch.dtype | None = None) -> Path:
     """A tiny random AR model dir, exported like arm-base, over the oracle or a learned tokenizer."""
     from arm.model.build import build_model
     from arm.model.config import ModelConfig, TextConfig
@@ -53,9 +54,9 @@ def build_model_dir(out: Path, world, *, visual=None, vt_ref=None, seed: int = 0
         size, grid, levels = visual.codebook_size, visual.grid, tuple(visual.levels)
         ref = vt_ref
     tok, layout = build_tokenizer(TextConfig(vocab_size=300), toy_texts(world), size, grid, levels)
-    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=2),
-                        layout, seed=seed)
-    export_model(model, tok, layout, {"visual_tokenizer": ref, "pretrain": {"note": "test"}}, out)
+    model_cfg = model_cfg or ModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=2)
+    model = build_model(model_cfg, layout, seed=seed)
+    export_model(model, tok, layout, {"visual_tokenizer": ref, "pretrain": {"note": "test"}}, out, dtype=dtype)
     return out
 
 
@@ -331,7 +332,7 @@ def test_beta_zero_holds_no_reference(oracle_dir, tmp_path):
     t1 = GRPOTrainer(rl_config(oracle_dir, tmp_path, "rl.beta=0.1"), progress=False)
     assert t1.reference is not None
     ref_params = {p.data_ptr() for p in t1.reference.parameters()}
-    assert not ref_params & {p.data_ptr() for p in t1.model.parameters()}
+    assert not ref_params & {p.data_ptr() for p in t1.lm.parameters()}
     assert not any(p.requires_grad for p in t1.reference.parameters())
 
 

@@ -230,13 +230,17 @@ def test_describe_items_pass_questions_and_seeds():
 
 
 def _fake_model_dir(root: Path) -> Path:
+    from arm.tokenizer.tokens import tokenizer_fingerprint
+
     d = root / "arm-base"
     (d / "vt").mkdir(parents=True)
     (d / "config.json").write_text("{}")
     (d / "vocab_layout.json").write_text("{}")
     (d / "model.safetensors").write_bytes(b"\0" * 16)
     (d / "vt" / "config.json").write_text("{}")
-    (d / "manifest.json").write_text(json.dumps({"visual_tokenizer": {"path": "vt", "sha256": "abc"}, "x": None}))
+    (d / "vt" / "model.safetensors").write_bytes(b"\2" * 16)
+    vt = {"path": "vt", "sha256": tokenizer_fingerprint(d / "vt")}  # what pretraining records
+    (d / "manifest.json").write_text(json.dumps({"visual_tokenizer": vt, "x": None}))
     return d
 
 
@@ -267,11 +271,41 @@ def test_package_labels_provenance_and_checksums(tmp_path):
     manifest = json.loads((packaged / "manifest.json").read_text())
     assert manifest["visual_tokenizer"]["path"] == "visual_tokenizer"  # self-contained
     assert (packaged / "visual_tokenizer" / "config.json").is_file()
-    files = stored.info.metadata["files"]
-    store.verify_files(packaged, files)
+    meta = stored.info.metadata
+    assert sorted(meta["files"]) == sorted(meta["file_stats"]) and meta["file_stats"]["model.safetensors"][0] == 16
+    store.verify_package(packaged, meta, full=True)
     (packaged / "model.safetensors").write_bytes(b"\1" * 16)
     with pytest.raises(RuntimeError, match="changed"):
-        store.verify_files(packaged, files)
+        store.verify_package(packaged, meta, full=True)
+
+
+def test_package_refuses_a_visual_tokenizer_the_model_was_not_trained_with(tmp_path):
+    from arm.serve import store
+
+    model_dir = _fake_model_dir(tmp_path)
+    (model_dir / "vt" / "model.safetensors").write_bytes(b"\3" * 16)  # retrained since pretraining
+    with pytest.raises(store.PackageError, match="fingerprint"):
+        store.package_model(model_dir, name="armvt", repo=tmp_path)
+
+
+def test_package_checks_the_model_stores_copy(tmp_path, monkeypatch):
+    """`arm package` hashes the files it staged, then checks the copy BentoML saved into the store
+    against those hashes; a copy that differs is refused and removed from the store."""
+    import bentoml
+
+    from arm.serve import store
+
+    real_stat_tree = store.stat_tree
+
+    def corrupting_stat_tree(root):  # runs just before BentoML copies the staged dir into the store
+        (root / "model.safetensors").write_bytes(b"\7" * 16)  # same size, other content
+        return real_stat_tree(root)
+
+    monkeypatch.setattr(store, "stat_tree", corrupting_stat_tree)
+    with pytest.raises(store.PackageError, match="does not match"):
+        store.package_model(_fake_model_dir(tmp_path), name="armcopy", version="v1", repo=tmp_path)
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get("armcopy:v1")
 
 
 def test_package_refuses_pickles_and_incomplete_dirs(tmp_path):
@@ -375,3 +409,133 @@ def test_serve_command_and_environment():
     assert cmd[1:4] == ["-m", "bentoml", "serve"] and cmd[4:] == ["arm_service:abc", "--host", "127.0.0.1", "--port", "3123"]
     env = serve_env(model_tag="arm:v2", preset="micro", overrides=["serve.limits.max_n=2"], base={"ARM_SET": "seed=3"})
     assert env["ARM_SET"] == "seed=3;serve.model_tag=arm:v2;serve.limits.max_n=2" and env["ARM_PRESET"] == "micro"
+
+
+# ----------------------------------------------------------------------------- model worker start
+
+
+class HashCounter:
+    """Stands in for hashlib.sha256 and counts the bytes hashed through it (arm.io.sha256_file,
+    the visual tokenizer's fingerprint)."""
+
+    def __init__(self, real):
+        self.real, self.bytes = real, 0
+
+    def __call__(self, data=b"", **kw):
+        self.bytes += len(data)
+        counter, h = self, self.real(data, **kw)
+
+        class Counted:
+            def update(self, block):
+                counter.bytes += len(block)
+                h.update(block)
+
+            def __getattr__(self, name):
+                return getattr(h, name)
+
+        return Counted()
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    """A random micro model whose manifest carries its visual tokenizer's training fingerprint
+    (as pretraining writes it), packaged into the model store."""
+    import bentoml
+
+    from arm.serve import store
+    from arm.serve.smoke import build_random_model
+    from arm.tokenizer.tokens import tokenizer_fingerprint
+
+    root = tmp_path_factory.mktemp("start")
+    cfg = load_config(REPO / "params.yaml", preset="micro")
+    model_dir = build_random_model(cfg, root / "artifacts")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["visual_tokenizer"]["sha256"] = tokenizer_fingerprint(root / "artifacts" / "visual_tokenizer")
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    tag, _ = store.package_model(model_dir, name="armstart", repo=root)
+    return cfg, bentoml.models.get(tag)
+
+
+def _fresh_copy(stored, tmp_path):
+    """The stored entry's files in a scratch dir (mtimes kept, as BentoML's own copies keep them),
+    with the same metadata: each test tampers with its own copy."""
+    import shutil
+    from types import SimpleNamespace
+
+    path = tmp_path / "entry"
+    shutil.copytree(stored.path, path)
+    return SimpleNamespace(path=str(path), info=stored.info, tag=stored.tag)
+
+
+def test_worker_start_hashes_nothing_and_loads_once(packaged, tmp_path, monkeypatch):
+    import hashlib
+
+    from arm.serve.runner import BatchRunner, start_worker
+
+    cfg, stored = packaged
+    entry = _fresh_copy(stored, tmp_path)
+    size = sum(p.stat().st_size for p in Path(entry.path).rglob("*.safetensors"))
+    counter = HashCounter(hashlib.sha256)
+    monkeypatch.setattr(hashlib, "sha256", counter)
+    runner = start_worker(entry, cfg.serve, cfg.sampling)
+    assert isinstance(runner, BatchRunner) and runner.pipeline.visual is not None
+    # the old start re-hashed every packaged file, and the visual tokenizer once more
+    assert counter.bytes < 1024 < size
+    png = png_base64(Image.new("RGB", (48, 48), (200, 0, 0)))
+    out = runner.describe([DescribeItem(image=png, question=None, max_new_tokens=2, temperature=0.0, seed=1)])
+    assert out[0].ok
+
+
+def test_worker_start_catches_truncated_and_rewritten_weights(packaged, tmp_path, monkeypatch):
+    import hashlib
+
+    from arm.serve import store
+    from arm.serve.runner import start_worker
+
+    cfg, stored = packaged
+    entry = _fresh_copy(stored, tmp_path)
+    weights = Path(entry.path) / store.MODEL_SUBDIR / "model.safetensors"
+    data = weights.read_bytes()
+    counter = HashCounter(hashlib.sha256)
+    monkeypatch.setattr(hashlib, "sha256", counter)
+
+    weights.write_bytes(data[:-100])  # truncated: caught by its size, nothing read
+    with pytest.raises(RuntimeError, match=r"size changed \['model.safetensors'\]"):
+        start_worker(entry, cfg.serve, cfg.sampling)
+    assert counter.bytes == 0
+
+    tampered = bytearray(data)
+    tampered[-1] ^= 0xFF
+    weights.write_bytes(bytes(tampered))  # same size, new content (and so a new mtime): re-hashed
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))  # however fast the test
+    with pytest.raises(RuntimeError, match=r"content of \['model.safetensors'\]"):
+        start_worker(entry, cfg.serve, cfg.sampling)
+    assert counter.bytes == len(data)  # that file only
+
+    weights.write_bytes(data)  # the original bytes back, with a new mtime: re-hashed once, accepted
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    meta = entry.info.metadata
+    assert store.verify_package(weights.parent, meta) == ["model.safetensors"]
+    (weights.parent / "notes.txt").write_text("x")
+    with pytest.raises(RuntimeError, match=r"added \['notes.txt'\]"):
+        store.verify_package(weights.parent, meta)
+
+
+def test_full_verification_on_request_and_for_old_packages(packaged, tmp_path, monkeypatch):
+    import hashlib
+
+    from arm.serve import store
+
+    _, stored = packaged
+    path = Path(_fresh_copy(stored, tmp_path).path) / store.MODEL_SUBDIR
+    meta = dict(stored.info.metadata)
+    counter = HashCounter(hashlib.sha256)
+    monkeypatch.setattr(hashlib, "sha256", counter)
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert store.verify_package(path, meta) == [] and counter.bytes == 0
+    assert store.verify_package(path, meta, full=True) == sorted(meta["files"]) and counter.bytes == total
+    old = {k: v for k, v in meta.items() if k != "file_stats"}  # packaged before sizes and mtimes were recorded
+    assert store.verify_package(path, old) == sorted(meta["files"])
+    (path / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="changed"):
+        store.verify_package(path, old)

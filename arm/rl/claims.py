@@ -64,11 +64,13 @@ def _pipeline_for(cfg: ArmConfig, model_dir: Path):
     ref = manifest.get("visual_tokenizer")
     if not (isinstance(ref, dict) and ref.get("kind") == "oracle"):
         return None
+    from arm.device import resolve_placement
     from arm.model.io import load_model
     from arm.rl.codec import OracleVisualTokenizer
     from arm.sample.pipeline import ArmPipeline
 
-    model, tok, layout, _ = load_model(model_dir, device=cfg.sampling.device)
+    device, dtype = resolve_placement(cfg.sampling.device, cfg.sampling.dtype)
+    model, tok, layout, _ = load_model(model_dir, device=device, dtype=dtype)
     return ArmPipeline(model, tok, layout, OracleVisualTokenizer(cfg.world), cfg.sampling)
 
 

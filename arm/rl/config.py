@@ -15,6 +15,16 @@ from arm.configbase import Strict
 RLTask = Literal["t2i", "edit"]
 
 
+class LoraSpec(Strict):
+    """Low-rank adapters (PEFT) on the policy's linear layers; the frozen base with the adapters
+    disabled is the KL reference, so no second copy of the weights is held."""
+
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 class RLConfig(Strict):
     base: str = "models/arm-base"  # the model dir RL starts from (and the KL reference)
     output: str = "models/arm-rl"
@@ -66,7 +76,16 @@ class RLConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     time_limit_min: float | None = Field(None, gt=0)  # safety net: stop (with a checkpoint) after this
     threads: int | None = Field(None, ge=1)  # torch CPU threads; null = torch default
-    device: str = "cpu"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"  # auto: one GPU per process when there are GPUs
+
+    # scale (DESIGN §7): how the policy is held and updated; the CPU presets keep fp32 on one process
+    nproc: int = Field(1, ge=1)  # processes on this machine (torchrun); prompts are split over them
+    # bf16: bf16 forward/backward with fp32 master weights (DeepSpeed's bf16 optimizer under ZeRO-3,
+    # autocast over fp32 parameters otherwise), so an lr-1e-6 update is not rounded away
+    precision: Literal["no", "bf16"] = "no"
+    zero_stage: Literal[0, 3] = 0  # 3: policy (and reference) sharded over the processes by DeepSpeed ZeRO-3
+    activation_checkpointing: bool = False
+    lora: LoraSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "RLConfig":
@@ -82,6 +101,10 @@ class RLConfig(Strict):
                 raise ValueError(f"rl.rewards.{task}: weights must be >= 0 with one > 0, got {weights}")
         if self.warmup_steps > self.steps:
             raise ValueError(f"rl.warmup_steps {self.warmup_steps} > rl.steps {self.steps}")
+        if self.prompts_per_step % self.nproc:
+            raise ValueError(f"rl.prompts_per_step {self.prompts_per_step} must be a multiple of rl.nproc {self.nproc}")
+        if self.minibatch_size % self.nproc:
+            raise ValueError(f"rl.minibatch_size {self.minibatch_size} must be a multiple of rl.nproc {self.nproc}")
         if self.betas[0] >= 1 or self.betas[1] >= 1:
             raise ValueError(f"rl.betas must be < 1, got {self.betas}")
         return self

@@ -12,8 +12,8 @@ averaged over the positions of a sample, then over samples. Image spans have a f
 sampler draws from: the temperature-scaled softmax over image codes only (the grammar allows
 nothing else inside an image span), of the guided logits when rollouts use classifier-free
 guidance. They are computed from the final hidden states at the image positions only, pushed
-through the LM head's image rows in chunks, so [positions x vocabulary] logits are never
-materialised at once (the 7b preset's codebook has 64k rows).
+through the LM head in chunks, so [positions x vocabulary] logits are never materialised at
+once (the 7b preset's vocabulary has 167k rows).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from arm.text.vocab import VocabLayout
@@ -86,20 +85,13 @@ def grpo_loss(
 # ----------------------------------------------------------------------------- log-probs
 
 
-def image_head(model, layout: VocabLayout) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight [C, d], bias [C] or None): the LM head's rows of the image codes only."""
-    head = model.get_output_embeddings()
-    weight = head.effective_weight() if hasattr(head, "effective_weight") else head.weight
-    bias = getattr(head, "bias", None)
-    sl = slice(layout.image_offset, layout.vocab_size)
-    return weight[sl], (bias[sl] if bias is not None else None)
-
-
-def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                    temperature: float, h_uncond: torch.Tensor | None = None, cfg_scale: float = 1.0) -> torch.Tensor:
-    logits = F.linear(h, weight, bias).float()
+def _chunk_logprobs(h: torch.Tensor, head: torch.nn.Module, image: slice, targets: torch.Tensor, temperature: float,
+                    h_uncond: torch.Tensor | None = None, cfg_scale: float = 1.0) -> torch.Tensor:
+    # The head runs as a module (not as a weight slice) so a ZeRO-3 partitioned head is gathered
+    # by its own hooks; only the image columns of the chunk's logits are kept.
+    logits = head(h)[:, image].float()
     if h_uncond is not None:
-        u = F.linear(h_uncond, weight, bias).float()
+        u = head(h_uncond)[:, image].float()
         logits = u + cfg_scale * (logits - u)  # the sampler's guidance (arm.sample.choose.guide)
     logits = logits / temperature
     return logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -144,20 +136,37 @@ def image_logprobs(
         hu, codes_u = _image_hidden(model, layout, *uncond)
         if not torch.equal(codes_u, targets):
             raise ValueError("the unconditional rows must carry the same image codes")
-    weight, bias = image_head(model, layout)
+    head = model.get_output_embeddings()
+    image = slice(layout.image_offset, layout.vocab_size)
     d = h.shape[-1]
     flat_h, flat_t = h.reshape(-1, d), targets.reshape(-1)
     flat_u = hu.reshape(-1, d) if hu is not None else None
     out = []
     for s in range(0, flat_h.shape[0], chunk):
         sl = slice(s, s + chunk)
-        args = (flat_h[sl], weight, bias, flat_t[sl], temperature, flat_u[sl] if flat_u is not None else None, cfg_scale)
+        args = (flat_h[sl], head, image, flat_t[sl], temperature, flat_u[sl] if flat_u is not None else None, cfg_scale)
         if torch.is_grad_enabled() and flat_h.requires_grad:
-            # recompute the chunk's logits in backward instead of keeping them: memory O(chunk x C)
+            # recompute the chunk's logits in backward instead of keeping them: memory O(chunk x V)
             out.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
             out.append(_chunk_logprobs(*args))
     return torch.cat(out).view(targets.shape)
+
+
+class ImageLogprobs(torch.nn.Module):
+    """The policy as the module a distributed wrapper (DDP, a DeepSpeed engine) runs: its forward
+    is `image_logprobs` of the wrapped causal LM, so every forward of an update goes through the
+    wrapper's hooks (ZeRO-3 gathers each layer's shards as it runs) and no [rows x positions x
+    vocabulary] logits are ever built."""
+
+    def __init__(self, lm: torch.nn.Module, layout: VocabLayout, temperature: float, chunk: int, cfg_scale: float):
+        super().__init__()
+        self.lm = lm
+        self.layout, self.temperature, self.chunk, self.cfg_scale = layout, temperature, chunk, cfg_scale
+
+    def forward(self, input_ids, attention_mask, starts, uncond=None) -> torch.Tensor:
+        return image_logprobs(self.lm, self.layout, input_ids, attention_mask, starts, temperature=self.temperature,
+                              chunk=self.chunk, uncond=uncond, cfg_scale=self.cfg_scale)
 
 
 def build_rows(prompts: list[list[int]], codes: torch.Tensor, layout: VocabLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from typing import Any, Literal, Sequence
 import torch
 from PIL import Image
 
+from arm.device import resolve_placement
 from arm.model.config import SamplingConfig
 from arm.sample.engine import Engine, Request, Result
 from arm.sample.images import as_pil, to_pil
@@ -31,7 +32,6 @@ from arm.text.formats import format_prompt
 from arm.text.vocab import VocabLayout
 
 MANIFEST_FILE = "manifest.json"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -77,7 +77,7 @@ def visual_tokenizer_dir(model_dir: str | Path) -> Path | None:
     )
 
 
-def load_visual_tokenizer(model_dir: str | Path, device: str = "cpu"):
+def load_visual_tokenizer(model_dir: str | Path, device: str | torch.device = "cpu"):
     """The visual tokenizer a model was trained with, as its manifest names it, or None.
 
     A learned tokenizer's files must still hash to the fingerprint recorded at pretraining: codes
@@ -157,16 +157,18 @@ class ArmPipeline:
         if not model_dir.is_dir():
             raise FileNotFoundError(f"{model_dir}: model dir not found")
         tokenizer, layout = load_tokenizer(model_dir)
+        # the AR model in the sampling dtype (7b: bf16 on the GPU); the visual tokenizer stays fp32
+        device, dtype = resolve_placement(config.device, config.dtype)
         model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), local_files_only=True, use_safetensors=True, dtype=_DTYPES[config.dtype]
-        ).to(config.device)
+            str(model_dir), local_files_only=True, use_safetensors=True, dtype=dtype
+        ).to(device)
         if visual_tokenizer is None:
             if tokenizer_dir is not None:
                 from arm.tokenizer.model import VisualTokenizer
 
-                visual_tokenizer = VisualTokenizer.from_pretrained(tokenizer_dir, device=config.device)
+                visual_tokenizer = VisualTokenizer.from_pretrained(tokenizer_dir, device=device)
             else:
-                visual_tokenizer = load_visual_tokenizer(model_dir, config.device)
+                visual_tokenizer = load_visual_tokenizer(model_dir, device)
         return cls(model, tokenizer, layout, visual_tokenizer, config)
 
     # ------------------------------------------------------------------ token-level API

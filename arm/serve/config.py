@@ -59,7 +59,10 @@ class ServeConfig(Strict):
     resources: dict[str, str | int] = {"cpu": "2"}  # BentoML resources of the model service
     torch_threads: int | None = Field(None, ge=1)  # intra-op threads of the model process
     device: str | None = None  # null = sampling.device; "auto" = cuda when the model process has a GPU
-    verify_checksums: bool = True  # re-hash the packaged files before loading them
+    # What a model process checks of the packaged files before loading them (arm.serve.store):
+    # quick = the file list, sizes and mtimes recorded by `arm package` (a file whose mtime moved
+    # is re-hashed); full = re-hash every file (minutes for 15 GB of 7b weights); off = nothing.
+    verify: Literal["quick", "full", "off"] = "quick"
     batching: BatchingConfig = BatchingConfig()
     traffic: TrafficConfig = TrafficConfig()
     limits: LimitsConfig = LimitsConfig()

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from arm.serve.config import LimitsConfig
+from arm.serve.config import LimitsConfig, ServeConfig
 from arm.serve.images import open_image, png_base64
 from arm.serve.schemas import DescribeItem, EditItem, GenerateItem, Outcome
 
@@ -79,11 +79,27 @@ class BatchRunner:
             return self._isolated(kind, items[:mid]) + self._isolated(kind, items[mid:])
 
 
+def start_worker(stored: Any, serve: ServeConfig, sampling: Any) -> BatchRunner:
+    """A model worker's one-time start, for a BentoML model-store entry: the package checked
+    against `arm package`'s record (`serve.verify`; quick = sizes and mtimes, no hashing unless
+    one moved), then the pipeline loaded, which the worker keeps for its lifetime."""
+    from arm.serve import store
+
+    model_dir = Path(stored.path) / store.MODEL_SUBDIR
+    if serve.verify != "off":
+        store.verify_package(model_dir, stored.info.metadata or {}, full=serve.verify == "full")
+    return BatchRunner(load_pipeline(model_dir, sampling, serve.torch_threads, serve.device), serve.limits)
+
+
 def load_pipeline(model_dir: str | Path, sampling: Any, torch_threads: int | None = None,
                   device: str | None = None) -> Any:
-    """ArmPipeline from a packaged model dir (safetensors only, no remote code).
+    """ArmPipeline from a packaged model dir (safetensors only, no remote code), on `device`
+    (default `sampling.device`; "auto" = CUDA when BentoML gave this process a GPU) in
+    `sampling.dtype` (7b: bf16), both resolved by arm.device as everywhere else.
 
-    `device` overrides `sampling.device`; "auto" picks CUDA when BentoML gave this process a GPU.
+    `arm package` checked the visual tokenizer against the model's training fingerprint and the
+    service checked the files against the package's record (store.verify_package), so the
+    tokenizer is loaded as it is: nothing is hashed here.
     """
     import torch
 
@@ -91,9 +107,20 @@ def load_pipeline(model_dir: str | Path, sampling: Any, torch_threads: int | Non
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device and device != sampling.device:
-        sampling = sampling.model_copy(update={"device": device})
-    return ArmPipeline.from_pretrained(model_dir, config=sampling)
+        sampling = type(sampling).model_validate({**sampling.model_dump(), "device": device})
+    return ArmPipeline.from_pretrained(model_dir, config=sampling,
+                                       visual_tokenizer=packaged_visual_tokenizer(model_dir, sampling.device))
 
+
+def packaged_visual_tokenizer(model_dir: str | Path, device: str) -> Any:
+    """The learned visual tokenizer a package holds, or None: no tokenizer, or the shapes oracle,
+    which the pipeline's own loader rebuilds from the recorded world."""
+    from arm.device import resolve_device
+    from arm.sample.pipeline import read_manifest, visual_tokenizer_dir
+    from arm.tokenizer.model import VisualTokenizer
+
+    ref = read_manifest(model_dir).get("visual_tokenizer")
+    if not ref or (isinstance(ref, dict) and ref.get("kind") == "oracle"):
+        return None
+    return VisualTokenizer.from_pretrained(visual_tokenizer_dir(model_dir), device=resolve_device(device))

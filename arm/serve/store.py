@@ -4,8 +4,16 @@ A packaged model is one store entry `<name>:<version>` whose `model/` folder is 
 self-contained model dir: the AR model (safetensors), its text tokenizer, vocab_layout.json,
 manifest.json, and the visual tokenizer copied to `model/visual_tokenizer/` with the manifest
 pointing there. Labels carry provenance (git revision, DVC data version, eval metrics);
-metadata carries the full eval JSON and a sha256 per file, checked again when the service loads.
+metadata carries the full eval JSON, a sha256 per file and each file's size and mtime.
 Only safetensors/JSON/text files are accepted: nothing in a package is ever unpickled.
+
+Hashes are computed once, at `arm package`, and checked there against the copy the model store
+keeps (and the visual tokenizer against the fingerprint the model was trained with). A model
+process starting checks the cheap record instead — the file list, sizes and mtimes (rsync's
+quick check) — and re-hashes only a file whose mtime moved, or every file on request
+(`serve.verify: full`): at 7b a full re-hash reads ~15 GB before the first request. The quick
+check catches truncation, a partial copy and any rewrite; a deliberate forgery that restores
+size and mtime needs write access to the store, whose metadata (the hashes) sits beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from arm.io import sha256_file
 
 log = logging.getLogger("arm.serve")
 
@@ -129,9 +139,23 @@ def metric_labels(metrics: dict[str, Any], prefix: str = "eval.", depth: int = 2
 
 
 def sha256_tree(root: Path) -> dict[str, str]:
-    from arm.io import sha256_file
-
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def stat_tree(root: Path) -> dict[str, list[int]]:
+    """[size, mtime in ns] per file: the pair rsync's quick check compares."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            out[str(p.relative_to(root))] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def same_mtime(actual_ns: int, recorded_ns: int) -> bool:
+    """Equal, or a copy that kept whole seconds only (tar, some file systems) of the recorded time."""
+    second = 1_000_000_000
+    return actual_ns == recorded_ns or (actual_ns % second == 0 and actual_ns == recorded_ns - recorded_ns % second)
 
 
 def check_safe_files(root: Path) -> None:
@@ -238,6 +262,7 @@ def package_model(
     with bentoml.models.create(tag, labels=labels) as bento_model:
         dest = Path(bento_model.path) / MODEL_SUBDIR
         new_manifest = stage_model(model_dir, dest, visual_dir)
+        check_visual_fingerprint(dest, new_manifest)
         # BentoML metadata takes no nulls; the JSON documents go in as strings, verbatim.
         bento_model.info.metadata.update(
             {
@@ -246,20 +271,79 @@ def package_model(
                 "data_outs": data_entries,
                 "manifest_json": json.dumps(new_manifest, sort_keys=True),
                 "files": sha256_tree(dest),
+                "file_stats": stat_tree(dest),
             }
         )
+    check_stored(bentoml.models.get(bento_model.tag))
     log.info("packaged %s as %s", model_dir, bento_model.tag)
     return str(bento_model.tag), labels
 
 
-def verify_files(model_path: Path, expected: dict[str, str]) -> None:
-    """Raise if a packaged file is missing, changed, or was added since packaging."""
-    actual = sha256_tree(model_path)
-    changed = sorted(k for k in expected if actual.get(k) != expected[k])
-    added = sorted(set(actual) - set(expected))
-    if changed or added:
-        raise RuntimeError(f"{model_path}: package contents changed since `arm package` (changed {changed[:5]}, added {added[:5]})")
+def check_visual_fingerprint(model_path: Path, manifest: dict[str, Any]) -> None:
+    """The packaged visual tokenizer must be the one the model was trained with (the fingerprint
+    its manifest recorded): checked here, once, so a starting service need not hash it."""
+    ref = manifest.get("visual_tokenizer")
+    if not isinstance(ref, dict) or not ref.get("sha256") or ref.get("kind") == "oracle":
+        return
+    from arm.tokenizer.tokens import tokenizer_fingerprint
+
+    vt_dir = model_path / str(ref.get("path") or VT_SUBDIR)
+    try:
+        now = tokenizer_fingerprint(vt_dir)
+    except FileNotFoundError as e:
+        raise PackageError(f"{vt_dir}: visual tokenizer incomplete: {e}") from None
+    if now != ref["sha256"]:
+        raise PackageError(f"{vt_dir}: visual tokenizer fingerprint {now[:12]} is not the {str(ref['sha256'])[:12]} "
+                           "the model was trained with; pass the original tokenizer with --tokenizer")
+
+
+def check_stored(stored: Any) -> None:
+    """The model store's copy (what a service will load) against the hashes just recorded; a copy
+    that does not match is deleted. Warns when the copy lost the recorded mtimes: every start
+    would then re-hash those files."""
+    import bentoml
+
+    model_path, meta = Path(stored.path) / MODEL_SUBDIR, stored.info.metadata
+    try:
+        verify_package(model_path, meta, full=True)
+    except RuntimeError as e:
+        bentoml.models.delete(stored.tag)
+        raise PackageError(f"{stored.tag}: the model store's copy does not match the packaged files: {e}") from None
+    recorded = meta["file_stats"]
+    moved = sorted(k for k, (_, ns) in stat_tree(model_path).items() if not same_mtime(ns, recorded[k][1]))
+    if moved:
+        log.warning("%s: the store's copy has new mtimes for %s; each start will re-hash them", stored.tag, moved[:5])
+
+
+def verify_package(model_path: Path, metadata: dict[str, Any], *, full: bool = False) -> list[str]:
+    """Raise if a packaged file is missing, was added, or changed since `arm package`; returns the
+    files it had to hash.
+
+    Quick (the default): names and sizes from `file_stats` — a truncated or partly copied file
+    fails here, unread — then a sha256 of only the files whose mtime moved. `full`, or a package
+    recorded without `file_stats`: a sha256 of every file.
+    """
+    expected: dict[str, str] = metadata.get("files") or {}
+    if not expected:
+        raise RuntimeError(f"{model_path}: no file checksums in the package's metadata; package it with `arm package`")
+    recorded: dict[str, list[int]] = metadata.get("file_stats") or {}
     check_safe_files(model_path)
+    actual = stat_tree(model_path)
+    missing = sorted(set(expected) - set(actual))
+    added = sorted(set(actual) - set(expected))
+    resized = sorted(k for k in expected if k in actual and k in recorded and actual[k][0] != recorded[k][0])
+    if missing or added or resized:
+        raise RuntimeError(f"{model_path}: package contents changed since `arm package` (missing {missing[:5]}, "
+                           f"added {added[:5]}, size changed {resized[:5]})")
+    if not full and not recorded:
+        log.info("%s: packaged without sizes and mtimes; re-hashing every file (re-package for a quick start)", model_path)
+    to_hash = [k for k in sorted(expected) if full or k not in recorded or not same_mtime(actual[k][1], recorded[k][1])]
+    changed = [k for k in to_hash if sha256_file(model_path / k) != expected[k]]
+    if changed:
+        raise RuntimeError(f"{model_path}: package contents changed since `arm package` (content of {changed[:5]})")
+    if to_hash and not full and recorded:
+        log.warning("%s: %d file(s) with a new mtime re-hashed, content unchanged: %s", model_path, len(to_hash), to_hash[:5])
+    return to_hash
 
 
 def model_info(stored: Any) -> dict[str, Any]:

@@ -86,8 +86,21 @@ class TokenizerTrainConfig(Strict):
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
     # Images per step that pass through the teacher (perceptual + distillation losses): the
-    # teacher costs more than the tokenizer on CPU, and a sub-batch keeps its signal.
+    # teacher costs more than the tokenizer on CPU, and a sub-batch keeps its signal. Counted in
+    # the global batch: each process takes its share. Null: the whole batch, run `teacher_chunk`
+    # images at a time.
     teacher_batch: int | None = Field(32, ge=1)
+    # Images per teacher forward (null: the teacher batch at once) and whether the perceptual
+    # pass recomputes each chunk in the backward rather than keeping its activations: memory is
+    # then one chunk's activations whatever the batch (the 7b teacher is SigLIP-so400m).
+    teacher_chunk: int | None = Field(None, ge=1)
+    teacher_checkpointing: bool = False
+    # accelerate's mixed precision: "bf16" = bf16 autocast over fp32 master weights (the frozen
+    # teacher itself is held in bf16); "no" = fp32 throughout (the CPU presets).
+    precision: Literal["no", "bf16"] = "no"
+    # Processes (torchrun, data parallel): each takes its slice of the global `batch_size`,
+    # which must divide evenly; one per GPU on a GPU node.
+    nproc: int = Field(1, ge=1)
     # Fraction of steps, at the start, that draw shapes-world images only: each cell state claims a
     # code of its own before open-ended images (Fashion-MNIST) compete for the small codebook.
     scene_warmup: float = Field(0.0, ge=0, lt=1)
@@ -100,6 +113,13 @@ class TokenizerTrainConfig(Strict):
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(10, ge=1)
     cache_mb: int = Field(2048, ge=0)  # decoded training images kept in memory up to this size
+    # A set too large for `cache_mb` is streamed: DataLoader processes decode the next batches
+    # while the current one trains (0 = on the main thread), and an epoch visits the store's
+    # Parquet row groups in a seeded order, shuffling images within windows of
+    # `shuffle_window` row groups, so each row group is read about once per epoch instead of
+    # once per image (0: a uniform permutation, the in-memory sets' order).
+    workers: int = Field(0, ge=0)
+    shuffle_window: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; null = torch's default
 
 

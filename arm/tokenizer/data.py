@@ -4,6 +4,8 @@ One entry per unique image (deduplicated by content sha) with every caption-like
 describes it and, for shapes-world images, the ground-truth scene (for the oracle metric).
 Pixels are decoded once and kept in memory when they fit in `cache_mb`; otherwise each batch
 is read from the curated store, so the same code serves the tiny and the 7b preset.
+`StepBatches` turns a step into its pixels; a DataLoader over it decodes in worker processes
+(each with its own row-group cache) while the trainer runs the current step.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from arm.tokenizer.images import pil_to_uint8
 
@@ -34,6 +37,9 @@ class ImageTextSet:
     image_size: int
     loader: Loader
     _cache: torch.Tensor | None = field(default=None, repr=False)
+    # Where each image lives in storage (a Parquet row group of the store), when known: the
+    # trainer's streaming order visits images grouped by it (arm.tokenizer.train.BatchOrder).
+    groups: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -55,10 +61,12 @@ class ImageTextSet:
 
     def subset(self, indices: Sequence[int]) -> "ImageTextSet":
         idx = list(indices)
-        cache = self._cache[torch.as_tensor(idx, dtype=torch.long)] if self._cache is not None else None
+        rows = torch.as_tensor(idx, dtype=torch.long)
         return ImageTextSet(
             [self.keys[i] for i in idx], [self.texts[i] for i in idx], [self.scenes[i] for i in idx],
-            [self.labels[i] for i in idx], self.image_size, self.loader, cache,
+            [self.labels[i] for i in idx], self.image_size, self.loader,
+            self._cache[rows] if self._cache is not None else None,
+            self.groups[rows] if self.groups is not None else None,
         )
 
     def where(self, predicate: Callable[[int], bool]) -> "ImageTextSet":
@@ -66,6 +74,27 @@ class ImageTextSet:
 
     def all_texts(self) -> list[str]:
         return sorted({t for ts in self.texts for t in ts})
+
+
+class StepBatches(Dataset):
+    """Item `step`: uint8 [b, 3, S, S] pixels of the rows `rows(step)` (this process's slice of
+    that step's batch), loaded wherever the item is (a DataLoader worker decodes the PNGs)."""
+
+    def __init__(self, images: ImageTextSet, rows: Callable[[int], torch.Tensor]):
+        self.images, self.rows = images, rows
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        return self.images.pixels(self.rows(step))
+
+
+def step_loader(images: ImageTextSet, rows: Callable[[int], torch.Tensor], steps: range, workers: int,
+                seed: int, pin_memory: bool = False) -> DataLoader:
+    """The pixels of `steps` in order; `workers` processes load the next ones ahead (0: in this one).
+    Its own seeded generator: creating the iterator draws a base seed, which must not come from
+    the global RNG (a resumed run would then draw at a different point of the stream)."""
+    return DataLoader(StepBatches(images, rows), batch_size=None, sampler=steps, num_workers=workers,
+                      prefetch_factor=4 if workers else None, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def scene_class_count(world) -> int:
@@ -112,8 +141,11 @@ def _text(v) -> str | None:
     return v or None
 
 
-def store_sets(store_root: str | Path, image_size: int, splits: Sequence[str] = ("train", "val")) -> dict[str, ImageTextSet]:
-    """Per split, the unique images of the curated store with their captions and scenes.
+def store_sets(store_root: str | Path, image_size: int, splits: Sequence[str] = ("train", "val"),
+               cache_row_groups: int = 16) -> dict[str, ImageTextSet]:
+    """Per split, the unique images of the curated store with their captions and scenes, and
+    the row group of each (`groups`); the loader keeps `cache_row_groups` row groups in memory
+    (per process).
 
     An image that appears in a held-out split (val/test) is never put in train, so held-out
     metrics never score an image the tokenizer was trained on.
@@ -123,7 +155,7 @@ def store_sets(store_root: str | Path, image_size: int, splits: Sequence[str] = 
     root = Path(store_root)
     if not root.exists():
         raise FileNotFoundError(f"curated store {root} not found: run `arm curate` first")
-    store = CuratedStore(root)
+    store = CuratedStore(root, cache_row_groups=cache_row_groups)
     df = store.samples()
     if df.empty:
         raise ValueError(f"curated store {root} has no samples")
@@ -160,6 +192,7 @@ def store_sets(store_root: str | Path, image_size: int, splits: Sequence[str] = 
 
     held_out = {"val", "test"}
     loader = _store_loader(store, image_size)
+    group_of = _row_groups(store)
     out: dict[str, ImageTextSet] = {}
     for split in splits:
         if split == "train":
@@ -173,8 +206,18 @@ def store_sets(store_root: str | Path, image_size: int, splits: Sequence[str] = 
             labels=[entries[s]["label"] for s in shas],
             image_size=image_size,
             loader=loader,
+            groups=torch.tensor([group_of.get(s, -1) for s in shas], dtype=torch.long),
         )
     return out
+
+
+def _row_groups(store) -> dict[str, int]:
+    """sha -> a number per Parquet row group of the image shards (the writer's rows per group;
+    a locality key for the streaming order, so an approximate group costs reads, never images)."""
+    from arm.data.store import ROW_GROUP_ROWS
+
+    rows = store.con.execute("SELECT sha256, shard, row FROM images").fetchall()
+    return {sha: shard * (1 << 32) + row // ROW_GROUP_ROWS for sha, shard, row in rows}
 
 
 def _store_loader(store, image_size: int) -> Loader:

@@ -1,4 +1,8 @@
-"""The tokenizer's losses. Each returns a scalar; the trainer weights them (params.yaml `tokenizer.loss`)."""
+"""The tokenizer's losses. Each returns a scalar; the trainer weights them (params.yaml `tokenizer.loss`).
+
+Under bf16 autocast the model's outputs arrive in bf16; every loss reduces in fp32 (`.float()`
+is free on fp32 inputs), so a small error is not rounded away before it is averaged.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +21,14 @@ def reconstruction(recon: torch.Tensor, target: torch.Tensor, patch: int, eps: f
     is wrong costs as much as a badly drawn photo. `eps` caps the reward at 40 dB, past which
     an 8-bit image cannot improve.
     """
-    err = recon - target
+    err = recon.float() - target
     sq = F.avg_pool2d(err.pow(2).mean(1, keepdim=True), patch)  # [B, 1, h, w]: MSE per token cell
     return {"l1": err.abs().mean(), "l2": sq.mean(), "log_mse": (sq + eps).log().mean()}
 
 
 def scene(logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of each token's cell class: logits [B, T, C], classes [B, T]."""
-    return F.cross_entropy(logits.flatten(0, 1), states.flatten())
+    return F.cross_entropy(logits.flatten(0, 1).float(), states.flatten())
 
 
 def _unit(f: torch.Tensor) -> torch.Tensor:
@@ -34,7 +38,8 @@ def _unit(f: torch.Tensor) -> torch.Tensor:
 def perceptual(recon_feats: dict[int, torch.Tensor], target_feats: dict[int, torch.Tensor]) -> torch.Tensor:
     """LPIPS-style distance in the frozen teacher's feature space: channel-normalised features,
     squared difference summed over channels, averaged over positions and layers."""
-    terms = [(_unit(recon_feats[k]) - _unit(target_feats[k].detach())).pow(2).sum(1).mean() for k in recon_feats]
+    terms = [(_unit(recon_feats[k].float()) - _unit(target_feats[k].detach().float())).pow(2).sum(1).mean()
+             for k in recon_feats]
     return torch.stack(terms).mean()
 
 
@@ -47,7 +52,7 @@ def pool_to_grid(feats: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 def distillation(pred: torch.Tensor, teacher_tokens: torch.Tensor) -> torch.Tensor:
     """1 - cosine between the distillation head's output and the teacher's features, per token."""
-    return (1.0 - F.cosine_similarity(pred, teacher_tokens.detach(), dim=-1)).mean()
+    return (1.0 - F.cosine_similarity(pred.float(), teacher_tokens.detach().float(), dim=-1)).mean()
 
 
 def sigmoid_contrastive(
@@ -58,14 +63,14 @@ def sigmoid_contrastive(
     Pairs whose texts are identical count as positives: many images share a caption (a class
     name, an empty picture), and calling those negatives would push apart what should match.
     """
-    logits = image_emb @ text_emb.T * logit_scale.exp() + logit_bias
+    logits = (image_emb @ text_emb.T).float() * logit_scale.exp() + logit_bias
     labels = (text_ids[:, None] == text_ids[None, :]).float() * 2.0 - 1.0
     return -F.logsigmoid(labels * logits).sum() / image_emb.shape[0]
 
 
 def caption(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Next-word cross-entropy; padding is ignored."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD)
 
 
 def code_usage(soft_levels: list[torch.Tensor], max_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -76,7 +81,7 @@ def code_usage(soft_levels: list[torch.Tensor], max_tokens: int, generator: torc
     The soft assignment factorises over FSQ dimensions, so the joint distribution over codes is
     the outer product of the per-dimension ones; at most `max_tokens` tokens enter the average.
     """
-    flat = [p.reshape(-1, p.shape[-1]) for p in soft_levels]
+    flat = [p.reshape(-1, p.shape[-1]).float() for p in soft_levels]
     n = flat[0].shape[0]
     if n > max_tokens:
         pick = torch.randperm(n, generator=generator)[:max_tokens].to(flat[0].device)
@@ -94,4 +99,4 @@ def latent_bound(z: torch.Tensor, margin: float) -> torch.Tensor:
     """Keeps pre-quantization latents where FSQ's tanh still has a gradient: a token pushed far
     past the outer level is stuck there (the failure seen early in training, when every token
     rushes to the code that decodes to the background)."""
-    return torch.relu(z.abs() - margin).pow(2).mean()
+    return torch.relu(z.float().abs() - margin).pow(2).mean()

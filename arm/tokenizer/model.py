@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from vector_quantize_pytorch import FSQ
 
+from arm import device as devices
 from arm.io import atomic_path
 from arm.tokenizer.config import TokenizerConfig
 from arm.tokenizer.images import to_pixels
@@ -32,11 +33,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+# `auto` is resolved in one place (arm.device); the tokenizer stages import it from here.
+resolve_device = devices.resolve_device
 
 
 def _block(width: int, heads: int, dropout: float) -> nn.TransformerEncoderLayer:

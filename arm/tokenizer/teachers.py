@@ -1,10 +1,17 @@
-"""Frozen teachers: targets of the feature-distillation loss and the space of the perceptual loss."""
+"""Frozen teachers: targets of the feature-distillation loss and the space of the perceptual loss.
+
+`features` runs the teacher `chunk` images at a time. With `checkpoint`, each chunk of a pass
+that needs gradients (the perceptual loss reaches the reconstruction through the frozen
+teacher) keeps only its input and is recomputed in the backward: the saved activations are one
+chunk's, not the whole batch's at every layer (hundreds of GB for SigLIP-so400m at batch 256).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as recompute
 
 from arm.tokenizer.config import TeacherConfig
 
@@ -19,7 +26,25 @@ class Teacher(nn.Module):
     def layers(self) -> list[int]:
         return sorted({self.distill_layer, *self.perceptual_layers})
 
-    def features(self, images01: torch.Tensor, layers: list[int] | None = None) -> dict[int, torch.Tensor]:
+    def features(self, images01: torch.Tensor, layers: list[int] | None = None, *, chunk: int | None = None,
+                 checkpoint: bool = False) -> dict[int, torch.Tensor]:
+        """The requested layers' maps, `chunk` images per forward (None: all at once); `checkpoint`
+        recomputes each chunk in the backward instead of keeping its activations."""
+        layers = layers or self.layers()
+        step = chunk or len(images01)
+        grad = checkpoint and torch.is_grad_enabled() and images01.requires_grad
+        parts = []
+        for x in images01.split(step):
+            if grad:
+                maps = recompute(self._features, x, layers, use_reentrant=False)
+            else:
+                maps = self._features(x, layers)
+            parts.append(maps)
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in layers}
+
+    def _features(self, images01: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
     def train(self, mode: bool = True) -> "Teacher":
@@ -27,32 +52,36 @@ class Teacher(nn.Module):
 
 
 class EfficientNetTeacher(Teacher):
-    def __init__(self, cfg: TeacherConfig, grid: tuple[int, int]):
+    def __init__(self, cfg: TeacherConfig, grid: tuple[int, int], net: nn.Module | None = None):
         super().__init__()
         from arm.tokenizer.efficientnet_lite import load_efficientnet_lite0
 
-        self.net = load_efficientnet_lite0()
+        # `net`: an already built network (arm plan measures one made on fake tensors, which
+        # cannot change memory format; the layout does not change its bytes)
+        # oneDNN's depthwise convolutions run markedly faster on channels-last tensors.
+        self.net = net if net is not None else load_efficientnet_lite0().to(memory_format=torch.channels_last)
         self.distill_layer = cfg.distill_layer
         self.perceptual_layers = list(cfg.perceptual_layers)
         stride = self.net.stride(cfg.distill_layer)
         self.input_size = (grid[0] * stride, grid[1] * stride)
         self.distill_dim = self.net.channels(cfg.distill_layer)
-        # oneDNN's depthwise convolutions run markedly faster on channels-last tensors.
-        self.net.to(memory_format=torch.channels_last)
 
-    def features(self, images01: torch.Tensor, layers: list[int] | None = None) -> dict[int, torch.Tensor]:
+    def _features(self, images01: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
         x = _resize(images01, self.input_size).contiguous(memory_format=torch.channels_last)
-        return self.net.features(x, layers or self.layers())
+        return self.net.features(x, layers)
 
 
 class SiglipTeacher(Teacher):
-    """A SigLIP(2) vision tower; layer k is hidden state k (-1 = the last, post-layernorm)."""
+    """A SigLIP(2) vision tower; layer k is hidden state k (0 = the patch embeddings, k = after
+    k encoder layers, -1 = the last, post-layernorm). A pass runs only as deep as its deepest
+    requested layer and keeps no other hidden state."""
 
-    def __init__(self, cfg: TeacherConfig):
+    def __init__(self, cfg: TeacherConfig, net: nn.Module | None = None):
         super().__init__()
         from transformers import SiglipVisionModel
 
-        self.net = SiglipVisionModel.from_pretrained(cfg.name)
+        # `net`: an already built tower (arm plan measures one made on fake tensors)
+        self.net = net if net is not None else SiglipVisionModel.from_pretrained(cfg.name)
         self.net.requires_grad_(False).eval()
         c = self.net.config
         self.input_size = (c.image_size, c.image_size)
@@ -61,19 +90,24 @@ class SiglipTeacher(Teacher):
         self.perceptual_layers = list(cfg.perceptual_layers)
         self.distill_dim = c.hidden_size
 
-    def features(self, images01: torch.Tensor, layers: list[int] | None = None) -> dict[int, torch.Tensor]:
-        x = _resize(images01, self.input_size) * 2 - 1
-        out = self.net(pixel_values=x, output_hidden_states=True)
-        feats = {}
-        for layer in layers or self.layers():
-            h = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-            b, n, c = h.shape
-            feats[layer] = h.transpose(1, 2).reshape(b, c, self.side, self.side)
-        return feats
+    def _features(self, images01: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        vm = self.net  # transformers 5: embeddings, encoder, post_layernorm on the model itself
+        blocks = vm.encoder.layers
+        depth = len(blocks) if -1 in layers else max(layers)
+        h = vm.embeddings((_resize(images01, self.input_size) * 2 - 1).to(vm.embeddings.patch_embedding.weight.dtype))
+        keep = {0: h} if 0 in layers else {}
+        for i, block in enumerate(blocks[:depth], start=1):
+            h = block(h, None)
+            if i in layers:
+                keep[i] = h
+        if -1 in layers:
+            keep[-1] = vm.post_layernorm(h)
+        b, _, c = h.shape
+        return {k: keep[k].transpose(1, 2).reshape(b, c, self.side, self.side) for k in layers}
 
 
-def build_teacher(cfg: TeacherConfig, grid: tuple[int, int]) -> Teacher:
-    teacher = EfficientNetTeacher(cfg, grid) if cfg.kind == "efficientnet_lite0" else SiglipTeacher(cfg)
+def build_teacher(cfg: TeacherConfig, grid: tuple[int, int], net: nn.Module | None = None) -> Teacher:
+    teacher = EfficientNetTeacher(cfg, grid, net) if cfg.kind == "efficientnet_lite0" else SiglipTeacher(cfg, net)
     teacher.requires_grad_(False)
     return teacher.eval()
 

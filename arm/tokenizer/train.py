@@ -1,7 +1,12 @@
 """The train_tokenizer stage: curated train split -> models/tokenizer/ + metrics + loss curves.
 
-Exact resume: the checkpoint holds model, optimizer, scheduler, RNG states, the step and the
-loss curve. The data order is a pure function of (seed, step) (one permutation per epoch, one
+The loop runs on `accelerate`: `tokenizer.train.precision` (bf16 autocast over fp32 master
+weights, or fp32), data parallelism over the processes torchrun starts (each takes its slice
+of the global batch; gradients are averaged by DDP), and `save_state`/`load_state` for the
+model, optimizer, scheduler and every rank's RNG, with the step, loss curve and config
+fingerprint saved alongside (progress.json).
+
+Exact resume: the data order is a pure function of (seed, step) (one permutation per epoch, one
 text choice per step), so the data position is the step itself and a resumed run sees the same
 batches in the same order as an uninterrupted one.
 """
@@ -13,28 +18,31 @@ import hashlib
 import io
 import json
 import logging
-import math
 import random
+import shutil
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from arm.io import atomic_path, atomic_write_json, atomic_write_text
+from arm.io import atomic_write_json, atomic_write_text
 from arm.tokenizer import losses as L
-from arm.tokenizer.data import ImageTextSet, scene_cell_states, scene_class_count
+from arm.tokenizer.data import ImageTextSet, scene_cell_states, scene_class_count, step_loader
 from arm.tokenizer.model import VisualTokenizer, resolve_device
-from arm.tokenizer.teachers import build_teacher
+from arm.tokenizer.teachers import Teacher, build_teacher
 from arm.tokenizer.text_encoder import TextEncoder
 from arm.tokenizer.vocab import PAD, CaptionVocab
+from arm.train.accel import build_accelerator
 
 log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("l1", "l2", "log_mse", "perceptual", "distill", "contrastive", "caption", "scene", "usage", "bound")
-CHECKPOINT_FILE = "checkpoint.pt"
+STATE_DIR = "state"  # under tokenizer.checkpoint_dir: accelerate's save_state + PROGRESS_FILE
+PROGRESS_FILE = "progress.json"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -45,7 +53,9 @@ def fingerprint(cfg, train: ImageTextSet) -> str:
     t = cfg.tokenizer.model_dump(mode="json")
     for k in ("eval", "tokens", "output", "metrics", "plots", "checkpoint_dir", "text_cache", "device"):
         t.pop(k, None)
-    for k in ("checkpoint_every", "log_every", "threads", "cache_mb"):
+    # resources, not results: a resumed run may use other ones
+    for k in ("checkpoint_every", "log_every", "threads", "cache_mb", "workers", "teacher_chunk",
+              "teacher_checkpointing"):
         t["train"].pop(k, None)
     h = hashlib.sha256(json.dumps({"tok": t, "seed": cfg.seed}, sort_keys=True).encode())
     for key, texts in zip(train.keys, train.texts):
@@ -54,39 +64,80 @@ def fingerprint(cfg, train: ImageTextSet) -> str:
     return h.hexdigest()[:20]
 
 
-def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
-    """The `step`-th batch: epochs are seeded permutations, cut into full batches."""
-    per_epoch = max(1, n // batch)
-    epoch, pos = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    return perm[pos * batch : (pos + 1) * batch]
+class BatchOrder:
+    """The global batch of every step, a pure function of (seed, step): epochs are seeded
+    permutations cut into full batches; during the scene warm-up (when the scene images fill a
+    batch) the batches come from the scene images alone.
+
+    With `groups` (each image's storage row group) and `window` > 0 an epoch is block-shuffled:
+    the row groups in a seeded order, the images shuffled within each run of `window` groups,
+    so a streamed epoch reads each row group about once (a uniform permutation would read one
+    per image). The permutation of the current epoch is kept, not redrawn every step.
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, scene_rows: torch.Tensor | None = None, warmup: int = 0,
+                 groups: torch.Tensor | None = None, window: int = 0):
+        self.n, self.batch, self.seed = n, batch, seed
+        self.scene_rows = scene_rows if scene_rows is not None else torch.empty(0, dtype=torch.long)
+        self.warmup = warmup
+        self.groups = groups if window else None
+        self.window = window
+        self._kept: dict[tuple[bool, int], torch.Tensor] = {}
+
+    def rows(self, step: int) -> torch.Tensor:
+        if step < self.warmup and len(self.scene_rows) >= self.batch:
+            return self.scene_rows[self._batch(True, step)]
+        return self._batch(False, step)
+
+    def _batch(self, scenes: bool, step: int) -> torch.Tensor:
+        n = len(self.scene_rows) if scenes else self.n
+        per_epoch = max(1, n // self.batch)
+        epoch, pos = divmod(step, per_epoch)
+        key = (scenes, epoch)
+        if key not in self._kept:
+            groups = None if self.groups is None else (self.groups[self.scene_rows] if scenes else self.groups)
+            self._kept = {key: self._permutation(n, epoch, groups)}
+        return self._kept[key][pos * self.batch : (pos + 1) * self.batch]
+
+    def _permutation(self, n: int, epoch: int, groups: torch.Tensor | None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        if groups is None:
+            return perm
+        uniq, group = torch.unique(groups, return_inverse=True)
+        place = torch.empty(len(uniq), dtype=torch.long)
+        place[torch.randperm(len(uniq), generator=g)] = torch.arange(len(uniq))
+        window = place[group] // self.window
+        return perm[torch.argsort(window[perm], stable=True)]
 
 
-def step_rows(n: int, scene_rows: torch.Tensor, warmup: int, batch: int, seed: int, step: int) -> torch.Tensor:
-    """The training rows of `step`: from the scene images alone during the warmup (when they fill
-    a batch), from every image after it."""
-    if step < warmup and len(scene_rows) >= batch:
-        return scene_rows[batch_indices(len(scene_rows), batch, seed, step)]
-    return batch_indices(n, batch, seed, step)
+class _RankRows:
+    """This process's contiguous slice of a step's global batch (picklable for loader workers)."""
+
+    def __init__(self, order: BatchOrder, lo: int, hi: int):
+        self.order, self.lo, self.hi = order, lo, hi
+
+    def __call__(self, step: int) -> torch.Tensor:
+        return self.order.rows(step)[self.lo : self.hi]
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float, restart: int | None = None) -> Callable[[int], float]:
-    """Linear warmup, cosine to `min_ratio` at `restart` (default: the end), then, from `restart`
-    on, a second cosine cycle from the peak (the decoder fine-tune)."""
-    main = total if restart is None else restart
+def lr_schedule(opt: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float, restart: int | None = None):
+    """transformers' `cosine_with_min_lr` (linear warmup, cosine to `min_ratio`) up to `restart`
+    (default: the end); from `restart` on, a second such cycle from the peak without warmup
+    (the decoder fine-tune). get_scheduler has no restart, so the two cycles are composed with
+    torch's SequentialLR, which switches at the milestone."""
+    from transformers import get_scheduler
 
-    def cosine(frac: float) -> float:
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+    main = total if restart is None or restart >= total else restart
 
-    def f(step: int) -> float:
-        if step >= main:
-            return cosine((step - main) / max(1, total - main))
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return cosine((step - warmup) / max(1, main - warmup))
+    def cycle(warm: int, steps: int):
+        return get_scheduler("cosine_with_min_lr", opt, num_warmup_steps=warm, num_training_steps=steps,
+                             scheduler_specific_kwargs={"min_lr_rate": min_ratio})
 
-    return f
+    first = cycle(warmup, main)
+    if main == total:
+        return first
+    return torch.optim.lr_scheduler.SequentialLR(opt, [first, cycle(0, total - main)], milestones=[main])
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -99,43 +150,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        # Our own file; still tensors and plain containers only.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        log.warning("ignoring unreadable checkpoint %s: %s", path, e)
-        return None
-
-
 def write_curve(path: str | Path, curve: list[dict[str, float]]) -> None:
     cols = ["step", "loss", *LOSS_NAMES, "lr"]
     buf = io.StringIO()
@@ -144,6 +158,46 @@ def write_curve(path: str | Path, curve: list[dict[str, float]]) -> None:
     for row in curve:
         w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in cols})
     atomic_write_text(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _accelerator(tcfg):
+    """DDP over the processes (the decoder fine-tune and batches without texts leave parts of the
+    model out of a step), autocast for bf16 over fp32 master weights."""
+    return build_accelerator(device=str(resolve_device(tcfg.device).type), precision=tcfg.train.precision,
+                             find_unused_parameters=True)
+
+
+def save_state(acc, ckpt_dir: Path, progress: dict[str, Any]) -> None:
+    """accelerate's save_state into a fresh directory, then swapped in: a crash mid-save leaves
+    the previous checkpoint (`state`, or `state.old` during the swap) whole. progress.json is
+    written last, so a directory without it is incomplete and never resumed."""
+    tmp, final, old = (ckpt_dir / f"{STATE_DIR}{s}" for s in (".tmp", "", ".old"))
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))  # rank 0 the model, optimizer, scheduler; every rank its RNG states
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        atomic_write_json(tmp / PROGRESS_FILE, progress)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def latest_state(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The complete checkpoint directory and its progress record, if any."""
+    for d in (ckpt_dir / STATE_DIR, ckpt_dir / f"{STATE_DIR}.old"):
+        try:
+            return d, json.loads((d / PROGRESS_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -182,111 +236,30 @@ def _text_encoder_with_cache(cfg, device) -> tuple[TextEncoder, Path]:
     return enc, cache
 
 
-def train_tokenizer(
-    cfg,
-    *,
-    sets: dict[str, ImageTextSet] | None = None,
-    resume: bool = True,
-    stop_at: int | None = None,
-    progress: bool = True,
-    evaluate: bool = True,
-    logger: logging.Logger | None = None,
-) -> dict[str, Any]:
-    """Trains, saves `tokenizer.output`, writes metrics and the loss curve; returns the metrics.
+@dataclass
+class _Inputs:
+    """What the objective reads besides the model and the pixels (never trained, not a module:
+    DDP wraps only the tokenizer's parameters)."""
 
-    `sets` ({"train": ..., "val": ...}) replaces the curated store (tests, development).
-    `stop_at` stops after that many steps with a checkpoint, as a preemption would.
-    """
-    from arm.tokenizer.data import store_sets
+    cfg: Any
+    teacher: Teacher | None
+    texts: _Texts
+    scene_states: torch.Tensor | None
 
-    tcfg = cfg.tokenizer
-    say = (logger or log).info
-    if tcfg.train.threads:
-        torch.set_num_threads(tcfg.train.threads)
-    device = resolve_device(tcfg.device)
-    if sets is None:
-        sets = store_sets(cfg.data.store, tcfg.image_size, ("train", "val"))
-    train, val = sets["train"], sets.get("val")
-    if len(train) < 2:
-        raise ValueError(f"tokenizer training needs at least 2 training images, got {len(train)}")
-    if tcfg.grid != (cfg.world.grid, cfg.world.grid) or tcfg.image_size != cfg.world.image_size:
-        say(f"note: token grid {tcfg.grid} at {tcfg.image_size}px is not aligned with the shapes world "
-            f"({cfg.world.grid}x{cfg.world.grid} at {cfg.world.image_size}px)")
-    t_setup = time.perf_counter()
-    cached = train.preload(tcfg.train.cache_mb)
-    say(f"train images: {len(train)} ({'in memory' if cached else 'streamed from the store'}), "
-        f"val images: {len(val) if val is not None else 0}")
 
-    w = tcfg.loss
-    vocab = CaptionVocab.build(train.all_texts(), tcfg.caption.vocab_size)
-    texts = _Texts(train, vocab, tcfg.caption.max_length)
-    text_encoder, text_cache = _text_encoder_with_cache(cfg, device)
-    if w.contrastive > 0 and texts.table:
-        texts.embeddings = text_encoder.embed(texts.table).to(device)
-        text_encoder.save_cache(text_cache)
-    scene_states = None
-    if w.scene > 0:
-        if tcfg.grid != (cfg.world.grid, cfg.world.grid):
-            raise ValueError(f"tokenizer.loss.scene needs the token grid {tcfg.grid} to be the shapes world's "
-                             f"{cfg.world.grid}x{cfg.world.grid} cells; set it to 0 for this tokenizer")
-        scene_states = scene_cell_states(train, cfg.world)
-    teacher = build_teacher(tcfg.teacher, tcfg.grid).to(device) if (w.perceptual > 0 or w.distill > 0) else None
-    distill_dim = teacher.distill_dim if teacher is not None else 1
-    setup_s = time.perf_counter() - t_setup
+class Objective(nn.Module):
+    """One step's losses, {name: scalar}: the module accelerate prepares (wraps in DDP across
+    processes), so the gradients of every head the step reaches are averaged over the ranks."""
 
-    fp = fingerprint(cfg, train)
-    ckpt_path = Path(tcfg.checkpoint_dir) / CHECKPOINT_FILE
-    state = load_checkpoint(ckpt_path) if resume else None
-    if state is not None and state.get("fingerprint") != fp:
-        say(f"checkpoint {ckpt_path} is for another config or data; starting fresh")
-        state = None
+    def __init__(self, model: VisualTokenizer, inputs: _Inputs):
+        super().__init__()
+        self.model = model
+        self.inputs = inputs
 
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    if state is not None:
-        model = VisualTokenizer(json.loads(state["spec"]))
-    else:
-        model = VisualTokenizer.build(tcfg, caption_vocab=vocab.tokens, text_dim=text_encoder.dim, distill_dim=distill_dim,
-                                      scene_states=scene_class_count(cfg.world) if scene_states is not None else 0)
-    model.to(device).train()
-    opt = torch.optim.AdamW(param_groups(model, tcfg.train.weight_decay), lr=tcfg.train.lr, betas=(0.9, 0.95))
-    total = tcfg.train.steps
-    finetune_from = total - int(tcfg.train.decoder_finetune * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(tcfg.train.warmup_steps, total, tcfg.train.min_lr_ratio, finetune_from))
-    start, curve, elapsed, cpu = 0, [], 0.0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        start, curve, elapsed = int(state["step"]), list(state["curve"]), float(state["elapsed"])
-        cpu = float(state.get("cpu", 0.0))
-        say(f"resumed from {ckpt_path} at step {start}")
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_path, {
-            "fingerprint": fp, "step": step, "spec": json.dumps(model.spec), "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
-            "curve": curve, "elapsed": elapsed, "cpu": cpu,
-        })
-
-    grid = model.grid
-    perc_layers = sorted(tcfg.teacher.perceptual_layers)
-    end = total if stop_at is None else min(total, stop_at)
-    bar = None
-    if progress and end > start:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start, desc="tokenizer", unit="step", dynamic_ncols=True)
-    t0, c0 = time.perf_counter(), time.process_time()
-    scene_rows = torch.tensor([i for i, s in enumerate(train.scenes) if s is not None], dtype=torch.long)
-    warmup = int(tcfg.train.scene_warmup * total)
-    for step in range(start, end):
-        idx = step_rows(len(train), scene_rows, warmup, tcfg.train.batch_size, cfg.seed, step)
-        x = train.pixels(idx).to(device).float() / 255.0
-        finetune = step >= finetune_from
+    def forward(self, x: torch.Tensor, rows: torch.Tensor, text_rows: torch.Tensor, text_ids: torch.Tensor,
+                step: int, finetune: bool, teacher_batch: int) -> dict[str, torch.Tensor]:
+        model, inp = self.model, self.inputs
+        tcfg, w = inp.cfg.tokenizer, inp.cfg.tokenizer.loss
         # The up-projection also feeds the semantic heads: it stays as they were trained with it.
         model.up.requires_grad_(not finetune)
         if finetune:  # codes frozen: only the pixel losses, which reach the decoder alone
@@ -302,52 +275,206 @@ def train_tokenizer(
             if w.bound > 0:
                 parts["bound"] = L.latent_bound(out["z"], tcfg.train.bound_margin)
             if w.usage > 0:
-                g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+                g = torch.Generator().manual_seed(inp.cfg.seed * 7_919 + step)
                 soft = model.soft_levels(out["z"], tcfg.train.usage_temperature)
                 parts["usage"] = L.code_usage(soft, tcfg.train.usage_tokens, g)
-            if scene_states is not None:
-                parts["scene"] = L.scene(model.cell_logits(out["q"]), scene_states[idx].to(device))
-        if teacher is not None:
-            tb = tcfg.train.teacher_batch or len(idx)  # the batch is already shuffled: its head is a sample
-            with torch.no_grad():
-                target_feats = teacher.features(x[:tb])
-            if w.perceptual > 0:
-                recon_feats = teacher.features(recon[:tb], perc_layers)
-                parts["perceptual"] = L.perceptual(recon_feats, target_feats)
-            if w.distill > 0 and not finetune:
-                target = L.pool_to_grid(target_feats[tcfg.teacher.distill_layer], grid)
-                parts["distill"] = L.distillation(model.distill_head(feats[:tb]), target)
-        rows = []
-        if not finetune and (w.contrastive > 0 or w.caption > 0):
-            rows, ids = texts.choose(idx, cfg.seed, step)
-        if len(rows):
-            rows, ids = rows.to(device), ids.to(device)
-            sel = feats[rows]
-            if w.contrastive > 0 and len(rows) > 1:
+            if inp.scene_states is not None:
+                parts["scene"] = L.scene(model.cell_logits(out["q"]), inp.scene_states[rows].to(x.device))
+        if inp.teacher is not None:
+            parts.update(self._teacher_losses(x, recon, feats if not finetune else None, teacher_batch))
+        if len(text_rows):
+            text_rows, text_ids = text_rows.to(x.device), text_ids.to(x.device)
+            sel = feats[text_rows]
+            if w.contrastive > 0 and len(text_rows) > 1:
                 parts["contrastive"] = L.sigmoid_contrastive(
-                    model.align(sel), texts.embeddings[ids], ids, model.logit_scale, model.logit_bias
+                    model.align(sel), inp.texts.embeddings[text_ids], text_ids, model.logit_scale, model.logit_bias
                 )
             if w.caption > 0:
-                tok = texts.tokens[ids.cpu()].to(device)
+                tok = inp.texts.tokens[text_ids.cpu()].to(x.device)
                 width = int((tok != PAD).sum(1).max())
                 tok = tok[:, :width]
                 parts["caption"] = L.caption(model.caption_head(sel, tok[:, :-1]), tok[:, 1:])
+        return parts
+
+    def _teacher_losses(self, x, recon, feats, tb: int) -> dict[str, torch.Tensor]:
+        """Perceptual (through the frozen teacher to the reconstruction) and distillation losses on
+        the batch's head (already shuffled: a sample), the teacher run in chunks."""
+        inp = self.inputs
+        t, w = inp.cfg.tokenizer, inp.cfg.tokenizer.loss
+        run = {"chunk": t.train.teacher_chunk, "checkpoint": t.train.teacher_checkpointing}
+        parts = {}
+        with torch.no_grad():
+            target_feats = inp.teacher.features(x[:tb], **run)
+        if w.perceptual > 0:
+            recon_feats = inp.teacher.features(recon[:tb], sorted(t.teacher.perceptual_layers), **run)
+            parts["perceptual"] = L.perceptual(recon_feats, target_feats)
+        if w.distill > 0 and feats is not None:
+            target = L.pool_to_grid(target_feats[t.teacher.distill_layer], self.model.grid)
+            parts["distill"] = L.distillation(self.model.distill_head(feats[:tb]), target)
+        return parts
+
+
+def _text_batch(texts: _Texts, rows: torch.Tensor, seed: int, step: int, lo: int, hi: int):
+    """The text choice of the global batch (world-independent), restricted to this process's
+    slice [lo, hi) and renumbered within it."""
+    text_rows, ids = texts.choose(rows, seed, step)
+    if not len(text_rows):
+        return text_rows, ids
+    mine = (text_rows >= lo) & (text_rows < hi)
+    return text_rows[mine] - lo, ids[mine]
+
+
+def _logged(acc, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The step's losses as floats: the rank's own with one process, else each averaged over
+    the ranks that computed it (a rank without texts has no contrastive term)."""
+    if acc.num_processes == 1:
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+    names = ("loss", *LOSS_NAMES)
+    vals = torch.zeros(2, len(names), dtype=torch.float64, device=loss.device)
+    for i, k in enumerate(names):
+        v = loss if k == "loss" else parts.get(k)
+        if v is not None:
+            vals[0, i], vals[1, i] = float(v.detach()), 1.0
+    vals = acc.reduce(vals, reduction="sum")
+    return {k: float(vals[0, i] / vals[1, i]) for i, k in enumerate(names) if vals[1, i] > 0}
+
+
+def train_tokenizer(
+    cfg,
+    *,
+    sets: dict[str, ImageTextSet] | None = None,
+    resume: bool = True,
+    stop_at: int | None = None,
+    progress: bool = True,
+    evaluate: bool = True,
+    logger: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Trains, saves `tokenizer.output`, writes metrics and the loss curve; returns the metrics.
+
+    Runs in every process of a torchrun world (arm.tokenizer.launch); rank 0 writes the outputs.
+    `sets` ({"train": ..., "val": ...}) replaces the curated store (tests, development).
+    `stop_at` stops after that many steps with a checkpoint, as a preemption would.
+    """
+    from arm.tokenizer.data import store_sets
+
+    tcfg = cfg.tokenizer
+    t = tcfg.train
+    say = (logger or log).info
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    acc = _accelerator(tcfg)
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    if t.batch_size % world:
+        raise ValueError(f"tokenizer.train.batch_size {t.batch_size} must be a multiple of the {world} processes")
+    per_rank = t.batch_size // world
+    if sets is None:
+        sets = store_sets(cfg.data.store, tcfg.image_size, ("train", "val"),
+                          cache_row_groups=max(16, 2 * t.shuffle_window))
+    train, val = sets["train"], sets.get("val")
+    if len(train) < 2:
+        raise ValueError(f"tokenizer training needs at least 2 training images, got {len(train)}")
+    if tcfg.grid != (cfg.world.grid, cfg.world.grid) or tcfg.image_size != cfg.world.image_size:
+        say(f"note: token grid {tcfg.grid} at {tcfg.image_size}px is not aligned with the shapes world "
+            f"({cfg.world.grid}x{cfg.world.grid} at {cfg.world.image_size}px)")
+    t_setup = time.perf_counter()
+    cached = train.preload(t.cache_mb)
+    say(f"train images: {len(train)} ({'in memory' if cached else 'streamed from the store'}), "
+        f"val images: {len(val) if val is not None else 0}, processes: {world}, precision: {t.precision}")
+
+    w = tcfg.loss
+    vocab = CaptionVocab.build(train.all_texts(), tcfg.caption.vocab_size)
+    texts = _Texts(train, vocab, tcfg.caption.max_length)
+    with acc.main_process_first():  # rank 0 embeds the texts into the cache the others then read
+        text_encoder, text_cache = _text_encoder_with_cache(cfg, device)
+        if w.contrastive > 0 and texts.table:
+            texts.embeddings = text_encoder.embed(texts.table).to(device)
+            if acc.is_main_process:
+                text_encoder.save_cache(text_cache)
+    scene_states = None
+    if w.scene > 0:
+        if tcfg.grid != (cfg.world.grid, cfg.world.grid):
+            raise ValueError(f"tokenizer.loss.scene needs the token grid {tcfg.grid} to be the shapes world's "
+                             f"{cfg.world.grid}x{cfg.world.grid} cells; set it to 0 for this tokenizer")
+        scene_states = scene_cell_states(train, cfg.world)
+    teacher = build_teacher(tcfg.teacher, tcfg.grid).to(device) if (w.perceptual > 0 or w.distill > 0) else None
+    if teacher is not None and t.precision == "bf16":
+        teacher.to(torch.bfloat16)  # frozen: no master weights to keep, and autocast computes in bf16
+    distill_dim = teacher.distill_dim if teacher is not None else 1
+    setup_s = time.perf_counter() - t_setup
+
+    fp = fingerprint(cfg, train)
+    ckpt_dir = Path(tcfg.checkpoint_dir)
+    found = latest_state(ckpt_dir) if resume else None
+    if found is not None and found[1].get("fingerprint") != fp:
+        say(f"checkpoint {found[0]} is for another config or data; starting fresh")
+        found = None
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if found is not None:
+        model = VisualTokenizer(found[1]["spec"])
+    else:
+        model = VisualTokenizer.build(tcfg, caption_vocab=vocab.tokens, text_dim=text_encoder.dim, distill_dim=distill_dim,
+                                      scene_states=scene_class_count(cfg.world) if scene_states is not None else 0)
+    model.to(device).train()
+    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=(0.9, 0.95))
+    total = t.steps
+    finetune_from = total - int(t.decoder_finetune * total)
+    sched = lr_schedule(opt, t.warmup_steps, total, t.min_lr_ratio, finetune_from)
+    objective, opt, sched = acc.prepare(Objective(model, _Inputs(cfg, teacher, texts, scene_states)), opt, sched)
+    start, curve, elapsed, cpu = 0, [], 0.0, 0.0
+    if found is not None:
+        acc.load_state(str(found[0]))
+        p = found[1]
+        start, curve, elapsed, cpu = int(p["step"]), list(p["curve"]), float(p["elapsed"]), float(p["cpu"])
+        say(f"resumed from {found[0]} at step {start}")
+
+    def checkpoint(step: int) -> None:
+        save_state(acc, ckpt_dir, {"fingerprint": fp, "step": step, "spec": model.spec, "curve": curve,
+                                   "elapsed": elapsed, "cpu": cpu, "processes": world})
+
+    end = total if stop_at is None else min(total, stop_at)
+    bar = None
+    if progress and end > start and acc.is_main_process:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start, desc="tokenizer", unit="step", dynamic_ncols=True)
+    scene_rows = torch.tensor([i for i, s in enumerate(train.scenes) if s is not None], dtype=torch.long)
+    order = BatchOrder(len(train), t.batch_size, cfg.seed, scene_rows, int(t.scene_warmup * total),
+                       train.groups, t.shuffle_window)
+    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    # the teacher's sub-batch is a global number too: each process takes its share
+    teacher_batch = max(1, t.teacher_batch // world) if t.teacher_batch else per_rank
+    loader = step_loader(train, _RankRows(order, lo, hi), range(start, end), t.workers if not cached else 0,
+                         cfg.seed, pin_memory=device.type == "cuda")
+    params = [p for g in opt.param_groups for p in g["params"]]
+    wants_texts = w.contrastive > 0 or w.caption > 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for step, pixels in zip(range(start, end), loader):
+        rows = order.rows(step)
+        x = pixels.to(device, non_blocking=True).float() / 255.0
+        finetune = step >= finetune_from
+        no_text = torch.empty(0, dtype=torch.long)
+        text_rows, ids = (_text_batch(texts, rows, cfg.seed, step, lo, hi) if wants_texts and not finetune
+                          else (no_text, no_text))
+        with acc.autocast():
+            parts = objective(x, rows[lo:hi], text_rows, ids, step, finetune, teacher_batch)
         loss = sum(getattr(w, k) * v for k, v in parts.items())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], tcfg.train.grad_clip)
+        acc.backward(loss)
+        acc.clip_grad_norm_(params, t.grad_clip)
         opt.step()
         sched.step()
-        row = {"step": step + 1, "loss": float(loss.detach()), "lr": float(opt.param_groups[0]["lr"])}
-        row.update({k: float(v.detach()) for k, v in parts.items()})
+        row = {"step": step + 1, **_logged(acc, loss, parts), "lr": float(opt.param_groups[0]["lr"])}
         curve.append(row)
         if bar is not None:
             bar.update(1)
-            if (step + 1) % tcfg.train.log_every == 0:
+            if (step + 1) % t.log_every == 0:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", l2=f"{row['l2']:.4f}")
-        if (step + 1) % tcfg.train.log_every == 0:
+        if (step + 1) % t.log_every == 0:
             log.debug("step %d %s", step + 1, row)
-        if (step + 1) % tcfg.train.checkpoint_every == 0 or step + 1 == end:
+        if (step + 1) % t.checkpoint_every == 0 or step + 1 == end:
             elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + time.process_time() - c0
             t0, c0 = time.perf_counter(), time.process_time()
             checkpoint(step + 1)
@@ -355,8 +482,11 @@ def train_tokenizer(
         bar.close()
     elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + time.process_time() - c0
     if end < total:
-        say(f"stopped at step {end} of {total}; checkpoint in {ckpt_path}")
+        say(f"stopped at step {end} of {total}; checkpoint in {ckpt_dir / STATE_DIR}")
         return {"stopped_at": end, "curve": curve}
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        return {"train_steps": total, "rank": rank}
 
     model.eval()
     model.save_pretrained(tcfg.output)
@@ -371,7 +501,9 @@ def train_tokenizer(
         "train_images": len(train),
         "train_texts": len(texts.table),
         "torch_threads": torch.get_num_threads(),
-        "images_per_second": round(total * tcfg.train.batch_size / max(elapsed, 1e-9), 1),
+        "processes": world,
+        "precision": t.precision,
+        "images_per_second": round(total * t.batch_size / max(elapsed, 1e-9), 1),
         "codebook_size": model.codebook_size,
         "grid": list(model.grid),
         "levels": model.levels,
@@ -386,6 +518,7 @@ def train_tokenizer(
         metrics["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
         text_encoder.save_cache(text_cache)
     atomic_write_json(tcfg.metrics, metrics)
+    acc.wait_for_everyone()  # the others return once the outputs are written
     return metrics
 
 

@@ -311,7 +311,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     model = build_model(cfg.model, layout, seed=cfg.seed)
     if p.activation_checkpointing:
         # non-reentrant: works with ZeRO-3's parameter hooks and inputs that need no grad
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     n_params = sum(getattr(q, "ds_numel", q.numel()) for q in model.parameters())
     optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, betas=p.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(p.schedule, p.warmup_steps, p.max_steps, p.min_lr_ratio))
