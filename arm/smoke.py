@@ -323,6 +323,16 @@ def sampling_speed(model_dir: Path, text_dir: Path, cfg: ArmConfig, device: str,
             "forwards": engine.stats.forwards, "complete_images": sum(r.finished for r in results),
         }
         print(f"[smoke] sampling batch {batch}: {engine.stats.tokens / dt:.1f} tokens/s ({n} images)", flush=True)
+    # the engine against transformers' generate, as benchmarks/sample.py on CPU; on a GPU also
+    # compiled (static cache + CUDA graphs) and with Jacobi where it pays
+    from arm.sample.versus import ENGINES, versus_generate
+
+    engines = ENGINES if device == "cuda" else {"eager": {}}
+    out["versus_generate"] = [versus_generate(model, layout, requests(n), batch, window=4, repeats=1, engines_of=engines)
+                              for batch, n in zip((1, 16), n_images)]
+    for row in out["versus_generate"]:
+        print(f"[smoke] engine vs generate at batch {row['batch']}: "
+              + ", ".join(f"{k} x{v:.2f}" for k, v in row["speedup"].items()), flush=True)
     del model
     _free(device)
     return out
@@ -395,19 +405,6 @@ def stand_in_fashion_mnist(out: Path) -> Path:
     return out
 
 
-@contextmanager
-def fresh_accelerate():
-    """accelerate's per-process state cleared before and after: the RL step's DeepSpeed settings
-    must not meet, or leave behind, another Accelerator's in this process (a test session)."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    try:
-        yield
-    finally:
-        AcceleratorState._reset_state()
-
-
 def saved_tensor(model_dir: Path, name: str) -> torch.Tensor:
     """One tensor of an exported model dir, read alone from whichever safetensors shard holds it."""
     from safetensors import safe_open
@@ -439,8 +436,7 @@ def grpo_step(cfg: ArmConfig) -> dict:
     from arm.rl.trainer import train_rl
 
     r = cfg.rl
-    with fresh_accelerate():
-        m = train_rl(cfg, progress=False)
+    m = train_rl(cfg, progress=False)  # its own Accelerator (arm.train.accel resets the process's state)
     run_dir = Path(r.checkpoints) / m["run"]
     change = master_weight_change(Path(r.base), run_dir, PROBE_WEIGHT)
     shutil.rmtree(run_dir)  # weights, fp32 master and Adam: ~15 GB at 1B, read once above

@@ -1,13 +1,16 @@
-"""Sampling benchmark: KV cache vs recompute, CFG as one doubled batch vs two passes, and
-speculative Jacobi vs plain decoding (forward passes, wall time, output distribution).
+"""Sampling benchmark: the engine against transformers' `generate`, plus the engine's own ablations.
 
-    .venv/bin/python benchmarks/sample.py                      # tiny preset shape, random init
-    .venv/bin/python benchmarks/sample.py --model models/arm-base
-    .venv/bin/python benchmarks/sample.py --grid 8              # longer image spans (64 tokens)
+    .venv/bin/python benchmarks/sample.py --threads 2           # tiny preset shape, random init, 3x3 and 8x8 grids
+    .venv/bin/python benchmarks/sample.py --model models/arm-base --grids 0
 
-Every comparison runs both variants in the same process on the same requests, reports a ratio,
-and checks that the variants agree token for token (they are exact rewrites of one another).
-Writes benchmarks/results/sample.json. CPU timings are noisy when other jobs share the cores.
+Baseline: `model.generate` on the same prompts for the same number of image tokens, sampling at
+T = 1 with a LogitsProcessor that allows only image codes, and transformers' own CFG
+(`guidance_scale` with the unconditional prompts as `negative_prompt_ids`). The engine runs
+eagerly, compiled (StaticCache + torch.compile) and compiled with speculative Jacobi decoding (only at
+batches of few rows, where it pays); `speedup` = generate seconds / engine seconds, both measured
+in the same run, alternating, best of `repeats`. Ablations (KV cache vs recompute, CFG as one
+doubled batch vs two passes, Jacobi vs plain) check that the engine's variants agree token for
+token. Writes benchmarks/results/sample.json. CPU timings are noisy when other jobs share the cores.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -32,21 +36,26 @@ from arm.config import load_config  # noqa: E402
 from arm.io import atomic_write_json  # noqa: E402
 from arm.sample.engine import Engine, Request  # noqa: E402
 from arm.sample.pipeline import uncond_prompt  # noqa: E402
+from arm.sample.versus import versus_generate  # noqa: E402
 from arm.text.formats import format_prompt  # noqa: E402
 from arm.text.vocab import VocabLayout  # noqa: E402
 
 
-def load_model(args):
+def load_model(args, grid: int):
+    """The trained model (grid 0: its own layout) or a random model of the preset's shape with a `grid` x `grid` image."""
     if args.model:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, use_safetensors=True)
-        return model.eval(), VocabLayout.load(args.model), f"trained: {args.model}"
+        layout = VocabLayout.load(args.model)
+        if grid:
+            layout = VocabLayout(layout.n_text, layout.codebook_size, (grid, grid), layout.levels)
+        return model.eval(), layout, f"trained: {args.model}"
     from arm.model import factorized
     from arm.model.build import build_model, count_parameters
 
     cfg = load_config(args.params, args.preset)
-    grid = args.grid or cfg.tokenizer.image_size // cfg.tokenizer.patch_size
+    grid = grid or cfg.tokenizer.image_size // cfg.tokenizer.patch_size
     layout = VocabLayout(cfg.text.vocab_size, _prod(cfg.tokenizer.levels), (grid, grid), tuple(cfg.tokenizer.levels))
     model = build_model(cfg.model, layout, seed=0)
     factorized.fold(model)  # what export does: a stock transformers model
@@ -77,6 +86,9 @@ def requests(layout: VocabLayout, n: int, *, cfg_scale: float, temperature: floa
         out.append(Request(prompt, uncond_prompt(prompt, layout) if cfg_scale != 1 else None, cfg_scale=cfg_scale,
                            temperature=temperature, seed=seed0 + i))
     return out
+
+
+# ----------------------------------------------------------------------------- the engine's own ablations
 
 
 def run_once(make_engine, reqs, batch):
@@ -144,51 +156,80 @@ def distribution_check(model, layout, n: int, window: int, cfg_scale: float):
             "images_each": n, "chi2": float(chi2), "dof": int(dof), "p_value": float(p)}
 
 
+def ablations(model, layout, args) -> dict:
+    s = args.cfg_scale
+    out = {"kv_cache": [], "cfg": [], "jacobi": []}
+    for b in (1, 16):
+        n = args.images if b > 1 else max(args.images // 2, 2)  # batch 1 runs image after image
+        reqs = requests(layout, n, cfg_scale=s, temperature=1.0)
+        out["kv_cache"].append(compare("KV cache vs recompute", model, layout, reqs, b,
+                                       {"use_cache": False}, {"use_cache": True}, args.repeats))
+        out["cfg"].append(compare("CFG doubled batch vs two passes", model, layout, reqs, b,
+                                  {"cfg_mode": "separate"}, {"cfg_mode": "batch"}, args.repeats))
+    for temp in (0.0, 1.0):
+        for b in (1, 16):
+            n = args.images if b > 1 else max(args.images // 2, 2)
+            reqs = requests(layout, n, cfg_scale=s, temperature=temp)
+            # drafts at every batch size (no row cap), to show where the window pays and where not
+            row = compare(f"Jacobi W={args.window} vs plain (T={temp})", model, layout, reqs, b,
+                          {}, {"jacobi_window": args.window, "jacobi_max_rows": 1 << 16}, args.repeats)
+            row["temperature"] = temp
+            row["steps_per_image"] = {"plain": row["baseline_steps"] * b / n, "jacobi": row["variant_steps"] * b / n}
+            out["jacobi"].append(row)
+    out["distribution"] = distribution_check(model, layout, 200, args.window, s)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="trained model dir (default: models/arm-base if present)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--grid", type=int, default=None, help="override tokens per image side (random model)")
+    ap.add_argument("--grids", type=int, nargs="+", default=[0, 8],
+                    help="tokens per image side for the generate comparison (0 = the model's / preset's own)")
     ap.add_argument("--init-std", type=float, default=None, help="re-initialise the random model with this std")
     ap.add_argument("--window", type=int, default=4, help="Jacobi draft window")
     ap.add_argument("--cfg-scale", type=float, default=3.0)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--images", type=int, default=16, help="images per measurement")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--output", default="benchmarks/results/sample.json")
     args = ap.parse_args()
-    if args.model is None and args.grid is None and args.init_std is None and Path("models/arm-base/config.json").is_file():
+    if args.model is None and args.init_std is None and Path("models/arm-base/config.json").is_file():
         args.model = "models/arm-base"
     if args.threads:
         torch.set_num_threads(args.threads)
+    # one process compiles a decode step for every (batch rows, cache length, step width) it meets
+    # (2 grids x 4 row counts x 2 widths); a service meets a few, under dynamo's default limit of 8
+    torch._dynamo.config.recompile_limit = 64
     torch.manual_seed(0)
-    model, layout, desc = load_model(args)
-    print(f"model: {desc}; {layout.tokens_per_image} tokens per image; torch threads {torch.get_num_threads()}", flush=True)
-
-    s = args.cfg_scale
-    results = {"model": desc, "tokens_per_image": layout.tokens_per_image, "cfg_scale": s, "window": args.window,
-               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-               "note": "CPU wall times, best of `repeats` alternating runs; noisy when other jobs share the cores", "kv_cache": [], "cfg": [], "jacobi": []}
+    results = {"cfg_scale": args.cfg_scale, "window": args.window, "threads": torch.get_num_threads(),
+               "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
+               "note": "CPU wall times, best of `repeats` alternating runs; noisy when other jobs share the cores; "
+                       "speedup = generate seconds / engine seconds",
+               "versus_generate": [], "load_average_start": os.getloadavg()[0]}
     with torch.inference_mode():
-        n = args.images
-        for b in (1, 16):
-            reqs = requests(layout, n, cfg_scale=s, temperature=1.0)
-            results["kv_cache"].append(compare("KV cache vs recompute", model, layout, reqs, b,
-                                               {"use_cache": False}, {"use_cache": True}, args.repeats))
-        for b in (1, 16):
-            reqs = requests(layout, n, cfg_scale=s, temperature=1.0)
-            results["cfg"].append(compare("CFG doubled batch vs two passes", model, layout, reqs, b,
-                                          {"cfg_mode": "separate"}, {"cfg_mode": "batch"}, args.repeats))
-        for temp in (0.0, 1.0):
-            for b in (1, 16):
-                reqs = requests(layout, n, cfg_scale=s, temperature=temp)
-                row = compare(f"Jacobi W={args.window} vs plain (T={temp})", model, layout, reqs, b,
-                              {}, {"jacobi_window": args.window}, args.repeats)
-                row["temperature"] = temp
-                row["steps_per_image"] = {"plain": row["baseline_steps"] * b / n, "jacobi": row["variant_steps"] * b / n}
-                results["jacobi"].append(row)
-        results["distribution"] = distribution_check(model, layout, 200, args.window, s)
+        for grid in args.grids:
+            model, layout, desc = load_model(args, grid)
+            results["model"] = desc
+            print(f"model: {desc}; {layout.tokens_per_image} tokens per image; torch threads {torch.get_num_threads()}",
+                  flush=True)
+            for cfg_scale in (1.0, args.cfg_scale):
+                for b in (1, 16):
+                    # batch 1 runs image after image: fewer of them on long grids keeps the run short
+                    n = args.images if b > 1 or layout.tokens_per_image <= 16 else max(args.images // 4, 2)
+                    reqs = requests(layout, n, cfg_scale=cfg_scale, temperature=1.0)
+                    row = {"tokens_per_image": layout.tokens_per_image,
+                           **versus_generate(model, layout, reqs, b, args.window, args.repeats)}
+                    print(f"vs generate: {layout.tokens_per_image:3d} tokens cfg {cfg_scale:g} b={b:<3d} "
+                          f"generate {row['seconds']['generate']:.3f}s  "
+                          + "  ".join(f"{k} x{v:.2f}" for k, v in row["speedup"].items()), flush=True)
+                    results["versus_generate"].append(row)
+            if grid == args.grids[0]:
+                results["tokens_per_image"] = layout.tokens_per_image
+                results.update(ablations(model, layout, args))
+    # other jobs on the cores distort every ratio: the 1-minute load says how much to trust them
+    results["load_average_end"] = os.getloadavg()[0]
     atomic_write_json(args.output, results)
     print(f"wrote {args.output}")
 

@@ -100,6 +100,10 @@ def test_tiny_cpu_smoke_writes_sane_json(tmp_path):
         row = s[f"batch_{batch}"]
         assert row["images"] == row["complete_images"] == n
         assert row["tokens"] == n * size.grid**2 and row["tokens_per_s"] > 0  # <eoi> is forced, not drawn
+    # engine vs transformers' generate on the same requests (eager only on CPU: no compile wait in CI)
+    assert [(v["batch"], v["images"], set(v["speedup"])) for v in s["versus_generate"]] == \
+        [(1, size.sample_images[0], {"eager"}), (16, size.sample_images[1], {"eager"})]
+    assert all(v["seconds"]["generate"] > 0 and v["speedup"]["eager"] > 0 for v in s["versus_generate"])
 
     rl = r["rl"]  # one GRPO step with the 7b RL switches, in this process
     assert (rl["zero_stage"], rl["precision"], rl["activation_checkpointing"], rl["nproc"]) == (3, "bf16", True, 1)

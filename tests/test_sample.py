@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 
 from arm.sample.choose import choose, filter_logits, gumbel
 from arm.sample.engine import Engine, Request
@@ -68,11 +68,13 @@ def tokens(engine, reqs):
 # ----------------------------------------------------------------------------- KV cache
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
-def test_kv_cache_logits_equal_recompute(dtype, tol):
+def test_kv_cache_logits_equal_recompute(dtype, tol, static):
     m = tiny_model(dtype)
     prompts = [format_prompt("generate", LAYOUT, text=[1, 2, 3, 4]), format_prompt("understand", LAYOUT, image=IMG, text=[5])]
-    cached, full = Rows(m, prompts, LAYOUT.pad, use_cache=True), Rows(m, prompts, LAYOUT.pad, use_cache=False)
+    cache = StaticCache(config=m.config, max_cache_len=64) if static else None
+    cached, full = Rows(m, prompts, LAYOUT.pad, use_cache=True, static=cache), Rows(m, prompts, LAYOUT.pad, use_cache=False)
     torch.testing.assert_close(cached.prefill(), full.prefill(), atol=tol, rtol=tol)
     gen = torch.Generator().manual_seed(0)
     for step in range(6):
@@ -87,7 +89,33 @@ def test_kv_cache_logits_equal_recompute(dtype, tol):
         keep = torch.tensor([1, max(1, k - 1)]).clamp(max=valid.sum(1))
         cached.commit(keep)
         full.commit(keep)
-    assert cached.cache.get_seq_length() == cached.seq.shape[1]
+    assert int(cached.cache.get_seq_length()) == cached.seq.shape[1]
+
+
+def test_static_rows_keep_finished_rows_masked(model):
+    """A static batch keeps its shape when rows finish: the others' logits match a DynamicCache batch."""
+    prompts = [format_prompt("generate", LAYOUT, text=[1, 2]), format_prompt("understand", LAYOUT, image=IMG, text=[5]),
+               format_prompt("generate", LAYOUT, text=[7, 8, 9])]
+    static = Rows(model, prompts, LAYOUT.pad, static=StaticCache(config=model.config, max_cache_len=64), widths=(1, 3))
+    dynamic = Rows(model, prompts, LAYOUT.pad)
+    torch.testing.assert_close(static.prefill(), dynamic.prefill())
+    toks = torch.tensor([[11], [12], [13]])
+    for rows in (static, dynamic):
+        rows.extend(toks, torch.ones(3, 1, dtype=torch.bool))
+        rows.commit(torch.ones(3, dtype=torch.long))
+        rows.select(torch.tensor([0, 2]))
+    assert len(static) == len(dynamic) == 2 and static.seq.shape[0] == 3
+    toks, valid = torch.tensor([[14, 15], [16, 17]]), torch.tensor([[True, True], [True, False]])
+    a, b = static.extend(toks, valid), dynamic.extend(toks, valid)
+    assert a.shape == b.shape  # padded to 3 columns for the forward, 2 returned
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1, :1], b[1, :1])
+    for rows in (static, dynamic):
+        rows.commit(torch.tensor([2, 1]))
+    assert static.seq.shape[1] == dynamic.seq.shape[1]  # the padding column is trimmed again
+    toks = torch.tensor([[18], [19]])
+    a, b = static.extend(toks, torch.ones(2, 1, dtype=torch.bool)), dynamic.extend(toks, torch.ones(2, 1, dtype=torch.bool))
+    torch.testing.assert_close(a, b)
 
 
 def test_left_padded_batch_matches_unpadded_reference(model):
@@ -125,7 +153,7 @@ def test_image_spans_always_decode_to_valid_grids():
     reqs = [gen([i % 40], cfg_scale=1.0 + (i % 3), temperature=3.0, seed=i) for i in range(12)]
     reqs += [ask([i % 40], temperature=3.0, max_new_tokens=9, seed=i) for i in range(6)]
     for window in (0, 3):
-        for res in Engine(m, LAYOUT, jacobi_window=window).run(reqs):
+        for res in Engine(m, LAYOUT, jacobi_window=window, jacobi_max_rows=64).run(reqs):
             t = torch.tensor(res.tokens)
             if res.mode == "image":
                 assert len(res.tokens) == LAYOUT.tokens_per_image + 1 and res.finished
@@ -202,9 +230,17 @@ def test_jacobi_greedy_equals_plain_greedy(model, window):
     reqs = [gen([i, i + 1], cfg_scale=1.0 + i % 2 * 2, temperature=0.0, seed=i) for i in range(4)]
     reqs += [ask([i], temperature=0.0, max_new_tokens=12) for i in range(3)]
     plain = Engine(model, LAYOUT)
-    jacobi = Engine(model, LAYOUT, jacobi_window=window)
+    jacobi = Engine(model, LAYOUT, jacobi_window=window, jacobi_max_rows=64)
     assert tokens(jacobi, reqs) == tokens(plain, reqs)
-    assert jacobi.stats.steps <= plain.stats.steps
+    assert jacobi.stats.steps <= plain.stats.steps and jacobi.stats.drafted > 0
+
+
+def test_jacobi_turns_off_above_max_rows_with_the_same_output(model):
+    reqs = [gen([i, i + 1], cfg_scale=1.0, temperature=1.0, seed=i, uncond_prompt=None) for i in range(4)]
+    capped = Engine(model, LAYOUT, jacobi_window=3, jacobi_max_rows=3)
+    assert tokens(capped, reqs) == tokens(Engine(model, LAYOUT), reqs)
+    assert capped.stats.drafted == 0 and capped.stats.steps == LAYOUT.tokens_per_image
+    assert tokens(capped, reqs[:3]) == tokens(Engine(model, LAYOUT), reqs[:3]) and capped.stats.drafted > 0
 
 
 def test_jacobi_sampled_equals_plain_sampled_under_same_noise(model):
@@ -223,6 +259,17 @@ def test_jacobi_accepts_drafts_on_a_predictable_model():
     assert plain.stats.steps == 9 and jac.stats.steps == 3 and jac.stats.accepted_drafts == 6
 
 
+@pytest.mark.slow
+def test_compiled_static_engine_gives_the_same_tokens(model):
+    """torch.compile + StaticCache decoding: token for token the eager engine's output, rows
+    finishing at different times included, plain and speculative."""
+    reqs = mixed()
+    eager = tokens(Engine(model, LAYOUT), reqs)
+    compiled = Engine(model, LAYOUT, compile=True, jacobi_window=3)
+    assert tokens(compiled, reqs) == eager
+    assert compiled.stats.drafted > 0
+
+
 # ----------------------------------------------------------------------------- choose
 
 
@@ -232,7 +279,7 @@ def test_choose_filters_and_draws_from_the_distribution():
     logits = torch.randn(1, 10, generator=gen).expand(n, 10)
     allowed = torch.ones(n, 10, dtype=torch.bool)
     allowed[:, 0] = False
-    noise = torch.stack([gumbel(gen, 10) for _ in range(n)])
+    noise = gumbel(gen, n, 10)
     ones = torch.ones(n)
     drawn = choose(logits, allowed, noise, ones, torch.zeros(n, dtype=torch.long), ones)
     assert int((drawn == 0).sum()) == 0
@@ -247,3 +294,59 @@ def test_choose_filters_and_draws_from_the_distribution():
     assert set(hot.tolist()) == set(logits[0].masked_fill(~allowed[0], -1e9).topk(3).indices.tolist())
     kept = filter_logits(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), torch.tensor([3]), torch.tensor([1.0]))
     assert kept[0, :3].tolist() == [3.0, 2.0, 1.0] and kept[0, 3] < -1e30
+
+
+# ----------------------------------------------------------------------------- noise
+
+
+def test_noise_covers_only_the_grammar_span_on_the_logits_device(model, monkeypatch):
+    """An image position draws float32 noise over the image codes only (not the vocabulary), on the
+    logits' device; a text position over the text span (text ids .. <eos>), with <pad>/<bos> masked."""
+    import arm.sample.engine as engine_mod
+
+    seen = []
+
+    def spy(logits, allowed, noise, *args):
+        seen.append((logits, allowed, noise))
+        return choose(logits, allowed, noise, *args)
+
+    monkeypatch.setattr(engine_mod, "choose", spy)
+    vocab = model.config.vocab_size
+    Engine(model, LAYOUT).run([gen([1, 2], cfg_scale=3.0, seed=1)])
+    assert len(seen) == LAYOUT.tokens_per_image
+    for logits, allowed, noise in seen:
+        assert noise.shape == (1, LAYOUT.codebook_size) and noise.shape[-1] < vocab
+        assert noise.dtype == torch.float32 and noise.device == logits.device
+        assert logits.shape[-1] == LAYOUT.codebook_size and allowed is None
+    seen.clear()
+    Engine(model, LAYOUT).run([ask([3], max_new_tokens=3, seed=2)])
+    for logits, allowed, noise in seen:
+        assert noise.shape == (1, LAYOUT.eos + 1) and noise.dtype == torch.float32
+        assert allowed.tolist() == [True] * LAYOUT.n_text + [False, False, True]
+
+
+def test_image_draws_are_codes_distributed_as_the_restricted_softmax():
+    """Span-restricted Gumbel-max is still an exact sample of softmax(logits / T) over the image codes."""
+    m = tiny_model(torch.float64, seed=3)
+    target = torch.randn(LAYOUT.vocab_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hidden = m.config.hidden_size
+    # a context-free model with logits == target: the final norm outputs a constant unit vector
+    m.model.norm.register_forward_hook(lambda mod, inp, out: torch.ones_like(out) / hidden**0.5)
+    with torch.no_grad():
+        m.lm_head.weight.copy_(target.unsqueeze(1).expand(-1, hidden) / hidden**0.5)
+    reqs = [gen([1], cfg_scale=1.0, temperature=0.5, seed=s, uncond_prompt=None) for s in range(300)]
+    counts = torch.zeros(LAYOUT.codebook_size, dtype=torch.float64)
+    for res in Engine(m, LAYOUT).run(reqs):
+        counts += torch.bincount(res.codes(LAYOUT).flatten(), minlength=LAYOUT.codebook_size).double()
+    probs = (target[LAYOUT.image_offset :] / 0.5).softmax(-1)
+    assert float((counts / counts.sum() - probs).abs().max()) < 0.02
+
+
+def test_noise_blocks_keep_long_outputs_batch_invariant_and_jacobi_lossless(model):
+    """Outputs longer than one noise block: the same per seed alone, in a batch, and under Jacobi."""
+    reqs = [ask([i], temperature=1.0, top_k=20, max_new_tokens=40, seed=10 + i) for i in range(3)]
+    reqs.append(gen([4], cfg_scale=2.0, seed=20))
+    alone = [tokens(Engine(model, LAYOUT), [r])[0] for r in reqs]
+    assert max(len(t) for t in alone) > 16  # crosses a noise block boundary
+    assert tokens(Engine(model, LAYOUT), reqs[::-1])[::-1] == alone
+    assert tokens(Engine(model, LAYOUT, jacobi_window=5), reqs) == alone

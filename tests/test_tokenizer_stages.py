@@ -302,10 +302,10 @@ def test_scene_cell_states_label_every_cell(gen_sets):
 def _checkpoint_weights(ckpt_dir) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from arm.tokenizer.train import STATE_DIR
+    from arm.train.accel import latest
 
     # accelerate saves the prepared Objective: the tokenizer under "model."
-    return {k.removeprefix("model."): v for k, v in load_file(ckpt_dir / STATE_DIR / "model.safetensors").items()}
+    return {k.removeprefix("model."): v for k, v in load_file(latest(ckpt_dir)[0] / "model.safetensors").items()}
 
 
 def test_lr_schedule_restarts_for_the_decoder_finetune():
@@ -337,38 +337,3 @@ def test_decoder_finetune_trains_the_decoder_alone(tmp_path, text_cache, gen_set
     assert all("scene" in r for r in curve[:3]) and not any("scene" in r for r in curve[3:])
 
 
-class _Accelerator:
-    """What save_state uses of an Accelerator, with a save that can die halfway."""
-
-    is_main_process = True
-
-    def __init__(self):
-        self.crash = False
-
-    def wait_for_everyone(self) -> None:
-        pass
-
-    def save_state(self, out: str) -> None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "model.safetensors").write_text("half" if self.crash else "whole")
-        if self.crash:
-            raise RuntimeError("killed mid-save")
-
-
-def test_a_crash_mid_save_keeps_the_previous_checkpoint(tmp_path):
-    from arm.tokenizer.train import STATE_DIR, latest_state, save_state
-
-    acc = _Accelerator()
-    save_state(acc, tmp_path, {"step": 3})
-    acc.crash = True
-    with pytest.raises(RuntimeError, match="mid-save"):
-        save_state(acc, tmp_path, {"step": 6})
-    path, progress = latest_state(tmp_path)
-    assert progress == {"step": 3} and (path / "model.safetensors").read_text() == "whole"
-    # killed between the two renames of the swap: the previous one is found under its old name
-    (tmp_path / STATE_DIR).rename(tmp_path / f"{STATE_DIR}.old")
-    assert latest_state(tmp_path)[1] == {"step": 3}
-    acc.crash = False
-    save_state(acc, tmp_path, {"step": 9})
-    assert latest_state(tmp_path)[1] == {"step": 9}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_DIR]

@@ -149,5 +149,8 @@ class SamplingConfig(Strict):
     text_temperature: float = Field(0.0, ge=0)  # answers of `describe`; 0 = greedy
     max_new_tokens: int = Field(32, ge=1)  # text answers
     jacobi_window: int = Field(0, ge=0)  # draft tokens per speculative Jacobi step; 0 = plain decoding
+    # static KV cache + torch.compile'd decode step (CUDA graphs on a GPU): the same tokens, less
+    # per-step overhead, one compile per new batch shape: for long-lived samplers (serving, RL)
+    compile: bool = False
     batch_size: int = Field(16, ge=1)
     seed: int = 0

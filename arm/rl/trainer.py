@@ -139,7 +139,8 @@ class GRPOTrainer:
                                            grad_clip=r.grad_clip, micro_batch=r.minibatch_size // r.nproc)
         if self.acc.num_processes != r.nproc:
             raise RuntimeError(f"rl.nproc is {r.nproc} but {self.acc.num_processes} processes were launched")
-        self.device = self.acc.device
+        # accelerate names a process's CPU "cpu:<local rank>" in a process group; it is the one CPU
+        self.device = torch.device("cpu") if self.acc.device.type == "cpu" else self.acc.device
         self.zero3 = accel.is_zero3(self.acc)
         self.base_id = base_identity(base)
         # ZeRO-3 bf16 keeps its own fp32 master copy: load the shards in bf16. Otherwise the
@@ -206,11 +207,12 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ pieces
 
     def resume(self) -> bool:
-        tag_dir = accel.load_latest(self.acc, self.run_dir)
-        if tag_dir is None:
+        found = accel.latest(self.run_dir)
+        if found is None:
             return False
-        self.state = RLState(**json.loads((tag_dir / "state.json").read_text()))
-        log.info("resumed %s at step %d", tag_dir, self.state.step)
+        self.acc.load_state(str(found[0]))
+        self.state = RLState(**found[1])
+        log.info("resumed %s at step %d", found[0], self.state.step)
         return True
 
     def local_prompts(self, prompts: list[Prompt]) -> tuple[list[Prompt], int]:

@@ -2,8 +2,10 @@
 
 The draw is Gumbel-max with noise fixed per (request, output position): token =
 argmax(logits / T + g) over the allowed, filtered tokens, where g ~ Gumbel(0, 1) i.i.d. per
-vocabulary entry, which is an exact sample from softmax(logits / T) restricted to that set.
-The noise for position t comes from the request's own seeded generator, so:
+candidate id, which is an exact sample from softmax(logits / T) restricted to that set. Only
+the ids of the grammar's span need noise (the image codes inside an image), and the noise is
+float32 on the logits' device: nothing crosses from the host per step. The noise for position t
+comes from the request's own seeded generator (on that device), so:
 
 * a request's output depends only on its seed, never on what else is in the batch;
 * speculative Jacobi decoding can verify a sampled draft exactly: it reuses the noise of that
@@ -43,28 +45,30 @@ def filter_logits(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
     return logits.masked_fill(removed, neg)
 
 
-def gumbel(generator: torch.Generator, vocab: int) -> torch.Tensor:
-    """Gumbel(0, 1) noise [vocab] for one output position (float32, CPU)."""
-    u = torch.rand(vocab, generator=generator, dtype=torch.float64).clamp_(min=1e-300)
-    return (-torch.log(-torch.log(u))).float()
+def gumbel(generator: torch.Generator, rows: int, width: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise [rows, width], float32 on the generator's device."""
+    u = torch.rand(rows, width, generator=generator, device=generator.device, dtype=torch.float32)
+    # u == 0 would give -inf; the smallest normal float keeps it a (very unlikely) finite draw
+    return -torch.log(-torch.log(u.clamp_(min=torch.finfo(torch.float32).tiny)))
 
 
 def choose(
     logits: torch.Tensor,
-    allowed: torch.Tensor,
+    allowed: torch.Tensor | None,
     noise: torch.Tensor | None,
     temperature: torch.Tensor,
     top_k: torch.Tensor,
     top_p: torch.Tensor,
 ) -> torch.Tensor:
-    """One token per row of `logits` [N, V], restricted to `allowed` [N, V] (bool).
+    """One index per row of `logits` [N, W], restricted to `allowed` ([W] or [N, W] bool; None = all).
 
-    temperature 0 is greedy (argmax; ties go to the lowest id) and needs no noise; otherwise
-    `noise` [N, V] holds each row's Gumbel noise (rows of greedy requests are ignored).
+    temperature 0 is greedy (argmax; ties go to the lowest index) and needs no noise; otherwise
+    `noise` [N, W] holds each row's Gumbel noise (rows of greedy requests are ignored).
     """
     logits = logits.float()
     neg = torch.finfo(logits.dtype).min
-    logits = logits.masked_fill(~allowed, neg)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, neg)
     out = logits.argmax(-1)
     sampled = temperature > 0
     if bool(sampled.any()):
@@ -76,7 +80,9 @@ def choose(
         if bool(((k > 0) | (p < 1)).any()):  # the sort is most of the cost of a draw: skip it when unused
             scaled = filter_logits(scaled, k, p)
         # disallowed and filtered tokens must never win, whatever their noise
-        removed = ~allowed[rows] | (scaled <= neg)
-        perturbed = (scaled + noise[rows].to(scaled.device)).masked_fill(removed, float("-inf"))
+        removed = scaled <= neg
+        if allowed is not None:
+            removed |= ~(allowed if allowed.dim() == 1 else allowed[rows])
+        perturbed = (scaled + noise[rows]).masked_fill(removed, float("-inf"))
         out[rows] = perturbed.argmax(-1)
     return out

@@ -6,7 +6,8 @@ next-token logits at every one of those positions in a single forward. The draw 
 position t uses the request's own Gumbel noise for t (see `choose`), so:
 
 * window 0 is ordinary KV-cached decoding (one forward per token);
-* window W > 0 is speculative Jacobi decoding: the token after the pending one is always
+* window W > 0 is speculative Jacobi decoding (while the batch has at most `jacobi_max_rows`
+  model rows: beyond that drafts cost more than they save): the token after the pending one is always
   accepted; each following one is accepted while the draft before it equals what the model
   drew there. Accepted tokens are exactly the tokens plain decoding would draw with the same
   noise (greedy or sampled): the speed-up is lossless by construction. Draws after the first
@@ -15,6 +16,10 @@ position t uses the request's own Gumbel noise for t (see `choose`), so:
 Classifier-free guidance adds, for each guided image request, an unconditional row that follows
 the same tokens; cond and uncond rows run as one doubled batch (`cfg_mode="batch"`) or, as a
 baseline, as two forwards (`cfg_mode="separate"`). Guidance only touches image positions.
+
+`compile=True` decodes through a StaticCache (one per batch shape, reused across batches) and the
+model's `torch.compile`d call (transformers' `get_compiled_call`; CUDA graphs on a GPU): the same
+tokens, less per-step overhead once compiled, at the price of a compile per new batch shape.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from transformers import CompileConfig, StaticCache
 
 from arm.sample.choose import choose, gumbel, guide
 from arm.sample.constraints import Grammar, Mode
@@ -75,6 +81,10 @@ class Stats:
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
+STATIC_BUCKET = 64  # static cache lengths are multiples of this
+NOISE_BLOCK = 16  # noise rows drawn per call; part of a request's stream, so changing it changes samples
+
+
 @dataclass
 class _State:
     req: Request
@@ -83,22 +93,26 @@ class _State:
     last_needed: int  # last position whose token needs a forward
     generator: torch.Generator
     guided: bool
+    noise_width: int  # the widest span the request draws from; a narrower span reads a prefix
     out: list[int] = field(default_factory=list)
     drafts: list[int] = field(default_factory=list)
     done: bool = False
-    noise: dict[int, torch.Tensor] = field(default_factory=dict)  # position -> Gumbel noise, until committed
-    next_noise: int = 0
+    noise: torch.Tensor | None = None  # Gumbel rows for positions [noise_from, noise_from + len(noise))
+    noise_from: int = 0
 
-    def noise_at(self, t: int, vocab: int) -> torch.Tensor:
-        # drawn in position order from the request's own stream: position t always gets the same noise
-        while self.next_noise <= t:
-            self.noise[self.next_noise] = gumbel(self.generator, vocab)
-            self.next_noise += 1
-        return self.noise[t]
+    def noise_at(self, t: int) -> torch.Tensor:
+        """Gumbel noise [noise_width] of output position t: the same row whatever the batch or the window.
 
-    def forget_noise(self) -> None:
-        for t in [t for t in self.noise if t < len(self.out)]:
-            del self.noise[t]
+        Rows come from the request's own stream in position order, NOISE_BLOCK positions per draw
+        (one kernel on the device instead of one per position); a position's row is the same
+        however the rows are consumed, because the blocks are fixed by position alone."""
+        while self.noise is None or t >= self.noise_from + len(self.noise):
+            start = 0 if self.noise is None else self.noise_from + len(self.noise)
+            block = gumbel(self.generator, NOISE_BLOCK, self.noise_width)
+            # positions before the first uncommitted one are never read again
+            keep = self.noise[max(len(self.out) - self.noise_from, 0):] if self.noise is not None else block[:0]
+            self.noise_from, self.noise = start - len(keep), torch.cat([keep, block])
+        return self.noise[t - self.noise_from]
 
 
 class Engine:
@@ -110,12 +124,16 @@ class Engine:
         use_cache: bool = True,
         cfg_mode: Literal["batch", "separate"] = "batch",
         jacobi_window: int = 0,
+        jacobi_max_rows: int = 8,
         max_batch: int | None = None,
+        compile: bool = False,
     ):
         if cfg_mode not in ("batch", "separate"):
             raise ValueError(f"cfg_mode must be 'batch' or 'separate', got {cfg_mode!r}")
         if jacobi_window < 0:
             raise ValueError(f"jacobi_window must be >= 0, got {jacobi_window}")
+        if jacobi_max_rows < 1:
+            raise ValueError(f"jacobi_max_rows must be >= 1, got {jacobi_max_rows}")
         self.model = model
         self.layout = layout
         self.device = next(model.parameters()).device
@@ -124,13 +142,21 @@ class Engine:
         self.use_cache = use_cache
         self.cfg_mode = cfg_mode
         self.window = jacobi_window
+        # drafts only pay while a forward is cheap for its batch: with many rows every draft column
+        # costs real compute and the window loses (benchmarks/sample.py: x0.8-0.9 at 16-32 rows,
+        # wins at 1-2); the output is the same either way
+        self.jacobi_max_rows = jacobi_max_rows
         self.max_batch = max_batch
+        self.compile = compile
+        self._static: dict[tuple[int, int], StaticCache] = {}
         self.stats = Stats()  # totals over every run of this engine
         self.last_stats = Stats()  # the last batch
 
     # ------------------------------------------------------------------ public
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: RL samples with the policy it trains, and parameters touched in
+    # inference mode (ZeRO-3 shards gathered for a forward, PEFT adapters) refuse autograd afterwards
+    @torch.no_grad()
     def run(self, requests: list[Request]) -> list[Result]:
         """Results in request order. Chunking into batches never changes a result."""
         results: list[Result] = []
@@ -168,9 +194,9 @@ class Engine:
         mode = self._check(i, r)
         length = self.grammar.length(mode, r.max_new_tokens)
         last_needed = self.layout.tokens_per_image - 1 if mode == "image" else length - 1
-        gen = torch.Generator().manual_seed(int(r.seed))
+        gen = torch.Generator(device=self.device).manual_seed(int(r.seed))
         guided = mode == "image" and r.cfg_scale != 1 and r.uncond_prompt is not None
-        return _State(r, mode, length, last_needed, gen, guided)
+        return _State(r, mode, length, last_needed, gen, guided, self.grammar.widest(mode))
 
     def _run_batch(self, requests: list[Request]) -> list[Result]:
         states = [self._state(i, r) for i, r in enumerate(requests)]
@@ -186,7 +212,7 @@ class Engine:
         for rows in layouts:
             if rows:
                 prompts = [states[i].req.uncond_prompt if unc else states[i].req.prompt for i, unc in rows]
-                groups.append((Rows(self.model, prompts, pad, self.use_cache), rows))
+                groups.append((self._rows(prompts, states), rows))
 
         logits = torch.cat([g.prefill() for g, _ in groups]).unsqueeze(1)  # [R, 1, V]
         stats.steps += 1
@@ -224,6 +250,29 @@ class Engine:
         self.last_stats = stats
         return [Result(s.out, s.mode, s.done and self._closed(s)) for s in states]
 
+    def _rows(self, prompts: list[list[int]], states: list[_State]) -> Rows:
+        if not (self.compile and self.use_cache):
+            return Rows(self.model, prompts, self.layout.pad, self.use_cache)
+        # columns a batch can fill: prompt + every fed token + a window of drafts; rounded up so
+        # that batches of similar prompts share one cache and one compiled graph
+        need = max(len(p) for p in prompts) + max(s.length for s in states) + self.window + 1
+        length = -(-need // STATIC_BUCKET) * STATIC_BUCKET
+        key = (len(prompts), length)
+        if key not in self._static:
+            self._static[key] = StaticCache(config=self.model.config, max_cache_len=length)
+        cache = self._static[key]
+        cache.reset()
+        # two step shapes: one token, or the pending token and a full window of drafts
+        widths = (1, 1 + self.window) if self.window else (1,)
+        return Rows(self.model, prompts, self.layout.pad, static=cache, decode=self._compiled(), widths=widths)
+
+    def _compiled(self):
+        # CUDA graphs replay a decode step without per-kernel launch cost; on CPU inductor fuses
+        # the small ops between matmuls. dynamic=None: a second batch shape compiles one graph
+        # with symbolic sizes instead of one per shape
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        return self.model.get_compiled_call(CompileConfig(fullgraph=False, dynamic=None, mode=mode))
+
     def _closed(self, s: _State) -> bool:
         end = self.layout.eoi if s.mode == "image" else self.layout.eos
         return bool(s.out) and s.out[-1] == end
@@ -237,6 +286,7 @@ class Engine:
                 row_of[key] = offset + r
             offset += len(rows)
         active = [i for i, s in enumerate(states) if not s.done and (i, False) in row_of]
+        window = self.window if len(row_of) <= self.jacobi_max_rows else 0
 
         # one flat batch of positions: (request, index into its fed columns)
         flat_req, flat_col = [], []
@@ -244,30 +294,8 @@ class Engine:
             n_fed = 1 if first else 1 + len(states[i].drafts)
             flat_req += [i] * n_fed
             flat_col += list(range(n_fed))
-        rows_c = torch.tensor([row_of[(i, False)] for i in flat_req], dtype=torch.long, device=logits.device)
-        cols = torch.tensor(flat_col, dtype=torch.long, device=logits.device)
-        picked = logits[rows_c, cols].float()
-        guided = [n for n, i in enumerate(flat_req) if states[i].guided]
-        if guided:
-            g_idx = torch.tensor(guided, dtype=torch.long, device=logits.device)
-            rows_u = torch.tensor([row_of[(flat_req[n], True)] for n in guided], dtype=torch.long, device=logits.device)
-            scale = torch.tensor([states[flat_req[n]].req.cfg_scale for n in guided], device=logits.device)
-            picked[g_idx] = guide(picked[g_idx], logits[rows_u, cols[g_idx]].float(), scale)
-
         positions = [len(states[i].out) + c for i, c in zip(flat_req, flat_col)]
-        allowed = torch.stack([self.grammar.allowed(states[i].mode, t) for i, t in zip(flat_req, positions)])
-        dev = logits.device
-        v = picked.shape[-1]
-        noise = None
-        if any(states[i].req.temperature > 0 for i in flat_req):
-            zeros = torch.zeros(v)
-            noise = torch.stack([
-                states[i].noise_at(t, v) if states[i].req.temperature > 0 else zeros for i, t in zip(flat_req, positions)
-            ]).to(dev)
-        temp = torch.tensor([states[i].req.temperature for i in flat_req], device=dev)
-        top_k = torch.tensor([states[i].req.top_k for i in flat_req], dtype=torch.long, device=dev)
-        top_p = torch.tensor([states[i].req.top_p for i in flat_req], device=dev)
-        drawn = choose(picked, allowed, noise, temp, top_k, top_p).tolist()
+        drawn = self._draw(states, logits, row_of, flat_req, flat_col, positions)
 
         n_valid = {}
         cursor = 0
@@ -291,14 +319,50 @@ class Engine:
             stats.drafted += len(drafts)
             stats.accepted_drafts += accepted - 1
             n_valid[i] = accepted
-            s.forget_noise()
             self._force(s)
             if not s.done:
-                self._redraft(s, ys[accepted:])
+                self._redraft(s, ys[accepted:], window)
         stats.tokens += sum(n_valid.values())
         if not first:
             for g, rows in groups:
                 g.commit(torch.tensor([n_valid[i] for i, _ in rows], dtype=torch.long))
+
+    def _draw(self, states, logits: torch.Tensor, row_of, flat_req, flat_col, positions) -> list[int]:
+        """The token at every fed position: positions sharing a grammar span are drawn together,
+        reading only that span of the logits (and of the noise)."""
+        by_span: dict[tuple[int, int], list[int]] = {}
+        spans = {}
+        for n, (i, t) in enumerate(zip(flat_req, positions)):
+            span = self.grammar.span(states[i].mode, t)
+            by_span.setdefault((span.lo, span.hi), []).append(n)
+            spans[(span.lo, span.hi)] = span
+        drawn = [0] * len(flat_req)
+        dev = logits.device
+        for key, members in by_span.items():
+            span = spans[key]
+            reqs = [states[flat_req[n]] for n in members]
+            cols = torch.tensor([flat_col[n] for n in members], dtype=torch.long, device=dev)
+            rows = torch.tensor([row_of[(flat_req[n], False)] for n in members], dtype=torch.long, device=dev)
+            picked = logits[rows, cols, span.lo : span.hi].float()
+            guided = [m for m, s in enumerate(reqs) if s.guided]
+            if guided:
+                g_idx = torch.tensor(guided, dtype=torch.long, device=dev)
+                rows_u = torch.tensor([row_of[(flat_req[members[m]], True)] for m in guided], dtype=torch.long, device=dev)
+                scale = torch.tensor([reqs[m].req.cfg_scale for m in guided], device=dev)
+                picked[g_idx] = guide(picked[g_idx], logits[rows_u, cols[g_idx], span.lo : span.hi].float(), scale)
+            noise = None
+            if any(s.req.temperature > 0 for s in reqs):
+                zeros = torch.zeros(span.width, device=dev)
+                noise = torch.stack([
+                    s.noise_at(positions[n])[: span.width] if s.req.temperature > 0 else zeros for s, n in zip(reqs, members)
+                ])
+            temp = torch.tensor([s.req.temperature for s in reqs], device=dev)
+            top_k = torch.tensor([s.req.top_k for s in reqs], dtype=torch.long, device=dev)
+            top_p = torch.tensor([s.req.top_p for s in reqs], device=dev)
+            ids = (choose(picked, span.mask, noise, temp, top_k, top_p) + span.lo).tolist()
+            for n, y in zip(members, ids):
+                drawn[n] = y
+        return drawn
 
     def _force(self, s: _State) -> None:
         """Append tokens the grammar leaves no choice about; they need no forward."""
@@ -310,9 +374,9 @@ class Engine:
             s.out.append(tok)
             s.done = self.grammar.is_final(s.mode, tok, t, s.length)
 
-    def _redraft(self, s: _State, guesses: list[int]) -> None:
+    def _redraft(self, s: _State, guesses: list[int], window: int) -> None:
         """Drafts for positions len(out) .. ; only those whose successor still needs a forward."""
-        n = min(self.window, max(s.last_needed - len(s.out), 0))
+        n = min(window, max(s.last_needed - len(s.out), 0))
         drafts = guesses[:n]
         fill = drafts[-1] if drafts else s.out[-1]
         s.drafts = drafts + [fill] * (n - len(drafts))

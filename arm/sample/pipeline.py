@@ -137,7 +137,8 @@ class ArmPipeline:
                     f"visual tokenizer ({visual_tokenizer.codebook_size} codes, grid {grid}) does not match the "
                     f"model's layout ({layout.codebook_size} codes, grid {tuple(layout.grid)})"
                 )
-        self.engine = Engine(model, layout, jacobi_window=self.config.jacobi_window, max_batch=self.config.batch_size)
+        self.engine = Engine(model, layout, jacobi_window=self.config.jacobi_window, max_batch=self.config.batch_size,
+                             compile=self.config.compile)
 
     @classmethod
     def from_pretrained(

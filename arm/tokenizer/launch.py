@@ -52,7 +52,7 @@ def train_tokenizer_multiprocess(params: str, preset: str | None, overrides: lis
     import torch
 
     from arm.config import load_config
-    from arm.tokenizer.train import latest_state
+    from arm.train.accel import latest
 
     cfg = load_config(params, preset, overrides)
     check_nproc(nproc, cfg.tokenizer.device, torch.cuda.device_count() if torch.cuda.is_available() else 0)
@@ -60,7 +60,7 @@ def train_tokenizer_multiprocess(params: str, preset: str | None, overrides: lis
     extra += ["--stop-at", str(stop_at)] if stop_at is not None else []
     dist.torchrun("arm.tokenizer.launch", nproc, params, preset, overrides, extra=extra)
     if stop_at is not None and stop_at < cfg.tokenizer.train.steps:
-        found = latest_state(Path(cfg.tokenizer.checkpoint_dir))
+        found = latest(Path(cfg.tokenizer.checkpoint_dir))
         return {"stopped_at": found[1]["step"] if found else 0}
     return json.loads(Path(cfg.tokenizer.metrics).read_text())
 

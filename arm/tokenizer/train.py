@@ -4,7 +4,7 @@ The loop runs on `accelerate`: `tokenizer.train.precision` (bf16 autocast over f
 weights, or fp32), data parallelism over the processes torchrun starts (each takes its slice
 of the global batch; gradients are averaged by DDP), and `save_state`/`load_state` for the
 model, optimizer, scheduler and every rank's RNG, with the step, loss curve and config
-fingerprint saved alongside (progress.json).
+fingerprint saved alongside (arm.train.accel: tag dirs under tokenizer.checkpoint_dir).
 
 Exact resume: the data order is a pure function of (seed, step) (one permutation per epoch, one
 text choice per step), so the data position is the step itself and a resumed run sees the same
@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +35,11 @@ from arm.tokenizer.model import VisualTokenizer, resolve_device
 from arm.tokenizer.teachers import Teacher, build_teacher
 from arm.tokenizer.text_encoder import TextEncoder
 from arm.tokenizer.vocab import PAD, CaptionVocab
-from arm.train.accel import build_accelerator
+from arm.train import accel
 
 log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("l1", "l2", "log_mse", "perceptual", "distill", "contrastive", "caption", "scene", "usage", "bound")
-STATE_DIR = "state"  # under tokenizer.checkpoint_dir: accelerate's save_state + PROGRESS_FILE
-PROGRESS_FILE = "progress.json"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -166,38 +163,8 @@ def write_curve(path: str | Path, curve: list[dict[str, float]]) -> None:
 def _accelerator(tcfg):
     """DDP over the processes (the decoder fine-tune and batches without texts leave parts of the
     model out of a step), autocast for bf16 over fp32 master weights."""
-    return build_accelerator(device=str(resolve_device(tcfg.device).type), precision=tcfg.train.precision,
+    return accel.build_accelerator(device=str(resolve_device(tcfg.device).type), precision=tcfg.train.precision,
                              find_unused_parameters=True)
-
-
-def save_state(acc, ckpt_dir: Path, progress: dict[str, Any]) -> None:
-    """accelerate's save_state into a fresh directory, then swapped in: a crash mid-save leaves
-    the previous checkpoint (`state`, or `state.old` during the swap) whole. progress.json is
-    written last, so a directory without it is incomplete and never resumed."""
-    tmp, final, old = (ckpt_dir / f"{STATE_DIR}{s}" for s in (".tmp", "", ".old"))
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp))  # rank 0 the model, optimizer, scheduler; every rank its RNG states
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        atomic_write_json(tmp / PROGRESS_FILE, progress)
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-
-
-def latest_state(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The complete checkpoint directory and its progress record, if any."""
-    for d in (ckpt_dir / STATE_DIR, ckpt_dir / f"{STATE_DIR}.old"):
-        try:
-            return d, json.loads((d / PROGRESS_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -404,7 +371,7 @@ def train_tokenizer(
 
     fp = fingerprint(cfg, train)
     ckpt_dir = Path(tcfg.checkpoint_dir)
-    found = latest_state(ckpt_dir) if resume else None
+    found = accel.latest(ckpt_dir) if resume else None
     if found is not None and found[1].get("fingerprint") != fp:
         say(f"checkpoint {found[0]} is for another config or data; starting fresh")
         found = None
@@ -431,8 +398,8 @@ def train_tokenizer(
         say(f"resumed from {found[0]} at step {start}")
 
     def checkpoint(step: int) -> None:
-        save_state(acc, ckpt_dir, {"fingerprint": fp, "step": step, "spec": model.spec, "curve": curve,
-                                   "elapsed": elapsed, "cpu": cpu, "processes": world})
+        accel.save_state(acc, ckpt_dir, step, keep=1, meta={"fingerprint": fp, "step": step, "spec": model.spec,
+                                                            "curve": curve, "elapsed": elapsed, "cpu": cpu, "processes": world})
 
     end = total if stop_at is None else min(total, stop_at)
     bar = None
@@ -482,7 +449,7 @@ def train_tokenizer(
         bar.close()
     elapsed, cpu = elapsed + time.perf_counter() - t0, cpu + time.process_time() - c0
     if end < total:
-        say(f"stopped at step {end} of {total}; checkpoint in {ckpt_dir / STATE_DIR}")
+        say(f"stopped at step {end} of {total}; checkpoint in {ckpt_dir}")
         return {"stopped_at": end, "curve": curve}
     if not acc.is_main_process:
         acc.wait_for_everyone()

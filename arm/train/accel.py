@@ -13,6 +13,8 @@ explicitly (gloo), which is how CI runs the ZeRO-3 path (DESIGN §7).
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +45,9 @@ def build_accelerator(*, device: str, precision: str, zero_stage: int = 0, grad_
     from accelerate.state import AcceleratorState
     from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    AcceleratorState._reset_state()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    # an earlier DeepSpeed Accelerator of this process leaves this flag, which turns the next one into DeepSpeed
+    os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
     cuda = wants_cuda(device)
     if zero_stage == 0:
         # one process on CPU, DDP over gloo/nccl with several; bf16 = autocast over fp32 weights
@@ -86,31 +90,43 @@ def gathered(accelerator, module: torch.nn.Module) -> Iterator[None]:
         yield
 
 
-def save_state(accelerator, run_dir: Path, step: int, keep: int, meta: dict | None = None) -> Path:
-    """`save_state` into a temporary tag dir (with `meta` as state.json: the loop's own position),
-    then rank 0 renames it and points `latest` at it."""
+META_FILE = "state.json"  # the loop's own position (step, curve, ...) inside a checkpoint dir
+
+
+def save_state(accelerator, run_dir: Path, step: int, keep: int, meta: dict) -> Path:
+    """`save_state` into a temporary tag dir, `meta` written last into it, then rank 0 renames it
+    into place and points `latest` at it: a crash mid-save leaves the previous checkpoint whole."""
     tag = ckpt.tag_name(step)
-    final, tmp = run_dir / tag, run_dir / f".{tag}.tmp"
+    final, tmp, old = run_dir / tag, run_dir / f".{tag}.tmp", run_dir / f".{tag}.old"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # this save's and any a crash left behind
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(tmp))  # rank 0 the model, optimizer, scheduler; every rank its RNG
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if meta is not None:
-            atomic_write_json(tmp / "state.json", meta)
-        shutil.rmtree(final, ignore_errors=True)
+        atomic_write_json(tmp / META_FILE, meta)
+        if final.exists():  # the same step saved again (a resumed run's last save): swap it out
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
         tmp.rename(final)
         atomic_write_text(run_dir / ckpt.LATEST, tag + "\n")
+        shutil.rmtree(old, ignore_errors=True)
         ckpt.prune(run_dir, keep)
     accelerator.wait_for_everyone()
     return final
 
 
-def load_latest(accelerator, run_dir: Path) -> Path | None:
-    """Restore the newest published checkpoint of `run_dir` (model, optimizer, scheduler, RNG); None if none."""
+def latest(run_dir: Path) -> tuple[Path, dict] | None:
+    """(dir, meta) of the newest complete checkpoint of `run_dir`, or None; restore its tensors
+    with `accelerator.load_state(dir)`."""
     tag = ckpt.latest_tag(run_dir)
     if not tag:
         return None
-    accelerator.load_state(str(run_dir / tag))
-    return run_dir / tag
+    for d in (run_dir / tag, run_dir / f".{tag}.old"):  # .old: killed mid-swap of a re-saved step
+        try:
+            return d, json.loads((d / META_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
