@@ -502,7 +502,8 @@ def serve_one(cfg: ArmConfig, model_dir: Path, metrics: Path, repo: Path, device
 
     s = cfg.sampling
     t = time.perf_counter()
-    packed = package(cfg, model_dir, repo=repo, metrics=metrics, build=False)
+    # the smoke measures serving, it releases nothing: no gate vouches for a 50-step model
+    packed = package(cfg, model_dir, repo=repo, metrics=metrics, build=False, ungated=True)
     package_s = time.perf_counter() - t
     t = time.perf_counter()
     runner = start_worker(bentoml.models.get(packed["model_tag"]), cfg.serve, s)

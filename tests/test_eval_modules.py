@@ -154,6 +154,20 @@ def test_edit_truth_blank_identity_half(cfg, sets):
     assert half["overall"] == 10 * share and half["success"] == share and half["semantic_consistency"] == 10 * share
 
 
+def test_a_blank_image_does_not_succeed_at_removing_one_of_several_objects(cfg):
+    """The removed cell is empty in a blank image, so the instruction alone reads as done; success
+    also needs the untouched objects kept. Removing the only object stays a success for blank."""
+    from arm.eval.scoring import score_edit
+
+    a, b = ShapeObject(0, 0, "circle", "red", "large"), ShapeObject(2, 2, "square", "blue", "small")
+    specs = [{"source_scene": Scene.of([a, b]).to_json(), "target_scene": Scene.of([b]).to_json(), "op": "remove"},
+             {"source_scene": Scene.of([a]).to_json(), "target_scene": Scene.of([]).to_json(), "op": "remove"}]
+    summary, rows = score_edit([_blank(cfg)] * 2, specs, cfg.world, cfg.eval.pq_tolerance)
+    assert [r["fulfilled"] for r in rows] == [1.0, 1.0]
+    assert [r["success"] for r in rows] == [0.0, 1.0]
+    assert summary["success"] == summary["success_remove"] == 0.5 and summary["fulfilled"] == 1.0
+
+
 def test_edit_check_fulfilment_and_over_editing(cfg):
     a, b = ShapeObject(0, 0, "circle", "red", "large"), ShapeObject(2, 2, "square", "blue", "small")
     source = Scene.of([a, b])

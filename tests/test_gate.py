@@ -28,10 +28,10 @@ def cfg_for(tmp: Path, *overrides: str):
 
 
 def metrics_file(tmp: Path, name: str, geneval: float, vqa: float, edit: float = 5.0, floor: float = 0.1,
-                 manifest: str = "m1") -> Path:
+                 manifest: str = "m1", model_dir: Path | None = None) -> Path:
     path = tmp / f"eval_{name}.json"
     path.write_text(json.dumps({
-        "model": name, "prompts": {"manifest_sha256": manifest},
+        "model": name, "prompts": {"manifest_sha256": manifest}, "model_dir": str(model_dir) if model_dir else None,
         "scores": {"shapes_geneval": {"overall": geneval}, "understanding": {"vqa_accuracy": vqa},
                    "shapes_edit": {"overall": edit}},
         "floor": {"shapes_geneval": {"overall": floor}},
@@ -67,11 +67,59 @@ def test_regression_against_the_promoted_model(tmp_path):
     assert within.passed and within.promoted == "v1"
     worse = gate(cfg, metrics_file(tmp_path, "v3", 0.7, 0.95, edit=6.0))  # better VQA, but GenEval regressed
     assert worse.to_json()["failed"] == ["regression:shapes_geneval.overall"]
-    other_sets = gate(cfg, metrics_file(tmp_path, "v4", 0.7, 0.95, manifest="m2"))
-    assert other_sets.passed and any(c.kind == "comparable" and "skipped" in c.note for c in other_sets.checks)
+    other_sets = gate(cfg, metrics_file(tmp_path, "v4", 0.9, 0.95, manifest="m2"))  # better, but not comparable
+    assert other_sets.to_json()["failed"] == ["comparable:prompts"]
+    assert "m1" in other_sets.checks[-1].note and "m2" in other_sets.checks[-1].note and "--rescore-promoted" in other_sets.checks[-1].note
     with pytest.raises(GateError, match="failed the gate"):
         promote(cfg, worse, tmp_path / "eval_v3.json")
     assert json.loads((tmp_path / "promoted.json").read_text())["model"] == "v1"
+
+
+def test_a_metric_missing_from_the_promoted_record_fails(tmp_path):
+    cfg = cfg_for(tmp_path)
+    (tmp_path / "promoted.json").write_text(json.dumps({
+        "model": "old", "prompts": {"manifest_sha256": "m1"},
+        "scores": {"shapes_geneval": {"overall": 0.6}, "shapes_edit": {"overall": 5.0}}}))  # no VQA recorded
+    res = gate(cfg, metrics_file(tmp_path, "new", 0.8, 0.9))
+    assert res.to_json()["failed"] == ["regression:understanding.vqa_accuracy"]
+    assert "not in the promoted record" in [c for c in res.checks if c.metric == "understanding.vqa_accuracy"
+                                            and c.kind == "regression"][0].note
+
+
+def test_regression_tolerance_is_a_fraction_of_the_metrics_range(tmp_path):
+    """A drop of 0.05 on a metric whose range (ceiling - floor) is 0.4: 12.5% of it, over a 10% tolerance."""
+    cfg = cfg_for(tmp_path, "gate.max_regression={shapes_geneval.overall: 0.1}")
+    (tmp_path / "promoted.json").write_text(json.dumps({
+        "model": "old", "prompts": {"manifest_sha256": "m1"}, "scores": {"shapes_geneval": {"overall": 0.7}},
+        "floor": {"shapes_geneval": {"overall": 0.4}}, "ceiling": {"shapes_geneval": {"overall": 0.8}}}))
+    ok = gate(cfg, metrics_file(tmp_path, "a", 0.67, 0.9))
+    assert ok.passed
+    assert [c.limit for c in ok.checks if c.kind == "regression"] == [pytest.approx(0.7 - 0.1 * 0.4)]
+    assert gate(cfg, metrics_file(tmp_path, "b", 0.65, 0.9)).to_json()["failed"] == ["regression:shapes_geneval.overall"]
+    with pytest.raises(ConfigError, match="fraction"):
+        cfg_for(tmp_path, "gate.max_regression={shapes_edit.overall: 1.0}")
+
+
+def test_the_promoted_model_is_rescored_on_new_prompt_sets_by_content_hash(tmp_path):
+    from arm.eval.gate import rescore_promoted
+
+    cfg = cfg_for(tmp_path)
+    v1, v2 = tmp_path / "models" / "v1", tmp_path / "models" / "v2"
+    for d, w in ((v1, b"one"), (v2, b"two")):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(w)
+    first = metrics_file(tmp_path, "v1", 0.8, 0.9, model_dir=v1)
+    res = gate(cfg, first)
+    assert res.candidate_sha256 and json.loads((tmp_path / "gate.json").read_text())["candidate_sha256"] == res.candidate_sha256
+    assert promote(cfg, res, first)["model_sha256"] == res.candidate_sha256
+    candidate = metrics_file(tmp_path, "v2", 0.85, 0.9, manifest="m2", model_dir=v2)
+    assert gate(cfg, candidate).to_json()["failed"] == ["comparable:prompts"]
+    with pytest.raises(GateError, match="not the promoted model"):  # v2's scores cannot stand in for v1's
+        rescore_promoted(cfg, candidate)
+    record = rescore_promoted(cfg, metrics_file(tmp_path, "v1_m2", 0.84, 0.9, manifest="m2", model_dir=v1))
+    assert record["model"] == "v1" and record["prompts"] == {"manifest_sha256": "m2"}
+    rescored = gate(cfg, candidate)
+    assert rescored.passed and any(c.kind == "regression" for c in rescored.checks)
 
 
 def test_bad_inputs_are_clear(tmp_path):

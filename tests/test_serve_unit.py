@@ -324,8 +324,7 @@ def test_package_refuses_pickles_and_incomplete_dirs(tmp_path):
 
 
 def test_default_model_is_the_gates_promoted_one(tmp_path):
-    from arm.serve.package import check_gate, default_model_dir
-    from arm.serve.store import PackageError
+    from arm.serve.package import default_model_dir
 
     cfg = load_config(REPO / "params.yaml")
     (tmp_path / "metrics").mkdir()
@@ -336,12 +335,34 @@ def test_default_model_is_the_gates_promoted_one(tmp_path):
     (tmp_path / cfg.gate.promoted).write_text(json.dumps(
         {"model": "arm-base", "model_dir": "models/arm-base", "metrics_path": "metrics/eval_arm-base.json"}))
     assert default_model_dir(cfg, tmp_path) == (tmp_path / "models/arm-base", tmp_path / "metrics/eval_arm-base.json")
-    (tmp_path / cfg.gate.output).write_text(json.dumps({"passed": False, "candidate": "arm-rl"}))
-    with pytest.raises(PackageError, match="arm-rl failed the gate"):
-        default_model_dir(cfg, tmp_path)
-    check_gate(cfg, tmp_path, tmp_path / "models" / "arm-base")  # another model: allowed
-    with pytest.raises(PackageError, match="arm-rl failed the gate"):
-        check_gate(cfg, tmp_path, tmp_path / "models" / "arm-rl")
+
+
+def test_only_a_model_a_passing_gate_vouches_for_is_packaged(tmp_path):
+    """By content hash: no verdict, a failed one, or a verdict on other weights refuse; a pass on
+    these weights, or the promoted record of them, allow."""
+    from arm.eval.gate import model_content_sha256
+    from arm.serve.package import check_gate
+    from arm.serve.store import PackageError
+
+    cfg = load_config(REPO / "params.yaml")
+    model = tmp_path / "models" / "arm-rl"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    (tmp_path / "metrics").mkdir()
+    with pytest.raises(PackageError, match="no passing gate run"):  # no gate.json at all
+        check_gate(cfg, tmp_path, model)
+    sha = model_content_sha256(model)
+    verdict = tmp_path / cfg.gate.output
+    verdict.write_text(json.dumps({"passed": False, "candidate_sha256": sha, "failed": ["threshold:x.y"]}))
+    with pytest.raises(PackageError, match="failed the gate"):
+        check_gate(cfg, tmp_path, model)
+    verdict.write_text(json.dumps({"passed": True, "candidate_sha256": sha}))
+    assert check_gate(cfg, tmp_path, model).startswith("passed")
+    (model / "model.safetensors").write_bytes(b"weights v2")  # changed after the gate ran
+    with pytest.raises(PackageError, match="no passing gate run"):
+        check_gate(cfg, tmp_path, model)
+    (tmp_path / cfg.gate.promoted).write_text(json.dumps({"model_sha256": model_content_sha256(model)}))
+    assert check_gate(cfg, tmp_path, model).startswith("promoted")
 
 
 def test_metric_labels_use_the_scores_table():

@@ -76,17 +76,24 @@ def register(app: typer.Typer) -> None:
                                                            help="eval metrics of the candidate (default: newest model's)"),
                  promoted: Optional[Path] = typer.Option(None, "--promoted", help="promoted record (default gate.promoted)"),
                  promote: bool = typer.Option(False, "--promote/--no-promote", help="record a passing candidate as promoted"),
+                 rescore: bool = typer.Option(False, "--rescore-promoted",
+                                              help="the candidate metrics are the promoted model re-evaluated on the "
+                                                   "current prompt sets: replace its recorded scores (same weights only)"),
                  params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
                  set_: Optional[list[str]] = SetOpt) -> None:
         """Check a candidate against thresholds and the promoted model; exit 1 if it is rejected."""
         cfg = resolve_config(params, preset, set_)
         from prefect.exceptions import FailedRun
 
-        from arm.eval.gate import GateError
+        from arm.eval.gate import GateError, rescore_promoted
         from flows.gate import gate_flow
 
         try:
             candidate = candidate or default_candidate(cfg)
+            if rescore:
+                record = rescore_promoted(cfg, candidate, promoted)
+                console.print(f"re-scored promoted model {record['model']} from {candidate}", highlight=False)
+                return
             state = gate_flow(str(candidate), params=str(params), preset=preset, overrides=list(set_ or []),
                               promoted=str(promoted) if promoted else None, promote=promote, return_state=True)
             state.result()  # the gate's own error, or FailedRun for a rejected candidate

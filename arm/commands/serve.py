@@ -20,9 +20,10 @@ def register(app: typer.Typer) -> None:
         metrics: Optional[Path] = typer.Option(None, "--metrics", help="eval metrics JSON (default: metrics/eval_<model dir name>.json if it exists)"),
         build: bool = typer.Option(True, "--build/--no-build", help="also build the bento (bentoml build)"),
         record: Optional[Path] = typer.Option(None, "--record", help="where to write the tags (default: serve.record)"),
+        ungated: bool = typer.Option(False, "--ungated", help="package a model no passing gate run vouches for (a test build)"),
         params: Path = ParamsOpt, preset: Optional[str] = PresetOpt, set_: Optional[list[str]] = SetOpt,
     ) -> None:
-        """Save the model (AR model + visual tokenizer + vocabulary) into the BentoML model store and build a bento."""
+        """Save the gated model (AR model + visual tokenizer + vocabulary) into the BentoML model store and build a bento."""
         resolve_config(params, preset, set_)  # config errors exit 2 before Prefect starts
         from arm.serve.store import PackageError
         from flows.package import package_flow
@@ -33,11 +34,12 @@ def register(app: typer.Typer) -> None:
                 model_dir=str(model_dir) if model_dir else None, version=version,
                 visual_tokenizer=str(visual_tokenizer) if visual_tokenizer else None,
                 metrics=str(metrics) if metrics else None, build=build, record=str(record) if record else None,
+                ungated=ungated,
             )
         except PackageError as e:
             console.print(f"[red]package failed: {e}[/red]", highlight=False)
             raise typer.Exit(1) from None
-        console.print(f"model [bold]{result['model_tag']}[/bold] from {result['model_dir']}", highlight=False)
+        console.print(f"model [bold]{result['model_tag']}[/bold] from {result['model_dir']} ({result['gate']})", highlight=False)
         for k, v in result["labels"].items():
             console.print(f"  {k} = {v}", highlight=False)
         if result["bento_tag"]:

@@ -70,7 +70,8 @@ class GateConfig(Strict):
 
     thresholds: dict[str, float] = {}  # absolute minimum
     min_over_floor: dict[str, float] = {}  # score - floor (prior-only level) must reach this
-    max_regression: dict[str, float] = {}  # allowed drop below the promoted model's score
+    # allowed drop below the promoted model's score, as a fraction of the metric's range (ceiling - floor)
+    max_regression: dict[str, float] = {}
     promoted: str = "models/promoted.json"
     output: str = "metrics/gate.json"
 
@@ -82,6 +83,7 @@ class GateConfig(Strict):
                 if bench not in BENCHMARKS or not metric:
                     raise ValueError(f"{table}: key {key!r} must be <benchmark>.<metric> with a benchmark in {list(BENCHMARKS)}")
         for key, tol in self.max_regression.items():
-            if tol < 0:
-                raise ValueError(f"max_regression: {key} = {tol} must be >= 0")
+            if not 0 <= tol < 1:
+                raise ValueError(f"max_regression: {key} = {tol} must be in [0, 1): a fraction of the metric's "
+                                 "range (1 or more would let any score through)")
         return self

@@ -3,9 +3,15 @@
 Three kinds of check, all from params.yaml `gate:` (keys `benchmark.metric`, higher is better):
 `thresholds` (absolute minimum), `min_over_floor` (the score must beat the prior-only floor
 measured in the same run by a margin, so a model that ignores its input cannot pass), and
-`max_regression` (no metric may drop more than its tolerance below the promoted model's
-recorded score). A missing metric fails its check. Regression checks need a promoted record
-evaluated on the same held-out prompt sets; otherwise they are reported as skipped, visibly.
+`max_regression` (no metric may drop below the promoted model's recorded score by more than
+its tolerance, a fraction of the metric's range: the promoted record's ceiling - floor, 1 where
+none is recorded). A missing metric fails its check, in the candidate or in the promoted record.
+Regression needs the promoted model scored on the same held-out prompt sets: other sets fail the
+gate, naming both, until the promoted model is re-scored on the current ones (`rescore_promoted`:
+the same weights, checked by content hash, evaluated again).
+
+The result records the candidate's content hash (every file of its model dir), so `arm package`
+can refuse any model that no passing gate run has vouched for.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from rich.table import Table
 
 from arm.config import ArmConfig
 from arm.io import atomic_write_json, sha256_file
+
+RESCORE_HINT = ("re-evaluate the promoted model on the current prompt sets and record it with "
+                "`arm gate --candidate <its eval metrics> --rescore-promoted`")
 
 
 class GateError(ValueError):
@@ -44,6 +53,7 @@ class GateResult:
     candidate_metrics: str
     promoted: str | None
     checks: list[Check] = field(default_factory=list)
+    candidate_sha256: str | None = None  # content hash of the candidate's model dir (None: dir not found)
 
     def to_json(self) -> dict:
         return {**asdict(self), "failed": [f"{c.kind}:{c.metric}" for c in self.checks if not c.passed]}
@@ -60,6 +70,29 @@ def _read(path: str | Path, what: str) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("scores"), dict):
         raise GateError(f"{what} {path}: no `scores` table (is it an `arm evaluate` metrics file?)")
     return data
+
+
+def model_content_sha256(model_dir: str | Path) -> str:
+    """One hash over every file of a model dir (relative path and content): the identity a gate
+    verdict and a package are checked against."""
+    import hashlib
+
+    root = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def candidate_sha256(metrics: dict) -> str | None:
+    model_dir = metrics.get("model_dir")
+    return model_content_sha256(model_dir) if model_dir and Path(model_dir).is_dir() else None
+
+
+def metric_range(record: dict, key: str) -> float:
+    """The span a regression tolerance is a fraction of: ceiling - floor as recorded, else [0, 1]."""
+    ceiling, floor = lookup(record, "ceiling", key), lookup(record, "floor", key)
+    return max(0.0, (1.0 if ceiling is None else ceiling) - (0.0 if floor is None else floor))
 
 
 def lookup(metrics: dict, section: str, key: str) -> float | None:
@@ -93,26 +126,29 @@ def gate(
         note = "" if v is not None and floor is not None else "score or floor missing from candidate"
         checks.append(Check("over_floor", key, v, None if floor is None else floor + margin, ok, floor, note))
     if promoted is not None:
-        same = (promoted.get("prompts") or {}).get("manifest_sha256") == (cand.get("prompts") or {}).get("manifest_sha256")
-        if not same:
-            checks.append(Check("comparable", "prompts", None, None, True,
-                                note=f"promoted model {promoted.get('model')!r} was scored on other prompt sets: "
-                                     "regression checks skipped (re-evaluate it to compare)"))
+        theirs = (promoted.get("prompts") or {}).get("manifest_sha256")
+        ours = (cand.get("prompts") or {}).get("manifest_sha256")
+        if theirs != ours:
+            checks.append(Check("comparable", "prompts", None, None, False,
+                                note=f"promoted model {promoted.get('model')!r} ({record_path}) was scored on prompt "
+                                     f"sets {str(theirs)[:12]}, the candidate on {str(ours)[:12]}: {RESCORE_HINT}"))
         else:
             for key, tol in g.max_regression.items():
                 v, ref = lookup(cand, "scores", key), lookup(promoted, "scores", key)
                 if ref is None:
-                    checks.append(Check("regression", key, v, None, True, None, "not in the promoted record"))
+                    checks.append(Check("regression", key, v, None, False, None,
+                                        f"not in the promoted record {record_path}: {RESCORE_HINT}"))
                     continue
-                ok = v is not None and v >= ref - tol
-                checks.append(Check("regression", key, v, ref - tol, ok, ref,
-                                    "" if v is not None else "missing from candidate"))
+                limit = ref - tol * metric_range(promoted, key)
+                ok = v is not None and v >= limit
+                checks.append(Check("regression", key, v, limit, ok, ref, "" if v is not None else "missing from candidate"))
     result = GateResult(
         passed=all(c.passed for c in checks),
         candidate=str(cand.get("model")),
         candidate_metrics=str(candidate_metrics),
         promoted=None if promoted is None else str(promoted.get("model")),
         checks=checks,
+        candidate_sha256=candidate_sha256(cand),
     )
     atomic_write_json(output or g.output, result.to_json())
     print_table(result, console or Console())
@@ -125,7 +161,7 @@ def print_table(result: GateResult, console: Console) -> None:
         table.add_column(col, justify="right" if col in ("value", "limit", "ref") else "left", no_wrap=True)
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     for c in result.checks:
-        verdict = "[red]FAIL[/red]" if not c.passed else "[yellow]skip[/yellow]" if c.note else "[green]pass[/green]"
+        verdict = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
         table.add_row(c.kind, c.metric, fmt(c.value), fmt(c.limit), fmt(c.reference), verdict)
     console.print(table)
     for c in result.checks:
@@ -151,6 +187,7 @@ def promote(
     record = {
         "model": cand.get("model"),
         "model_dir": cand.get("model_dir"),
+        "model_sha256": result.candidate_sha256,
         "preset": cand.get("preset"),
         "metrics_path": str(candidate_metrics),
         "metrics_sha256": sha256_file(candidate_metrics),
@@ -162,4 +199,21 @@ def promote(
         "replaced": result.promoted,
     }
     atomic_write_json(promoted_record or cfg.gate.promoted, record)
+    return record
+
+
+def rescore_promoted(cfg: ArmConfig, metrics: str | Path, promoted_record: str | Path | None = None) -> dict:
+    """Replace the promoted record's scores with `metrics`, an evaluation of the very same model
+    (same content hash) on the current prompt sets, so candidates can be compared with it again."""
+    record_path = Path(promoted_record or cfg.gate.promoted)
+    record = _read(record_path, "promoted record")
+    cand = _read(metrics, "re-scored metrics")
+    sha = candidate_sha256(cand)
+    if not record.get("model_sha256") or sha != record["model_sha256"]:
+        raise GateError(f"{metrics}: model {cand.get('model_dir')!r} (content {str(sha)[:12]}) is not the promoted "
+                        f"model of {record_path} (content {str(record.get('model_sha256'))[:12]}); not re-scored")
+    record.update({"metrics_path": str(metrics), "metrics_sha256": sha256_file(metrics), "prompts": cand.get("prompts"),
+                   "scores": cand["scores"], "floor": cand.get("floor", {}), "ceiling": cand.get("ceiling", {}),
+                   "rescored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    atomic_write_json(record_path, record)
     return record

@@ -78,24 +78,27 @@ def score_wise(images: Sequence[Image.Image], scenes: Sequence, world: WorldConf
 
 def score_edit(images: Sequence[Image.Image], specs: Sequence[dict], world: WorldConfig, tolerance: int):
     """specs: {source_scene, target_scene, op}. GEdit's SC, PQ and overall (0-10), plus
-    edit success (instruction fulfilled) and preservation of the untouched cells (0-1, over the
-    samples that have something outside the edit)."""
+    edit success (the instruction fulfilled *and* every untouched cell preserved: wiping the
+    image does not "remove" an object), fulfilled (the instruction alone) and preservation of the
+    untouched cells (0-1, over the samples that have something outside the edit)."""
     _need_same_length(images, specs, "shapes_edit")
     per_sample, by_op = [], defaultdict(list)
     for image, spec in zip(images, specs):
         parsed = parse(image, world)
         check = edit_check(_scene(spec["source_scene"]), _scene(spec["target_scene"]), parsed, world.grid)
         pq = perceptual_quality(image, world, tolerance)
-        row = {**check, "perceptual_quality": pq,
+        done = check["fulfilled"] == 1.0 and check["preservation"] in (None, 1.0)
+        row = {**check, "success": float(done), "perceptual_quality": pq,
                "overall": edit_overall(check["semantic_consistency"], pq),
                "op": spec.get("op", "edit"), "parsed": parsed.to_json()}
-        by_op[row["op"]].append(row["fulfilled"])
+        by_op[row["op"]].append(row["success"])
         per_sample.append(row)
     summary = {
         "overall": _mean(s["overall"] for s in per_sample),
         "semantic_consistency": _mean(s["semantic_consistency"] for s in per_sample),
         "perceptual_quality": _mean(s["perceptual_quality"] for s in per_sample),
-        "success": _mean(s["fulfilled"] for s in per_sample),
+        "success": _mean(s["success"] for s in per_sample),
+        "fulfilled": _mean(s["fulfilled"] for s in per_sample),
         "preservation": _mean(s["preservation"] for s in per_sample if s["preservation"] is not None),
     }
     summary.update({f"success_{op}": _mean(v) for op, v in sorted(by_op.items())})

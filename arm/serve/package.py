@@ -29,24 +29,33 @@ def _read_json(path: Path) -> Any:
         raise PackageError(f"{path}: invalid JSON: {e}") from None
 
 
-def check_gate(cfg: ArmConfig, repo: Path, model_dir: Path | None = None) -> None:
-    """Refuse a model the last gate run failed (metrics/gate.json `passed: false`); with no
-    model dir named, a failed gate refuses whatever would be the default."""
+def check_gate(cfg: ArmConfig, repo: Path, model_dir: Path) -> str:
+    """What vouches for packaging this model: a passing gate run on its exact content (metrics/
+    gate.json's candidate_sha256) or the promoted record of that content. A failed verdict, or none
+    for this content, refuses it with the reason."""
+    from arm.eval.gate import model_content_sha256
+
+    sha = model_content_sha256(model_dir)
     gate = repo / cfg.gate.output
-    if not gate.is_file():
-        return
-    result = _read_json(gate)
-    if not isinstance(result, dict) or result.get("passed") is not False:
-        return
-    candidate = str(result.get("candidate", ""))
-    if model_dir is None or candidate == model_dir.name:
-        raise PackageError(f"{gate}: {candidate or 'the candidate'} failed the gate; not packaging it")
+    if gate.is_file():
+        result = _read_json(gate)
+        if isinstance(result, dict) and result.get("candidate_sha256") == sha:
+            if result.get("passed") is True:
+                return f"passed {cfg.gate.output}"
+            raise PackageError(f"{gate}: {model_dir} failed the gate ({', '.join(result.get('failed') or [])}); "
+                               "not packaging it")
+    promoted = repo / cfg.gate.promoted
+    if promoted.is_file():
+        record = _read_json(promoted)
+        if isinstance(record, dict) and record.get("model_sha256") == sha:
+            return f"promoted in {cfg.gate.promoted}"
+    raise PackageError(f"{model_dir}: no passing gate run vouches for this content ({sha[:12]}) in {gate} or {promoted}; "
+                       "run `arm evaluate` and `arm gate` on it first (`--ungated` packages a test build anyway)")
 
 
 def default_model_dir(cfg: ArmConfig, repo: Path) -> tuple[Path, Path | None]:
     """(model dir, its eval metrics file): the gate's promoted model, else the first existing
-    `sampling.model_dirs`. A failed gate (metrics/gate.json `passed: false`) packages nothing."""
-    check_gate(cfg, repo)
+    `sampling.model_dirs` (which `package` then packages only with a passing gate verdict)."""
     promoted = repo / cfg.gate.promoted
     if promoted.is_file():
         record = _read_json(promoted)
@@ -93,20 +102,26 @@ def package(
     build: bool = True,
     record: str | Path | None = None,
     logger: Any = None,
+    ungated: bool = False,
 ) -> dict[str, Any]:
+    """The model into the store (and a bento around it). Only a model some passing gate run has
+    vouched for (check_gate); `ungated` packages anything, recorded as such in the result."""
     repo = Path(repo).resolve()
     if model_dir is None:
         model_dir, promoted_metrics = default_model_dir(cfg, repo)
         metrics = metrics if metrics is not None else promoted_metrics
     model_dir = Path(model_dir)
-    check_gate(cfg, repo, model_dir)
+    gate = "ungated (packaged with --ungated)" if ungated else check_gate(cfg, repo, model_dir)
+    if logger:
+        logger.info("%s: %s", model_dir, gate)
     tag, labels = package_model(
         model_dir, name=cfg.serve.model_name, version=version, repo=repo,
         visual_tokenizer=visual_tokenizer, metrics=metrics,
     )
     if logger:
         logger.info("saved %s as %s", model_dir, tag)
-    result: dict[str, Any] = {"model_dir": str(model_dir), "model_tag": tag, "labels": labels, "bento_tag": None}
+    result: dict[str, Any] = {"model_dir": str(model_dir), "model_tag": tag, "labels": labels, "bento_tag": None,
+                              "gate": gate}
     if build:
         result["bento_tag"] = build_bento(repo, tag, name=cfg.serve.bento_name, version=version, preset=cfg.preset)
         if logger:
