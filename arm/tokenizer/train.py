@@ -31,7 +31,7 @@ from torch import nn
 from arm.io import atomic_write_json, atomic_write_text
 from arm.tokenizer import losses as L
 from arm.tokenizer.data import ImageTextSet, scene_cell_states, scene_class_count, step_loader
-from arm.tokenizer.model import VisualTokenizer, resolve_device
+from arm.tokenizer.model import VisualTokenizer
 from arm.tokenizer.teachers import Teacher, build_teacher
 from arm.tokenizer.text_encoder import TextEncoder
 from arm.tokenizer.vocab import PAD, CaptionVocab
@@ -163,7 +163,7 @@ def write_curve(path: str | Path, curve: list[dict[str, float]]) -> None:
 def _accelerator(tcfg):
     """DDP over the processes (the decoder fine-tune and batches without texts leave parts of the
     model out of a step), autocast for bf16 over fp32 master weights."""
-    return accel.build_accelerator(device=str(resolve_device(tcfg.device).type), precision=tcfg.train.precision,
+    return accel.build_accelerator(device=tcfg.device, precision=tcfg.train.precision,
                              find_unused_parameters=True)
 
 

@@ -1,4 +1,5 @@
-"""`accelerate` for the training loops that are not pretraining (RL; the same switches on CPU and GPUs).
+"""`accelerate` for the training loops other than pretraining (tokenizer training, RL), the same
+switches on CPU and GPUs.
 
 One `Accelerator` per process: DeepSpeed ZeRO-3 when asked (bf16 with fp32 master weights and fp32
 gradient accumulation, as pretraining), else DDP across processes / one plain process, with
@@ -21,14 +22,9 @@ from pathlib import Path
 
 import torch
 
+from arm.device import resolve_device
 from arm.io import atomic_write_json, atomic_write_text
 from arm.train import checkpoint as ckpt
-
-
-def wants_cuda(device: str) -> bool:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for but torch sees no GPU (use device: auto or cpu)")
-    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
 def build_accelerator(*, device: str, precision: str, zero_stage: int = 0, grad_clip: float = 0.0, micro_batch: int = 1,
@@ -48,7 +44,7 @@ def build_accelerator(*, device: str, precision: str, zero_stage: int = 0, grad_
     AcceleratorState._reset_state(reset_partial_state=True)
     # an earlier DeepSpeed Accelerator of this process leaves this flag, which turns the next one into DeepSpeed
     os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
-    cuda = wants_cuda(device)
+    cuda = resolve_device(device).type == "cuda"  # auto, cpu, cuda[:N] as everywhere (arm.device)
     if zero_stage == 0:
         # one process on CPU, DDP over gloo/nccl with several; bf16 = autocast over fp32 weights
         return Accelerator(cpu=not cuda, mixed_precision="bf16" if precision == "bf16" else "no",
