@@ -44,6 +44,37 @@ KINDS = ("circle", "square", "triangle")
 SIZES = {"small": 0.45, "large": 0.8}
 
 
+class Binding(Strict):
+    """An attribute combination held out of training (CLEVR-CoGenT style), e.g. {color: red, kind: circle}.
+
+    An object matches when every attribute the binding sets is equal; each value still occurs in
+    training in other combinations, so the model can only draw it by composing what it learned.
+    """
+
+    kind: str | None = None
+    color: str | None = None
+    size: str | None = None
+    row: int | None = Field(None, ge=0)
+    col: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Binding":
+        if len(self.attributes()) < 2:
+            raise ValueError(f"a held-out binding combines at least two attributes, got {self.attributes()}")
+        return self
+
+    def attributes(self) -> dict[str, str | int]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class HoldoutConfig(Strict):
+    """The part of the world that only evaluation draws from (arm/data/holdout.py)."""
+
+    scenes: float = Field(0.15, ge=0.0, lt=1.0)  # share of exact scenes held out (the `novel` split), by hash
+    salt: str = "arm-holdout"  # another salt draws another partition
+    bindings: list[Binding] = []  # the `novel_composition` split: objects with these never occur in training
+
+
 class WorldConfig(Strict):
     """The procedural shapes world (DESIGN §5): objects on a grid aligned with the tokenizer's patches."""
 
@@ -55,17 +86,37 @@ class WorldConfig(Strict):
     min_objects: int = Field(1, ge=0)
     max_objects: int = Field(3, ge=1)
     background: tuple[int, int, int] = (255, 255, 255)
+    holdout: HoldoutConfig = HoldoutConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "WorldConfig":
         unknown = [c for c in self.colors if c not in PALETTE]
         if unknown:
             raise ValueError(f"unknown colors {unknown}; known: {sorted(PALETTE)}")
+        self._check_bindings()
         if self.image_size % self.grid:
             raise ValueError(f"image_size {self.image_size} must be a multiple of grid {self.grid}")
         if self.max_objects > self.grid * self.grid or self.min_objects > self.max_objects:
             raise ValueError("need min_objects <= max_objects <= grid*grid")
         return self
+
+    def _check_bindings(self) -> None:
+        values = {"kind": self.kinds, "color": self.colors, "size": self.sizes,
+                  "row": list(range(self.grid)), "col": list(range(self.grid))}
+        objects = [dict(kind=k, color=c, size=s, row=r, col=q) for k in self.kinds for c in self.colors
+                   for s in self.sizes for r in range(self.grid) for q in range(self.grid)]
+        held = [b.attributes() for b in self.holdout.bindings]
+        for b in held:
+            bad = {k: v for k, v in b.items() if v not in values[k]}
+            if bad:
+                raise ValueError(f"holdout.bindings: {b} names values this world does not have: {bad}")
+        # Each attribute value of a binding must still be seen in training, in another combination.
+        trainable = [o for o in objects if not any(all(o[k] == v for k, v in b.items()) for b in held)]
+        for b in held:
+            for k, v in b.items():
+                if not any(o[k] == v for o in trainable):
+                    raise ValueError(f"holdout.bindings: {k}={v!r} occurs in no training object once "
+                                     f"{held} are held out; the split would test an unseen value, not a composition")
 
     @property
     def cell(self) -> int:

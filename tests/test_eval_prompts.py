@@ -30,11 +30,14 @@ def test_build_is_deterministic_and_sized_by_params(tmp_path):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     sets, prior, manifest = load_prompt_sets(cfg, a)
     p = cfg.eval.prompts
+    splits = 2  # novel and novel_composition
     assert manifest["counts"] == {
-        "geneval": 6 * p.geneval_per_category, "wise": p.wise, "edit": p.edit, "vqa": p.vqa,
-        "caption": p.caption, "fmnist_gen": 10 * p.fmnist_per_class, "fmnist_und": 2 * 10 * p.fmnist_per_class,
+        "geneval": splits * 6 * p.geneval_per_category, "wise": splits * p.wise, "edit": splits * p.edit,
+        "vqa": splits * p.vqa, "caption": splits * p.caption, "fmnist_gen": 10 * p.fmnist_per_class,
+        "fmnist_und": 2 * 10 * p.fmnist_per_class,
     }
-    assert set(prior["vqa"]) <= {"count", "shape_at", "exists", "color_of", "size_of"}
+    assert set(prior["vqa"]["by_type"]) <= {"count", "shape_at", "exists", "color_of", "size_of"}
+    assert prior["vqa"]["by_question"]["how many shapes are there?"] in ("one", "two", "three")
     assert set(manifest["training_overlap"]) == {"geneval", "wise", "edit", "vqa", "caption"}
     other = build_prompt_sets(_cfg("eval.prompts.seed=10001"), tmp_path / "c")
     assert (other / "geneval.jsonl").read_bytes() != (a / "geneval.jsonl").read_bytes()
@@ -43,7 +46,7 @@ def test_build_is_deterministic_and_sized_by_params(tmp_path):
 def test_items_are_consistent_with_their_scenes(tmp_path):
     cfg = _cfg("eval.prompts.geneval_per_category=10", "eval.prompts.vqa=40", "eval.prompts.caption=20")
     sets, _, _ = load_prompt_sets(cfg, build_prompt_sets(cfg, tmp_path))
-    by_cat = Counter(i["category"] for i in sets["geneval"])
+    by_cat = Counter((i["category"], i["split"]) for i in sets["geneval"])
     assert set(by_cat.values()) == {10}
     for i in sets["geneval"]:
         scene = Scene.from_json(i["scene"])

@@ -133,6 +133,20 @@ def render_array(scene: Scene, cfg: WorldConfig) -> np.ndarray:
 # ----------------------------------------------------------------------------- questions
 
 
+def exists_question(color: str, kind: str) -> str:
+    """The existence question (VQA's "exists" type and the POPE probe)."""
+    return f"is there a {color} {kind}?"
+
+
+def question_attributes(question: str, cfg: WorldConfig) -> dict[str, str]:
+    """The object attributes a question states: an existence question names a colour and a kind."""
+    for color in cfg.colors:
+        for kind in cfg.kinds:
+            if question == exists_question(color, kind):
+                return {"color": color, "kind": kind}
+    return {}
+
+
 def vqa_pair(rng: random.Random, scene: Scene, cfg: WorldConfig) -> tuple[str, str]:
     """One question with a single-word answer that the scene determines."""
     kinds = [o.kind for o in scene.objects]
@@ -156,7 +170,7 @@ def vqa_pair(rng: random.Random, scene: Scene, cfg: WorldConfig) -> tuple[str, s
         else:
             color, kind = rng.choice(cfg.colors), rng.choice(cfg.kinds)
         present = any(o.color == color and o.kind == kind for o in scene.objects)
-        return f"is there a {color} {kind}?", "yes" if present else "no"
+        return exists_question(color, kind), "yes" if present else "no"
     unique = [o for o in scene.objects if kinds.count(o.kind) == 1]
     o = rng.choice(unique)
     if q == "color_of":

@@ -13,15 +13,16 @@ Benchmark = Literal["shapes_geneval", "shapes_wise", "shapes_edit", "understandi
 
 
 class PromptSetConfig(Strict):
-    """Held-out prompt sets: fixed files drawn from their own seed stream, never the training one."""
+    """Held-out prompt sets: fixed files drawn from world.holdout's part of the world (arm/data/holdout.py)."""
 
     dir: str = "data/eval_prompts"
-    seed: int = Field(10_000, ge=10_000)  # training sources use small seeds; see prompts.py
-    geneval_per_category: int = Field(16, ge=1)
-    wise: int = Field(48, ge=1)
-    edit: int = Field(60, ge=1)
-    vqa: int = Field(100, ge=1)
-    caption: int = Field(40, ge=1)
+    seed: int = Field(10_000, ge=10_000)  # its own stream; the partition, not the seed, keeps it apart from training
+    # items per held-out split (novel, novel_composition)
+    geneval_per_category: int = Field(8, ge=1)
+    wise: int = Field(24, ge=1)
+    edit: int = Field(30, ge=1)
+    vqa: int = Field(50, ge=1)
+    caption: int = Field(20, ge=1)
     fmnist_per_class: int = Field(8, ge=1)
     prior_scenes: int = Field(2000, ge=10)  # training-distribution draws for the answer prior
 

@@ -1,10 +1,11 @@
 """Held-out prompt sets: fixed JSONL files under `eval.prompts.dir`, versioned with DVC.
 
-Every item is drawn from `random.Random("eval:<seed>:<set>:<i>")`. Training scenes come from
-`random.Random("<source seed>:<i>")`, so the two streams never share a state whatever the seeds;
-requiring eval seeds >= 10000 also keeps them apart from every training seed in params.yaml. The
-world is small (a single-object scene is one of a few hundred), so an eval prompt can still equal
-a training caption by chance: the manifest reports that overlap per set instead of hiding it.
+Every item is drawn from `random.Random("eval:<seed>:<set>:<split>:<i>")` out of the held-out part
+of the world (arm/data/holdout.py), which no training source, tokenizer data or RL prompt ever
+draws: `novel` items are scenes (and so image-question pairs, edit sources, riddles) that
+training never holds; `novel_composition` items hold an object whose attribute binding training
+never shows. Each set has `eval.prompts.<set>` items per split, tagged with their `split`. The
+manifest still measures the overlap with the training sources' texts, which must be zero.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from arm.config import ArmConfig, ShapesSourceConfig, WorldConfig
-from arm.data import shapes
+from arm.data import holdout, shapes
+from arm.data.holdout import HELD_OUT
 from arm.data.shapes import Scene, ShapeObject
 from arm.data.sources.fashion_mnist import CLASSES, QUESTION_KINDS
 from arm.data.sources.fashion_mnist import caption as fmnist_caption
 from arm.data.sources.fashion_mnist import question_answer
+from arm.eval import overlap
 from arm.eval.answers import question_type
 from arm.eval.checks import GENEVAL_CATEGORIES
 from arm.eval.fmnist import load_split
@@ -32,8 +35,8 @@ class PromptSetError(ValueError):
     """A prompt set that is missing, stale or cannot be built; the message says which and why."""
 
 
-def _rng(seed: int, name: str, i: int) -> random.Random:
-    return random.Random(f"eval:{seed}:{name}:{i}")
+def _rng(seed: int, name: str, i: int, split: str | None = None) -> random.Random:
+    return random.Random(f"eval:{seed}:{name}:{split}:{i}" if split else f"eval:{seed}:{name}:{i}")
 
 
 def geneval_categories(world: WorldConfig) -> list[str]:
@@ -70,39 +73,37 @@ def geneval_scene(rng: random.Random, world: WorldConfig, category: str) -> Scen
     )
 
 
-def _training_text(cfg: ArmConfig) -> dict[str, set[str]]:
-    """Texts of the configured shapes training sources, to measure overlap with the eval sets."""
+def training_keys(cfg: ArmConfig) -> overlap.Keys:
+    """Overlap keys of every record the configured shapes training sources produce."""
     from arm.data.sources.shapes import scene_records
 
-    seen: dict[str, set[str]] = defaultdict(set)
-    for src in cfg.data.sources:
-        if not isinstance(src, ShapesSourceConfig):
-            continue
-        for i in range(src.n_scenes):
-            for rec in scene_records(src, cfg, i):
-                scene = json.dumps(rec.meta.get("scene"), sort_keys=True)
-                if rec.task == "generate":
-                    seen["generate"].add(rec.caption)
-                elif rec.task == "understand":
-                    seen["understand"].add(f"{scene}|{rec.question}")
-                elif rec.task == "edit":
-                    seen["edit"].add(f"{scene}|{rec.instruction}")
-    return seen
+    return overlap.collect((r.task, r.meta, r.caption, r.question, r.instruction)
+                           for src in cfg.data.sources if isinstance(src, ShapesSourceConfig)
+                           for i in range(src.n_scenes) for r in scene_records(src, cfg, i))
 
 
 def _jsonl(items: list[dict]) -> str:
     return "".join(json.dumps(i, sort_keys=True) + "\n" for i in items)
 
 
-def _answer_prior(cfg: ArmConfig, seed: int) -> dict:
-    """Majority answer per question type over training-distribution scenes (the prior-only reader)."""
+def _answer_prior(cfg: ArmConfig, seed: int) -> dict[str, dict[str, str]]:
+    """The prior-only reader, from training scenes: the majority answer per exact question
+    (`by_question`) and per question type (`by_type`, for questions the draws never asked)."""
     world = cfg.world
-    counts: dict[str, Counter] = defaultdict(Counter)
+    by_type: dict[str, Counter] = defaultdict(Counter)
+    by_question: dict[str, Counter] = defaultdict(Counter)
     for i in range(cfg.eval.prompts.prior_scenes):
         rng = _rng(seed, "prior", i)
-        q, a = shapes.vqa_pair(rng, shapes.random_scene(rng, world), world)
-        counts[question_type(q)][a] += 1
-    return {t: c.most_common(1)[0][0] for t, c in sorted(counts.items())}
+        q, a = holdout.training_vqa(rng, holdout.training_scene(rng, world), world)
+        by_type[question_type(q)][a] += 1
+        by_question[q][a] += 1
+    majority = lambda counts: {k: c.most_common(1)[0][0] for k, c in sorted(counts.items())}  # noqa: E731
+    return {"by_question": majority(by_question), "by_type": majority(by_type)}
+
+
+def prior_answer(prior: dict, question: str) -> str:
+    """What the prior-only reader answers: the question's own majority, else its type's."""
+    return prior["by_question"].get(question) or prior["by_type"].get(question_type(question), "nothing")
 
 
 def _fmnist_prior(cfg: ArmConfig, seed: int) -> dict[str, str]:
@@ -116,34 +117,45 @@ def _fmnist_prior(cfg: ArmConfig, seed: int) -> dict[str, str]:
     return {k: c.most_common(1)[0][0] for k, c in sorted(counts.items())}
 
 
+def _splits(world: WorldConfig) -> tuple[str, ...]:
+    """The held-out splits this world has (`novel_composition` needs configured bindings)."""
+    on = {"novel": world.holdout.scenes > 0, "novel_composition": bool(world.holdout.bindings)}
+    splits = tuple(s for s in HELD_OUT if on[s])
+    if not splits:
+        raise PromptSetError("world.holdout holds nothing out (scenes: 0, no bindings): the eval sets would "
+                             "be drawn from training scenes")
+    return splits
+
+
 def make_sets(cfg: ArmConfig) -> dict[str, list[dict]]:
     world, p = cfg.world, cfg.eval.prompts
     seed = p.seed
     sets: dict[str, list[dict]] = {name: [] for name in SETS}
-    for cat in geneval_categories(world):
-        for i in range(p.geneval_per_category):
-            scene = geneval_scene(_rng(seed, f"geneval/{cat}", i), world, cat)
-            sets["geneval"].append({"id": f"geneval/{cat}/{i}", "category": cat,
-                                    "prompt": shapes.caption(scene, world.grid), "scene": scene.to_json()})
-    for i in range(p.wise):
-        text, scene = shapes.knowledge_prompt(_rng(seed, "wise", i), world)
-        sets["wise"].append({"id": f"wise/{i}", "prompt": text, "scene": scene.to_json()})
-    for i in range(p.edit):
-        rng = _rng(seed, "edit", i)
-        source = shapes.random_scene(rng, world)
-        instruction, target, op = shapes.random_edit(rng, source, world)
-        sets["edit"].append({"id": f"edit/{i}", "instruction": instruction, "op": op,
-                             "source_scene": source.to_json(), "target_scene": target.to_json()})
-    for i in range(p.vqa):
-        rng = _rng(seed, "vqa", i)
-        scene = shapes.random_scene(rng, world)
-        q, a = shapes.vqa_pair(rng, scene, world)
-        sets["vqa"].append({"id": f"vqa/{i}", "question": q, "answer": a, "type": question_type(q),
-                            "scene": scene.to_json()})
-    for i in range(p.caption):
-        scene = shapes.random_scene(_rng(seed, "caption", i), world)
-        sets["caption"].append({"id": f"caption/{i}", "question": cfg.eval.caption_question,
-                                "caption": shapes.caption(scene, world.grid), "scene": scene.to_json()})
+    any_scene = lambda r: shapes.random_scene(r, world)  # noqa: E731
+    for split in _splits(world):
+        for cat in geneval_categories(world):
+            for i in range(p.geneval_per_category):
+                scene = holdout.heldout_scene(_rng(seed, f"geneval/{cat}", i, split), world, split,
+                                              lambda r, c=cat: geneval_scene(r, world, c))
+                sets["geneval"].append({"id": f"geneval/{split}/{cat}/{i}", "split": split, "category": cat,
+                                        "prompt": shapes.caption(scene, world.grid), "scene": scene.to_json()})
+        for i in range(p.wise):
+            text, scene = holdout.heldout_knowledge(_rng(seed, "wise", i, split), world, split)
+            sets["wise"].append({"id": f"wise/{split}/{i}", "split": split, "prompt": text, "scene": scene.to_json()})
+        for i in range(p.edit):
+            source, instruction, target, op = holdout.heldout_edit(_rng(seed, "edit", i, split), world, split)
+            sets["edit"].append({"id": f"edit/{split}/{i}", "split": split, "instruction": instruction, "op": op,
+                                 "source_scene": source.to_json(), "target_scene": target.to_json()})
+        for i in range(p.vqa):
+            rng = _rng(seed, "vqa", i, split)
+            scene = holdout.heldout_scene(rng, world, split, any_scene)
+            q, a = shapes.vqa_pair(rng, scene, world)
+            sets["vqa"].append({"id": f"vqa/{split}/{i}", "split": split, "question": q, "answer": a,
+                                "type": question_type(q), "scene": scene.to_json()})
+        for i in range(p.caption):
+            scene = holdout.heldout_scene(_rng(seed, "caption", i, split), world, split, any_scene)
+            sets["caption"].append({"id": f"caption/{split}/{i}", "split": split, "question": cfg.eval.caption_question,
+                                    "caption": shapes.caption(scene, world.grid), "scene": scene.to_json()})
     # Fashion-MNIST comes from t10k, which no training source reads.
     _, labels = load_split(cfg.eval.fmnist.root, "t10k")
     by_class = {k: [int(i) for i in (labels == k).nonzero()[0]] for k in range(len(CLASSES))}
@@ -171,21 +183,8 @@ def build_prompt_sets(cfg: ArmConfig, out_dir: str | Path | None = None) -> Path
         raise PromptSetError(f"eval.prompts.seed {p.seed} equals a training source seed; pick another")
     out = Path(out_dir or p.dir)
     sets = make_sets(cfg)
-    seen = _training_text(cfg)
-
-    def scene_key(item: dict, key: str = "scene") -> str:
-        return json.dumps(item[key], sort_keys=True)
-
-    def frac(items: list[dict], hit) -> float:
-        return round(sum(map(hit, items)) / len(items), 4) if items else 0.0
-
-    overlap = {
-        "geneval": frac(sets["geneval"], lambda i: i["prompt"] in seen["generate"]),
-        "wise": frac(sets["wise"], lambda i: i["prompt"] in seen["generate"]),
-        "edit": frac(sets["edit"], lambda i: f"{scene_key(i, 'source_scene')}|{i['instruction']}" in seen["edit"]),
-        "vqa": frac(sets["vqa"], lambda i: f"{scene_key(i)}|{i['question']}" in seen["understand"]),
-        "caption": frac(sets["caption"], lambda i: f"{scene_key(i)}|{i['question']}" in seen["understand"]),
-    }
+    keys = training_keys(cfg)
+    training_overlap = {name: round(n / len(sets[name]), 4) for name, n in overlap.overlap(sets, keys).items()}
     prior = {"vqa": _answer_prior(cfg, p.seed), "fmnist": _fmnist_prior(cfg, p.seed)}
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
@@ -199,7 +198,8 @@ def build_prompt_sets(cfg: ArmConfig, out_dir: str | Path | None = None) -> Path
             "caption_question": cfg.eval.caption_question,
             "counts": {name: len(items) for name, items in sets.items()},
             "geneval_categories": geneval_categories(cfg.world),
-            "training_overlap": overlap,
+            "training_overlap": training_overlap,
+            "held_out_scenes_in_training": overlap.held_out_scenes(keys, cfg.world),
             "sha256": {f"{name}.jsonl": sha256_file(tmp / f"{name}.jsonl") for name in sets},
         }
         atomic_write_json(tmp / "manifest.json", manifest)

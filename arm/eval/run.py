@@ -26,10 +26,10 @@ from PIL import Image
 from arm.config import ArmConfig
 from arm.data import shapes
 from arm.data.oracle import parse
-from arm.eval.answers import answer_from_scene, exact_match, question_type
+from arm.eval.answers import answer_from_scene, exact_match
 from arm.eval.images import fmnist_images, render, roundtrip
 from arm.eval.modules import as_reference, load
-from arm.eval.prompts import load_prompt_sets
+from arm.eval.prompts import load_prompt_sets, prior_answer
 from arm.io import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def bench_understanding(r: Runner) -> BenchResult:
     scores = mv.compute(predictions=answers, references=refs, questions=questions, return_per_sample=True)
     v_per = [s["correct"] for s in scores.pop("per_sample")]
     v_ceil = [answer_from_scene(q, parse(im, r.world), grid_n) for q, im in zip(questions, r.ceiling_images(v_imgs))]
-    v_floor = [r.prior["vqa"].get(question_type(q), "nothing") for q in questions]
+    v_floor = [prior_answer(r.prior["vqa"], q) for q in questions]
     ceiling = mv.compute(predictions=v_ceil, references=refs, questions=questions)
     floor = mv.compute(predictions=v_floor, references=refs, questions=questions)
     # captions

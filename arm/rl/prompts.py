@@ -1,9 +1,9 @@
 """RL training prompts, drawn from the shapes world on their own seed stream.
 
 Prompt i of a run is a pure function of (rl.seed, i): its task alternates over `rl.tasks` and
-its content comes from `random.Random("rl:<seed>:<i>")`. Pretraining scenes use
-"<source seed>:<i>" and the held-out eval sets "eval:<seed>:<set>:<i>", so the three streams never
-share a generator state whatever the seeds; a run's prompt position is just an index.
+its content comes from `random.Random("rl:<seed>:<i>")`, a run's prompt position is just an index.
+Like pretraining it draws only the training part of the world (arm/data/holdout.py): no target,
+edit source or riddle is a scene, or holds an object, that evaluation holds out.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from arm.config import WorldConfig
-from arm.data import shapes
+from arm.data import holdout, shapes
 from arm.data.shapes import Scene
 
 
@@ -37,14 +37,13 @@ def draw_prompt(world: WorldConfig, tasks: list[str], seed: int, index: int, kno
     task = tasks[index % len(tasks)]
     if task == "t2i":
         if rng.random() < knowledge_fraction:
-            text, scene = shapes.knowledge_prompt(rng, world)
+            text, scene = holdout.training_knowledge(rng, world)
             return Prompt(index, task, text, scene, knowledge=True, caption=shapes.caption(scene, world.grid))
-        scene = shapes.random_scene(rng, world)
+        scene = holdout.training_scene(rng, world)
         text = shapes.caption(scene, world.grid)
         return Prompt(index, task, text, scene, caption=text)
     if task == "edit":
-        source = shapes.random_scene(rng, world)
-        instruction, target, op = shapes.random_edit(rng, source, world)
+        source, instruction, target, op = holdout.training_edit_triplet(rng, world)
         return Prompt(index, task, instruction, target, source=source, op=op, caption=shapes.caption(target, world.grid))
     raise ValueError(f"unknown RL task {task!r}; known: t2i, edit")
 

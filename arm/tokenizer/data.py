@@ -239,20 +239,21 @@ def generated_set(world, image_size: int, n_scenes: int, n_fashion: int, seed: i
     """
     from PIL import Image
 
-    from arm.data import shapes
+    from arm.data import holdout, shapes
     from arm.data.sources import fashion_mnist as fm
 
     rng = random.Random(f"tokenizer-generated:{seed}")
     keys, texts, scenes, labels, pixels = [], [], [], [], []
     for i in range(n_scenes):
-        scene = shapes.random_scene(rng, world)
+        scene = holdout.training_scene(rng, world)
         keys.append(f"shapes:{seed}:{i}")
         texts.append([shapes.caption(scene, world.grid)])
         scenes.append(scene.to_json())
         labels.append(None)
         pixels.append(pil_to_uint8(shapes.render(scene, world), image_size))
-        if edits:
-            _, target, _ = shapes.random_edit(rng, scene, world)
+        edit = holdout.training_edit(rng, scene, world) if edits else None
+        if edit is not None:
+            target = edit[1]
             keys.append(f"shapes:{seed}:{i}:edit")
             texts.append([])
             scenes.append(target.to_json())

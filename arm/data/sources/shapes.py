@@ -1,4 +1,8 @@
-"""The procedural shapes source: per scene, captions, VQA pairs, edit triplets, knowledge prompts."""
+"""The procedural shapes source: per scene, captions, VQA pairs, edit triplets, knowledge prompts.
+
+Only the training part of the world is drawn (arm/data/holdout.py): no scene, edit target,
+knowledge prompt or question here belongs to what evaluation holds out.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from collections.abc import Iterator
 from PIL import Image
 
 from arm.config import ArmConfig, ShapesSourceConfig
-from arm.data import shapes
+from arm.data import holdout, shapes
 from arm.data.records import RawRecord
 from arm.data.sources import register
 
@@ -25,7 +29,7 @@ def scene_records(src: ShapesSourceConfig, cfg: ArmConfig, index: int) -> list[R
     """All records of scene `index`; a pure function of (seed, index), so shards are independent."""
     world = cfg.world
     rng = random.Random(f"{src.seed}:{index}")
-    scene = shapes.random_scene(rng, world)
+    scene = holdout.training_scene(rng, world)
     image = png_bytes(shapes.render(scene, world))
     ref = f"shapes:{src.seed}:{index}"
     meta = {"scene": scene.to_json()}
@@ -35,7 +39,7 @@ def scene_records(src: ShapesSourceConfig, cfg: ArmConfig, index: int) -> list[R
         recs.append(RawRecord(source=src.name, ref=f"{ref}:{suffix}", task=task, **kw))
 
     if rng.random() < src.knowledge_fraction:
-        prompt, kscene = shapes.knowledge_prompt(rng, world)
+        prompt, kscene = holdout.training_knowledge(rng, world)
         kimage = png_bytes(shapes.render(kscene, world))
         rec("generate", "knowledge", image=kimage, caption=prompt,
             meta={"scene": kscene.to_json(), "knowledge": True})
@@ -47,13 +51,16 @@ def scene_records(src: ShapesSourceConfig, cfg: ArmConfig, index: int) -> list[R
     asked: set[str] = set()
     for j in range(src.vqa_per_scene):
         for _ in range(8):  # a repeated question would only be dropped as a duplicate
-            q, a = shapes.vqa_pair(rng, scene, world)
+            q, a = holdout.training_vqa(rng, scene, world)
             if q not in asked:
                 break
         asked.add(q)
         rec("understand", f"vqa{j}", image=image, question=q, answer=a, meta=meta)
     for j in range(src.edits_per_scene):
-        instruction, target, op = shapes.random_edit(rng, scene, world)
+        edit = holdout.training_edit(rng, scene, world)
+        if edit is None:
+            continue
+        instruction, target, op = edit
         rec("edit", f"edit{j}", image=png_bytes(shapes.render(target, world)), source_image=image,
             instruction=instruction, meta={"scene": scene.to_json(), "target_scene": target.to_json(), "op": op})
     if rng.random() < src.text_fraction:
