@@ -76,10 +76,44 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
 
 
+def headline(root: Path) -> list[str]:
+    """What a reader wants first: each evaluated model's main scores on held-out items, per split,
+    by the learned judge and by the oracle, with 95% intervals, and the gate's decision."""
+    from arm.eval.report import HEADLINE_COLUMNS, fmt_interval, headline_table
+
+    esc = html.escape
+    parts = []
+    for mf in sorted((root / "metrics").glob("eval_*.json")):
+        try:
+            metrics = json.loads(mf.read_text())
+            rows = headline_table(metrics)
+        except (json.JSONDecodeError, KeyError):
+            continue
+        parts.append(f"<h2>{esc(str(metrics.get('model')))}: held-out items, learned judge, 95% intervals</h2><table>"
+                     "<tr><td><b>metric</b></td>" + "".join(f"<td><b>{esc(c)}</b></td>" for c, _ in HEADLINE_COLUMNS)
+                     + "<td><b>floor</b></td><td><b>reconstruction</b></td></tr>")
+        for row in rows:
+            ref = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+            parts.append(f"<tr><td>{esc(row['metric'])}</td>"
+                         + "".join(f"<td>{esc(fmt_interval(*row['cells'][c]))}</td>" for c, _ in HEADLINE_COLUMNS)
+                         + f"<td>{ref(row['floor'])}</td><td>{ref(row['reconstruction'])}</td></tr>")
+        parts.append("</table>")
+    gate = root / "metrics" / "gate.json"
+    if gate.is_file():
+        try:
+            verdict = json.loads(gate.read_text())
+            parts.append(f"<p><b>gate</b>: {'passed' if verdict.get('passed') else 'rejected'}"
+                         + (f" (failed: {esc(', '.join(verdict.get('failed', [])))})" if verdict.get("failed") else "")
+                         + "</p>")
+        except json.JSONDecodeError:
+            pass
+    return parts
+
+
 def build_report(root: Path = Path("."), out_dir: Path | None = None) -> Path:
     root = Path(root)
     out_dir = out_dir or root / "reports" / "latest"
-    parts = ["<h1>ARM run report</h1>"]
+    parts = ["<h1>ARM run report</h1>", *headline(root)]
     metric_files = sorted((root / "metrics").glob("*.json"))
     for mf in metric_files:
         try:

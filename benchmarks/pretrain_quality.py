@@ -8,7 +8,7 @@ the scene), so the scores are what the pretraining recipe itself reaches; the le
 tokenizer can only lower them. Trains with the real stage function (scenes straight from the
 shapes source, `pretrain.data=shapes`), then scores the model with the eval harness
 (arm.eval.run.evaluate: GenEval-style, WISE-style, edit, VQA/caption), each score beside its
-ceiling (ground truth through the perfect tokenizer: 1.0 by construction) and its floor.
+reconstruction reference (ground truth through the perfect tokenizer: 1.0 by construction) and its floor.
 Results accumulate by --name in benchmarks/results/pretrain_quality.json.
 """
 

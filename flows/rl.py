@@ -37,11 +37,12 @@ def rl_flow(params: str = "params.yaml", preset: str | None = None, overrides: l
 @flow(name="rl_claims")
 def rl_claims_flow(params: str = "params.yaml", preset: str | None = "small", overrides: list[str] | None = None,
                    seeds: list[int] | None = None, task_sets: list[str] | None = None,
-                   out_root: str = "models/rl-claims") -> dict:
-    """Issue item 4: RL per seed and task set, each evaluated against the base (arm.rl.claims)."""
+                   out_root: str = "models/rl-claims", eval_seeds: list[int] | None = None) -> dict:
+    """RL per seed and task set, each evaluated against the base per eval seed (arm.rl.claims)."""
     from arm.rl.claims import run_claims
 
-    result = run_claims(params, preset, overrides, seeds or [0, 1, 2], task_sets or ["both", "t2i", "edit"], out_root)
+    result = run_claims(params, preset, overrides, seeds or [0, 1, 2], task_sets or ["both", "t2i", "edit"], out_root,
+                        eval_seeds=eval_seeds or [0, 1])
     get_run_logger().info("claims: %s", {k: v.get("met", "reported") for k, v in result["claims"].items()})
     return result
 

@@ -34,11 +34,16 @@ def test_build_is_deterministic_and_sized_by_params(tmp_path):
     assert manifest["counts"] == {
         "geneval": splits * 6 * p.geneval_per_category, "wise": splits * p.wise, "edit": splits * p.edit,
         "vqa": splits * p.vqa, "caption": splits * p.caption, "fmnist_gen": 10 * p.fmnist_per_class,
+        "pope": len(sets["pope"]),  # sized per scene below
         "fmnist_und": 2 * 10 * p.fmnist_per_class,
     }
     assert set(prior["vqa"]["by_type"]) <= {"count", "shape_at", "exists", "color_of", "size_of"}
     assert prior["vqa"]["by_question"]["how many shapes are there?"] in ("one", "two", "three")
-    assert set(manifest["training_overlap"]) == {"geneval", "wise", "edit", "vqa", "caption"}
+    assert set(manifest["training_overlap"]) == {"geneval", "wise", "edit", "vqa", "caption", "pope"}
+    # POPE: per scene, its positives and as many negatives per sampling
+    pope = Counter((i["scene_index"], i["sampling"]) for i in sets["pope"])
+    assert {s for _, s in pope} == {"shared", "random", "popular", "adversarial"}
+    assert len({i["scene_index"] for i in sets["pope"]}) == 2 * p.pope
     other = build_prompt_sets(_cfg("eval.prompts.seed=10001"), tmp_path / "c")
     assert (other / "geneval.jsonl").read_bytes() != (a / "geneval.jsonl").read_bytes()
 

@@ -79,12 +79,20 @@ def test_claims_experiment_end_to_end(tmp_path):
         return run_claims(REPO / "params.yaml", "micro", overrides, seeds=[0, 1], task_sets=["both", "edit"],
                           out_root=str(tmp_path / "claims"), benchmarks=["shapes_geneval", "shapes_edit"],
                           metrics_out=str(tmp_path / "rl_claims.json"), report_out=str(tmp_path / "rl_claims.md"),
-                          plots_dir=str(tmp_path / "plots"))
+                          plots_dir=str(tmp_path / "plots"), eval_seeds=[0, 1])
 
     result = claims()
     assert set(result["runs"]) == {"both", "edit"} and set(result["runs"]["edit"]) == {"0", "1"}
-    row = result["table"]["both"]["shapes_geneval.overall"]
-    assert row["rl"]["n"] == 2 and row["delta"]["mean"] == pytest.approx(row["rl"]["mean"] - row["base"])
+    assert set(result["runs"]["edit"]["1"]["scores"]) == {"0", "1"}  # every RL model at every eval seed
+    for split in ("novel", "novel_composition"):
+        for judge, prefix in (("judge", ""), ("oracle", "oracle/")):
+            row = result["table"]["both"][f"shapes_geneval.{prefix}{split}/overall"]
+            assert (row["split"], row["judge"]) == (split, judge)
+            assert row["rl"]["n"] == 4  # 2 RL seeds x 2 eval seeds
+            assert row["delta"]["mean"] == pytest.approx(row["rl"]["mean"] - row["base"]["mean"])
+            lo, hi = row["delta_interval"]
+            assert lo <= row["delta"]["mean"] <= hi
+    assert "shapes_edit.novel/success" in result["table"]["both"]
     assert "a_rl_improves_targets" in result["claims"] and "rl_on_edit" in result["claims"]["b_cross_task_synergy"]
     assert (tmp_path / "claims" / "edit-s1" / "manifest.json").is_file()
     assert (tmp_path / "rl_claims.md").read_text() == render_report(result)

@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
         params: Path = ParamsOpt, preset: Optional[str] = typer.Option("small", "--preset", "-p", help="preset"),
         set_: Optional[list[str]] = SetOpt,
         seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated RL seeds"),
+        eval_seeds: str = typer.Option("0,1", "--eval-seeds", help="comma-separated eval sampling seeds per model"),
         tasks: str = typer.Option("both,t2i,edit", "--tasks", help="task sets: both, t2i, edit (comma-separated)"),
         out_root: Path = typer.Option(Path("models/rl-claims"), "--out", help="where the RL model dirs go"),
     ) -> None:
@@ -63,14 +64,16 @@ def register(app: typer.Typer) -> None:
         cfg = resolve_config(params, preset, set_)
         try:
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+            eval_seed_list = [int(s) for s in eval_seeds.split(",") if s.strip()]
         except ValueError:
-            console.print(f"[red]--seeds {seeds!r}: expected comma-separated integers[/red]", highlight=False)
+            console.print(f"[red]--seeds {seeds!r} / --eval-seeds {eval_seeds!r}: expected comma-separated integers[/red]",
+                          highlight=False)
             raise typer.Exit(2) from None
         task_sets = [t.strip() for t in tasks.split(",") if t.strip()]
         from arm.rl.claims import TASK_SETS
 
         bad = [t for t in task_sets if t not in TASK_SETS]
-        if bad or not seed_list or not task_sets:
+        if bad or not seed_list or not eval_seed_list or not task_sets:
             console.print(f"[red]--tasks {tasks!r} / --seeds {seeds!r}: task sets must be among {list(TASK_SETS)}, "
                           "with at least one seed[/red]", highlight=False)
             raise typer.Exit(2)
@@ -81,7 +84,7 @@ def register(app: typer.Typer) -> None:
         from flows.rl import rl_claims_flow
 
         result = rl_claims_flow(params=str(params), preset=preset, overrides=list(set_ or []), seeds=seed_list,
-                                task_sets=task_sets, out_root=str(out_root))
+                                task_sets=task_sets, out_root=str(out_root), eval_seeds=eval_seed_list)
         from arm.rl.claims import render_report
 
         console.print(render_report(result), highlight=False)

@@ -2,55 +2,45 @@
 
 Plain functions of (spec, parsed scene): the evaluate modules average them and RL rewards reuse
 them, so a benchmark and a reward can never disagree about what "right" means.
+
+Scoring is strict. A text-to-image prompt of this world is a full caption: it states the kind,
+colour, size and position of every object, so a generated image is right only if it shows every
+stated attribute of every object and nothing else. The oracle reads what it cannot recognise
+(off-palette colours, blobs, half-drawn shapes) as `unknown`, which matches no spec, so such an
+image fails every check; its ink also counts against perceptual quality.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
 from arm.config import WorldConfig
-from arm.data.oracle import FOREGROUND_DELTA, parse, to_array
-from arm.data.shapes import Scene, ShapeObject, render_array
+from arm.data.oracle import FOREGROUND_DELTA, is_known, parse, to_array
+from arm.data.shapes import Scene, render_array
 
 GENEVAL_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
-def _contains(parsed: Scene, spec: Scene, key: Callable[[ShapeObject], tuple]) -> bool:
-    """Every spec object has its own match in the parsed scene under `key` (a multiset test)."""
-    need = Counter(key(o) for o in spec.objects)
-    have = Counter(key(o) for o in parsed.objects)
-    return all(have[k] >= n for k, n in need.items())
-
-
 def geneval_check(category: str, spec: Scene, parsed: Scene) -> bool:
-    """GenEval's rule for each category, with the oracle's scene in place of a detector.
+    """GenEval's categories, with the oracle's scene in place of a detector, scored strictly.
 
-    One deliberate difference: GenEval ignores extra objects, but our prompts name every object
-    in the scene, and a check that ignores extras pays an image (or an RL policy) for filling
-    every cell. So any category fails when the image holds more objects than the prompt names.
+    GenEval checks only the attribute its category is about (the kinds for `two_object`, the
+    colours for `colors`, ...) and ignores extra objects. Our prompts are full captions that state
+    every attribute of every object, so every category requires all of them: the parsed scene
+    must be exactly the spec scene. Extra objects fail too (a check that ignored them would pay an
+    image, or an RL policy, for filling every cell). The category only names the prompt family.
     """
+    if category not in GENEVAL_CATEGORIES:
+        raise ValueError(f"unknown geneval category {category!r}; known: {list(GENEVAL_CATEGORIES)}")
     if not spec.objects:
         raise ValueError(f"geneval {category}: the spec scene is empty")
-    if category in GENEVAL_CATEGORIES and len(parsed.objects) != len(spec.objects):
-        return False
-    if category in ("single_object", "two_object"):
-        return _contains(parsed, spec, lambda o: (o.kind,))
-    if category == "counting":
-        kinds = {o.kind for o in spec.objects}
-        if len(kinds) != 1:
-            raise ValueError(f"geneval counting: spec must use one kind, got {sorted(kinds)}")
-        kind = kinds.pop()
-        return sum(o.kind == kind for o in parsed.objects) == len(spec.objects)
-    if category in ("colors", "color_attr"):
-        return _contains(parsed, spec, lambda o: (o.kind, o.color))
-    if category == "position":
-        return _contains(parsed, spec, lambda o: (o.kind, o.row, o.col))
-    raise ValueError(f"unknown geneval category {category!r}; known: {list(GENEVAL_CATEGORIES)}")
+    if category == "counting" and len({o.kind for o in spec.objects}) != 1:
+        kinds = sorted({o.kind for o in spec.objects})
+        raise ValueError(f"geneval counting: spec must use one kind, got {kinds}")
+    return parsed == spec
 
 
 WISE_ASPECTS = ("kind", "color", "size", "position")
@@ -77,11 +67,14 @@ def perceptual_quality(image: Image.Image | np.ndarray, world: WorldConfig, tole
     """0-10: how much of the drawn ink is exactly what a clean render of the parsed scene draws.
 
     The image is parsed, the scene re-rendered, and the two compared over the union of their
-    ink; blur, stray marks, off-palette colours and malformed shapes all lower it. A render
-    scores 10; an image with no ink at all scores 0 (nothing was drawn to be judged).
+    ink; blur, stray marks, off-palette colours and malformed shapes (read as unknown, so not
+    re-rendered) all lower it. A render scores 10; an image with no ink at all scores 0 (nothing
+    was drawn to be judged).
     """
     arr = to_array(image, world)
-    ref = render_array(parse(image, world), world).astype(np.int16)
+    parsed = parse(image, world)
+    # An unknown object has no clean render: drawing only the known ones makes its ink disagree.
+    ref = render_array(Scene.of(o for o in parsed.objects if is_known(o)), world).astype(np.int16)
     bg = np.asarray(world.background, dtype=np.int16)
     ink = np.abs(arr - bg).max(axis=2) > FOREGROUND_DELTA
     ink_ref = np.abs(ref - bg).max(axis=2) > FOREGROUND_DELTA

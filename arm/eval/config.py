@@ -23,6 +23,8 @@ class PromptSetConfig(Strict):
     edit: int = Field(30, ge=1)
     vqa: int = Field(50, ge=1)
     caption: int = Field(20, ge=1)
+    pope: int = Field(20, ge=1)  # scenes per split of the POPE hallucination probe
+    pope_per_scene: int = Field(2, ge=1)  # positives per scene (and as many negatives per sampling)
     fmnist_per_class: int = Field(8, ge=1)
     prior_scenes: int = Field(2000, ge=10)  # training-distribution draws for the answer prior
 
@@ -39,6 +41,36 @@ class FmnistEvalConfig(Strict):
     seed: int = 0
     min_pixel_std: float = Field(4.0, ge=0)  # flatter images are blank: counted wrong, not classified
     cache_dir: str = ".arm-cache/eval"  # trained judges, keyed by their settings
+
+
+class SceneJudgeConfig(Strict):
+    """How the independent scene judge is trained; every field but cache_dir keys the cache."""
+
+    train_images: int = Field(6000, ge=1)  # synthesised once, reused every epoch
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(64, ge=1)  # images per step (x grid cells crops)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    width: int = Field(8, ge=4)  # channels of the first conv; doubled twice
+    seed: int = 0
+    cache_dir: str = ".arm-cache/eval"
+    holdout_images: int = Field(400, ge=1)  # per held-out set of the accuracy report
+    # Synthesis: fraction of object cells drawn unreadable (off-palette, malformed, half-drawn, noise).
+    unknown_fraction: float = Field(0.3, ge=0, le=1)
+    offset: float = Field(0.15, ge=0, le=0.5)  # max shift of an object, fraction of a cell
+    size_jitter: float = Field(0.1, ge=0, lt=0.5)  # relative
+    # Colour tolerance: a configured colour drifted by up to color_jitter (RGB distance, 0-255
+    # scale) is that colour; one at off_palette_distance or more from all of them is "unknown".
+    color_jitter: float = Field(30.0, ge=0)
+    off_palette_distance: float = Field(65.0, gt=0)
+    noise_std: float = Field(0.06, ge=0, le=1)  # max Gaussian noise std, fraction of 255
+    blur_radius: float = Field(1.0, ge=0)  # max Gaussian blur radius, pixels at world size
+    # Max relative brightness and contrast change. Kept small: with color_jitter they move a
+    # configured colour by up to ~55, and past off_palette_distance its label would be wrong.
+    brightness: float = Field(0.05, ge=0, lt=1)
+    contrast: float = Field(0.05, ge=0, lt=1)
+    # Reading: a kind or colour whose probability is below this is reported as unknown.
+    min_confidence: float = Field(0.5, ge=0, le=1)
 
 
 class EvalSamplingConfig(Strict):
@@ -61,6 +93,7 @@ class EvalConfig(Strict):
     pq_tolerance: int = Field(48, ge=0, le=255)  # per-channel distance still counted as clean ink
     psnr_cap: float = Field(100.0, gt=0)  # identical images have infinite PSNR
     fmnist: FmnistEvalConfig = FmnistEvalConfig()
+    judge: SceneJudgeConfig = SceneJudgeConfig()  # the learned scene reader that scores generation and edits
     metrics_dir: str = "metrics"
     reports_dir: str = "reports"
     grid_rows: int = Field(8, ge=1)
@@ -71,7 +104,7 @@ class GateConfig(Strict):
 
     thresholds: dict[str, float] = {}  # absolute minimum
     min_over_floor: dict[str, float] = {}  # score - floor (prior-only level) must reach this
-    # allowed drop below the promoted model's score, as a fraction of the metric's range (ceiling - floor)
+    # allowed drop below the promoted model's score, as a fraction of the metric's range (reconstruction - floor)
     max_regression: dict[str, float] = {}
     promoted: str = "models/promoted.json"
     output: str = "metrics/gate.json"

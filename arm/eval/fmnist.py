@@ -1,7 +1,7 @@
 """The Fashion-MNIST judge: a small classifier trained in the eval stage on the train split.
 
 It scores class-conditional generations (is the image recognisably the prompted class?) and
-gives the understanding ceiling (what a reader of the tokenized image could know). Trained
+gives the understanding reconstruction reference (what a reader of the tokenized image could know). Trained
 deterministically from its settings, cached by a hash of them and of the data files.
 """
 
@@ -157,7 +157,7 @@ def load_or_train(cfg: FmnistEvalConfig) -> FmnistJudge:
 
 def answer_from_label(question: str, label: int) -> str:
     """What a reader who knows only the class (`label`, -1 for none) answers to a Fashion-MNIST
-    question of the curated data; gives the understanding ceiling from the judge's reading."""
+    question of the curated data; gives the understanding reconstruction reference from the judge's reading."""
     from arm.data.sources.fashion_mnist import GROUPS, PHRASES
 
     q = " ".join(question.lower().split())

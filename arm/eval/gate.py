@@ -4,7 +4,7 @@ Three kinds of check, all from params.yaml `gate:` (keys `benchmark.metric`, hig
 `thresholds` (absolute minimum), `min_over_floor` (the score must beat the prior-only floor
 measured in the same run by a margin, so a model that ignores its input cannot pass), and
 `max_regression` (no metric may drop below the promoted model's recorded score by more than
-its tolerance, a fraction of the metric's range: the promoted record's ceiling - floor, 1 where
+its tolerance, a fraction of the metric's range: the promoted record's reconstruction - floor, 1 where
 none is recorded). A missing metric fails its check, in the candidate or in the promoted record.
 Regression needs the promoted model scored on the same held-out prompt sets: other sets fail the
 gate, naming both, until the promoted model is re-scored on the current ones (`rescore_promoted`:
@@ -90,9 +90,9 @@ def candidate_sha256(metrics: dict) -> str | None:
 
 
 def metric_range(record: dict, key: str) -> float:
-    """The span a regression tolerance is a fraction of: ceiling - floor as recorded, else [0, 1]."""
-    ceiling, floor = lookup(record, "ceiling", key), lookup(record, "floor", key)
-    return max(0.0, (1.0 if ceiling is None else ceiling) - (0.0 if floor is None else floor))
+    """The span a regression tolerance is a fraction of: reconstruction - floor as recorded, else [0, 1]."""
+    top, floor = lookup(record, "reconstruction", key), lookup(record, "floor", key)
+    return max(0.0, (1.0 if top is None else top) - (0.0 if floor is None else floor))
 
 
 def lookup(metrics: dict, section: str, key: str) -> float | None:
@@ -194,7 +194,7 @@ def promote(
         "prompts": cand.get("prompts"),
         "scores": cand["scores"],
         "floor": cand.get("floor", {}),
-        "ceiling": cand.get("ceiling", {}),
+        "reconstruction": cand.get("reconstruction", {}),
         "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "replaced": result.promoted,
     }
@@ -213,7 +213,7 @@ def rescore_promoted(cfg: ArmConfig, metrics: str | Path, promoted_record: str |
         raise GateError(f"{metrics}: model {cand.get('model_dir')!r} (content {str(sha)[:12]}) is not the promoted "
                         f"model of {record_path} (content {str(record.get('model_sha256'))[:12]}); not re-scored")
     record.update({"metrics_path": str(metrics), "metrics_sha256": sha256_file(metrics), "prompts": cand.get("prompts"),
-                   "scores": cand["scores"], "floor": cand.get("floor", {}), "ceiling": cand.get("ceiling", {}),
+                   "scores": cand["scores"], "floor": cand.get("floor", {}), "reconstruction": cand.get("reconstruction", {}),
                    "rescored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     atomic_write_json(record_path, record)
     return record

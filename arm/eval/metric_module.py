@@ -35,7 +35,9 @@ def with_per_sample(result: tuple[dict[str, Any], list], return_per_sample: bool
     return summary
 
 
-def score_scenes(score: Callable, predictions, references, world, return_per_sample: bool, *extra) -> dict[str, Any]:
-    """Runs a scene scorer on images and JSON references in the given world."""
+def score_scenes(score: Callable, predictions, references, world, return_per_sample: bool, *extra,
+                 reader: Callable | None = None) -> dict[str, Any]:
+    """Runs a scene scorer on images and JSON references in the given world, read by `reader`."""
     world = world if isinstance(world, WorldConfig) else WorldConfig.model_validate(world or {})
-    return with_per_sample(score(predictions, [json.loads(r) for r in references], world, *extra), return_per_sample)
+    return with_per_sample(score(predictions, [json.loads(r) for r in references], world, *extra, reader=reader),
+                           return_per_sample)

@@ -22,13 +22,13 @@ from arm.data.shapes import Scene, ShapeObject
 from arm.data.sources.fashion_mnist import CLASSES, QUESTION_KINDS
 from arm.data.sources.fashion_mnist import caption as fmnist_caption
 from arm.data.sources.fashion_mnist import question_answer
-from arm.eval import overlap
+from arm.eval import overlap, pope
 from arm.eval.answers import question_type
 from arm.eval.checks import GENEVAL_CATEGORIES
 from arm.eval.fmnist import load_split
 from arm.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 
-SETS = ("geneval", "wise", "edit", "vqa", "caption", "fmnist_gen", "fmnist_und")
+SETS = ("geneval", "wise", "edit", "vqa", "caption", "pope", "fmnist_gen", "fmnist_und")
 
 
 class PromptSetError(ValueError):
@@ -132,6 +132,9 @@ def make_sets(cfg: ArmConfig) -> dict[str, list[dict]]:
     seed = p.seed
     sets: dict[str, list[dict]] = {name: [] for name in SETS}
     any_scene = lambda r: shapes.random_scene(r, world)  # noqa: E731
+    # POPE's popular / co-occurring negatives come from what training shows (its own scenes)
+    prior_rng = _rng(seed, "pope/stats", 0)
+    stats = pope.object_stats(holdout.training_scene(prior_rng, world) for _ in range(p.prior_scenes))
     for split in _splits(world):
         for cat in geneval_categories(world):
             for i in range(p.geneval_per_category):
@@ -156,6 +159,11 @@ def make_sets(cfg: ArmConfig) -> dict[str, list[dict]]:
             scene = holdout.heldout_scene(_rng(seed, "caption", i, split), world, split, any_scene)
             sets["caption"].append({"id": f"caption/{split}/{i}", "split": split, "question": cfg.eval.caption_question,
                                     "caption": shapes.caption(scene, world.grid), "scene": scene.to_json()})
+        scenes = [holdout.heldout_scene(_rng(seed, "pope", i, split), world, split, any_scene) for i in range(p.pope)]
+        for item in pope.pope_items(scenes, world, stats, _rng(seed, "pope/items", 0, split), p.pope_per_scene):
+            j = item["scene_index"]
+            sets["pope"].append({**item, "id": f"pope/{split}/{j}/{item['sampling']}/{item['pair'][0]}-{item['pair'][1]}",
+                                 "split": split, "scene_index": f"{split}/{j}", "scene": scenes[j].to_json()})
     # Fashion-MNIST comes from t10k, which no training source reads.
     _, labels = load_split(cfg.eval.fmnist.root, "t10k")
     by_class = {k: [int(i) for i in (labels == k).nonzero()[0]] for k in range(len(CLASSES))}

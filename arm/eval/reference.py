@@ -1,7 +1,7 @@
 """Reference pipelines with known scores, to check the benchmark machinery end to end.
 
 `OraclePipeline` answers from the held-out sets and the scene oracle (ground-truth renders,
-oracle answers): every benchmark must rate it at its ceiling without a tokenizer.
+oracle answers): every benchmark must rate it at its reconstruction reference without a tokenizer.
 `DegradedPipeline` corrupts a share of another pipeline's outputs (noise / blank images, wrong
 answers): its scores must drop. Neither is a model; both expose the ArmPipeline task API.
 """

@@ -1,12 +1,18 @@
-"""`arm evaluate`: every benchmark on one model, each score beside its ceiling and its floor.
+"""`arm evaluate`: every benchmark on one model, on held-out items, by an independent judge.
 
-Ceiling: the same benchmark on ground-truth images passed through the visual tokenizer (encode +
-decode), i.e. the best any AR model over these codes could do; for understanding, the oracle's
-answers read off those reconstructions (for Fashion-MNIST, the judge classifier's reading, which
-a good model can beat: that ceiling is only as strong as the judge). Floor: what the prompt-free model does — its own
-unconditional samples (text condition replaced by <uncond>) when the pipeline exposes the token
-API, else renders of random training-distribution scenes; for understanding, the majority
-answer per question type (the answer prior); for editing, returning the source unchanged.
+Items come from the held-out part of the world (arm/eval/prompts.py); every score is given on all
+items and per split (`novel/<metric>`, `novel_composition/<metric>`), with a 95% interval from a
+bootstrap over items (`intervals`). Generated and edited images are read by the learned judge
+(arm/eval/judge.py), which RL never optimises: its scores are the headline and what the gate
+decides on; the oracle's reading (what RL's rewards use) is reported as `oracle/<metric>`, with
+the two judges' agreement.
+
+References, fixed and independent of the candidate: the *reconstruction* reference is the same
+benchmark on ground-truth images passed through the visual tokenizer (what an AR model over
+these codes could at best reach, as read by the same judge); the *floor* is the best of
+candidate-free answers: blank and constant-colour images for generation, those and the source
+returned unchanged for editing, the majority answer per question (from training scenes) for
+understanding, captions of random training scenes for captioning.
 
 Works with any object that has `generate`, `describe` and `edit` like ArmPipeline.
 """
@@ -23,12 +29,14 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from arm.config import ArmConfig
-from arm.data import shapes
+from arm.config import PALETTE, ArmConfig
+from arm.data import holdout, shapes
 from arm.data.oracle import parse
 from arm.eval.answers import answer_from_scene, exact_match
 from arm.eval.images import fmnist_images, render, roundtrip
 from arm.eval.modules import as_reference, load
+from arm.eval.pope import score_pope, summarize_pope
+from arm.eval.scoring import summarize_captions, summarize_edit, summarize_geneval, summarize_vqa, summarize_wise
 from arm.eval.prompts import load_prompt_sets, prior_answer
 from arm.io import atomic_write_json, sha256_file
 
@@ -59,11 +67,12 @@ class Grid:
 @dataclass
 class BenchResult:
     scores: dict[str, float]
-    ceiling: dict[str, float] | None = None
+    reconstruction: dict[str, float] | None = None
     floor: dict[str, float] | None = None
     grids: list[Grid] = field(default_factory=list)
     examples: list[dict] = field(default_factory=list)  # text outputs shown in the report
     info: dict[str, Any] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # metric -> 95% bootstrap interval
 
 
 class Runner:
@@ -73,7 +82,7 @@ class Runner:
         self.cfg, self.ecfg, self.world = cfg, cfg.eval, cfg.world
         self.pipe, self.tokenizer, self.sets, self.prior = pipeline, tokenizer, sets, prior
         self.sampling = {k: v for k, v in self.ecfg.sampling.model_dump().items() if v is not None}
-        self._uncond: list[Image.Image] | None = None
+        self._judge = None
         self._offset = 0
 
     def stream(self, name: str) -> None:
@@ -119,48 +128,36 @@ class Runner:
                                  len(imgs), "edit")
         return out
 
-    # ---------------------------------------------------------------- ceilings and floors
+    # ---------------------------------------------------------------- judge and references
 
     @property
-    def ceiling_source(self) -> str:
+    def judge(self):
+        """The learned scene judge (trained once per settings and cached)."""
+        if self._judge is None:
+            from arm.eval.judge import load_or_train
+
+            self._judge = load_or_train(self.ecfg.judge, self.world)
+        return self._judge
+
+    @property
+    def judge_report(self) -> dict | None:
+        """The judge's own accuracy (held-out and corrupted renders), once a benchmark has used it."""
+        return None if self._judge is None else self._judge.report
+
+    @property
+    def reconstruction_source(self) -> str:
         return "ground truth through the visual tokenizer" if self.tokenizer is not None else "ground truth (no visual tokenizer)"
 
-    def ceiling_images(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+    def reconstructions(self, images: Sequence[Image.Image]) -> list[Image.Image]:
         if self.tokenizer is None:
             return list(images)
         return roundtrip(self.tokenizer, images, self.ecfg.batch_size)[0]
 
-    @property
-    def model_uncond(self) -> bool:
-        return all(hasattr(self.pipe, a) for a in ("sample_image_tokens", "decode_codes", "layout"))
-
-    @property
-    def floor_source(self) -> str:
-        return "the model's unconditional samples" if self.model_uncond else "renders of random training-distribution scenes"
-
-    def unconditional(self, count: int) -> list[Image.Image] | None:
-        """The model's own samples without a text condition (cached, grown on demand)."""
-        if not self.model_uncond:
-            return None
-        have = self._uncond or []
-        if len(have) < count:
-            lay = self.pipe.layout
-            base = self.ecfg.seed  # block 0: apart from every benchmark's conditional samples
-            kw = {k: v for k, v in self.sampling.items() if k != "cfg_scale"}
-            for i in range(len(have), count, self.ecfg.batch_size):
-                k = min(self.ecfg.batch_size, count - i)
-                codes = self.pipe.sample_image_tokens([[lay.bos, lay.uncond, lay.boi]] * k, cfg_scale=1.0,
-                                                      seed=[base + i + j for j in range(k)], **kw)
-                have = have + list(self.pipe.decode_codes(codes))
-            self._uncond = have
-        return have[:count]
-
-    def prior_scene_images(self, name: str, count: int) -> list[Image.Image]:
-        rng = random.Random(f"floor:{self.cfg.eval.prompts.seed}:{name}")
-        return [shapes.render(shapes.random_scene(rng, self.world), self.world) for _ in range(count)]
-
-    def floor_images(self, name: str, count: int) -> list[Image.Image]:
-        return self.unconditional(count) or self.prior_scene_images(name, count)
+    def constant_images(self, count: int) -> dict[str, list[Image.Image]]:
+        """Candidate-free images: blank, and one flat image per world colour."""
+        size = (self.world.image_size, self.world.image_size)
+        fills = {"blank": tuple(self.world.background)} | {c: PALETTE[c] for c in self.world.colors}
+        return {name: [Image.new("RGB", size, fill)] * count for name, fill in fills.items()}
 
 
 # ---------------------------------------------------------------------------- benchmarks
@@ -171,106 +168,216 @@ def _flatten(samples: list[list[Image.Image]], refs: list) -> tuple[list[Image.I
     return imgs, [r for r, group in zip(refs, samples) for _ in group]
 
 
-def _rows(items, samples, per_sample, gts, ceils, ceil_per, keep: Callable[[dict], bool], limit: int) -> Grid:
-    grid = Grid("", ["ground truth", "ceiling"] + [f"sample {k + 1}" for k in range(len(samples[0]) if samples else 0)])
+def _rows(items, samples, per_sample, gts, recons, recon_per, keep: Callable[[dict], bool], limit: int) -> Grid:
+    grid = Grid("", ["ground truth", "reconstruction"] + [f"sample {k + 1}" for k in range(len(samples[0]) if samples else 0)])
     k = 0
     for idx, (item, group) in enumerate(zip(items, samples)):
         flags = per_sample[k : k + len(group)]
         k += len(group)
         if keep(item) and len(grid.rows) < limit:
-            grid.rows.append([(gts[idx], None), (ceils[idx], ceil_per[idx]), *zip(group, flags)])
-            grid.captions.append(item.get("prompt") or item.get("instruction", ""))
+            grid.rows.append([(gts[idx], None), (recons[idx], recon_per[idx]), *zip(group, flags)])
+            grid.captions.append(f"[{item.get('split', '')}] " + (item.get("prompt") or item.get("instruction", "")))
     return grid
 
 
-def _score_generation(r: Runner, set_name: str, refs: list[str], flag: str):
-    """Samples, ground truth, ceiling and floor of one text-to-image benchmark, scored alike."""
+# ------------------------------------------------------------------ splits, intervals, judges
+
+
+def _group(rows: list[dict], sizes: list[int]) -> list[list[dict]]:
+    """Per-sample rows back into one group per item (an item may have several samples)."""
+    out, k = [], 0
+    for n in sizes:
+        out.append(rows[k : k + n])
+        k += n
+    return out
+
+
+def _split_groups(groups: list[list[dict]], splits: list[str | None]) -> dict[str, list[list[dict]]]:
+    """'' (every item) and each split present, as prefixes of the metric keys."""
+    out = {"": groups}
+    for split in sorted({s for s in splits if s}):
+        out[f"{split}/"] = [g for g, s in zip(groups, splits) if s == split]
+    return out
+
+
+def summarize_splits(groups: list[list[dict]], splits: list[str | None], summarize: Callable) -> dict[str, float]:
+    return {f"{prefix}{k}": v for prefix, gs in _split_groups(groups, splits).items()
+            for k, v in summarize([row for g in gs for row in g]).items()}
+
+
+def split_intervals(groups: list[list[dict]], splits: list[str | None], summarize: Callable, seed: int) -> dict[str, list[float]]:
+    """95% intervals from a bootstrap over items (an item's samples are resampled together)."""
+    from arm.eval.intervals import summary_intervals
+
+    flat = lambda gs: summarize([row for g in gs for row in g])  # noqa: E731
+    return {f"{prefix}{k}": [round(float(lo), 6), round(float(hi), 6)]
+            for prefix, gs in _split_groups(groups, splits).items() if gs
+            for k, (lo, hi) in summary_intervals(gs, flat, seed=seed).items()}
+
+
+@dataclass
+class Judged:
+    """One benchmark's images read by the learned judge (headline) and by the oracle."""
+
+    scores: dict[str, float]
+    intervals: dict[str, list[float]]
+    judge_rows: list[dict]
+
+
+def judge_both(r: Runner, module, images: list[Image.Image], refs: list, sizes: list[int], splits: list,
+               summarize: Callable, **kw) -> Judged:
+    j = module.compute(predictions=images, references=refs, reader=r.judge.read, return_per_sample=True, **kw)["per_sample"]
+    o = module.compute(predictions=images, references=refs, return_per_sample=True, **kw)["per_sample"]
+    jg, og = _group(j, sizes), _group(o, sizes)
+    scores = summarize_splits(jg, splits, summarize)
+    scores |= {f"oracle/{k}": v for k, v in summarize_splits(og, splits, summarize).items()}
+    scores["judge_agreement"] = sum(a["parsed"] == b["parsed"] for a, b in zip(j, o)) / len(j)
+    intervals = split_intervals(jg, splits, summarize, r.ecfg.seed)
+    intervals |= {f"oracle/{k}": v for k, v in split_intervals(og, splits, summarize, r.ecfg.seed).items()}
+    return Judged(scores, intervals, j)
+
+
+def reference_scores(r: Runner, module, images: list[Image.Image], refs: list, splits: list, summarize: Callable,
+                     **kw) -> dict[str, float]:
+    """A reference image set (one per item) read by the judge, summarised per split."""
+    rows = module.compute(predictions=images, references=refs, reader=r.judge.read, return_per_sample=True, **kw)["per_sample"]
+    return summarize_splits([[row] for row in rows], splits, summarize)
+
+
+def best_of(*summaries: dict[str, float]) -> dict[str, float]:
+    """Per metric, the best of several candidate-free references (every metric is higher-is-better)."""
+    return {k: max(s[k] for s in summaries if k in s) for k in dict.fromkeys(k for s in summaries for k in s)}
+
+
+def _score_generation(r: Runner, set_name: str, refs: list[str], flag: str, summarize: Callable):
+    """Samples, ground truth, reconstruction reference and floor of one text-to-image benchmark, scored alike."""
     items = r.sets[set_name]
+    splits = [i.get("split") for i in items]
     m = load(f"shapes_{set_name}")
     samples = r.generate([i["prompt"] for i in items])
     imgs, flat_refs = _flatten(samples, refs)
-    scores = m.compute(predictions=imgs, references=flat_refs, world=r.world, return_per_sample=True)
-    per = [s[flag] for s in scores.pop("per_sample")]
+    judged = judge_both(r, m, imgs, flat_refs, [len(g) for g in samples], splits, summarize, world=r.world)
+    per = [s[flag] for s in judged.judge_rows]
     gts = [render(i["scene"], r.world) for i in items]
-    ceils = r.ceiling_images(gts)
-    ceiling = m.compute(predictions=ceils, references=refs, world=r.world, return_per_sample=True)
-    ceil_per = [s[flag] for s in ceiling.pop("per_sample")]
-    floor = m.compute(predictions=r.floor_images(set_name, len(items)), references=refs, world=r.world)
-    return items, samples, scores, per, gts, ceils, ceiling, ceil_per, floor
+    recons = r.reconstructions(gts)
+    recon_rows = m.compute(predictions=recons, references=refs, world=r.world, reader=r.judge.read,
+                           return_per_sample=True)["per_sample"]
+    recon = summarize_splits([[row] for row in recon_rows], splits, summarize)
+    floor = best_of(*(reference_scores(r, m, fill, refs, splits, summarize, world=r.world)
+                      for fill in r.constant_images(len(items)).values()))
+    res = BenchResult(judged.scores, recon, floor, intervals=judged.intervals,
+                      info={"floor": "best of a blank and a flat image per world colour"})
+    return items, samples, per, gts, recons, [row[flag] for row in recon_rows], res
 
 
 def bench_geneval(r: Runner) -> BenchResult:
     refs = [as_reference({"category": i["category"], "scene": i["scene"]}) for i in r.sets["geneval"]]
-    items, samples, scores, per, gts, ceils, ceiling, ceil_per, floor = _score_generation(r, "geneval", refs, "correct")
-    grids = []
+    items, samples, per, gts, recons, recon_per, res = _score_generation(r, "geneval", refs, "correct", summarize_geneval)
     for cat in dict.fromkeys(i["category"] for i in items):
-        g = _rows(items, samples, per, gts, ceils, ceil_per, lambda i, c=cat: i["category"] == c, r.ecfg.grid_rows)
+        g = _rows(items, samples, per, gts, recons, recon_per, lambda i, c=cat: i["category"] == c, r.ecfg.grid_rows)
         g.name = f"geneval_{cat}"
-        grids.append(g)
-    return BenchResult(scores, ceiling, floor, grids)
+        res.grids.append(g)
+    return res
 
 
 def bench_wise(r: Runner) -> BenchResult:
     refs = [as_reference(i["scene"]) for i in r.sets["wise"]]
-    items, samples, scores, per, gts, ceils, ceiling, ceil_per, floor = _score_generation(r, "wise", refs, "match")
-    g = _rows(items, samples, per, gts, ceils, ceil_per, lambda i: True, r.ecfg.grid_rows)
+    items, samples, per, gts, recons, recon_per, res = _score_generation(r, "wise", refs, "match", summarize_wise)
+    g = _rows(items, samples, per, gts, recons, recon_per, lambda i: True, r.ecfg.grid_rows)
     g.name = "wise"
-    return BenchResult(scores, ceiling, floor, [g])
+    res.grids.append(g)
+    return res
 
 
 def bench_edit(r: Runner) -> BenchResult:
     items = r.sets["edit"]
+    splits = [i.get("split") for i in items]
     refs = [as_reference({k: i[k] for k in ("source_scene", "target_scene", "op")}) for i in items]
     m = load("shapes_edit")
     kw = {"world": r.world, "tolerance": r.ecfg.pq_tolerance}
     sources = [render(i["source_scene"], r.world) for i in items]
     outputs = r.edit(sources, [i["instruction"] for i in items])
-    scores = m.compute(predictions=outputs, references=refs, return_per_sample=True, **kw)
-    per = [bool(s["fulfilled"]) for s in scores.pop("per_sample")]
+    judged = judge_both(r, m, outputs, refs, [1] * len(items), splits, summarize_edit, **kw)
+    per = [bool(s["success"]) for s in judged.judge_rows]
     targets = [render(i["target_scene"], r.world) for i in items]
-    ceils = r.ceiling_images(targets)
-    ceiling = m.compute(predictions=ceils, references=refs, return_per_sample=True, **kw)
-    ceil_per = [bool(s["fulfilled"]) for s in ceiling.pop("per_sample")]
-    floor = m.compute(predictions=sources, references=refs, **kw)  # the edit that ignores its instruction
+    recons = r.reconstructions(targets)
+    recon_rows = m.compute(predictions=recons, references=refs, reader=r.judge.read, return_per_sample=True, **kw)["per_sample"]
+    recon = summarize_splits([[row] for row in recon_rows], splits, summarize_edit)
+    recon_per = [bool(s["success"]) for s in recon_rows]
+    fills = r.constant_images(len(items)) | {"source": sources}  # the edit that ignores its instruction
+    floor = best_of(*(reference_scores(r, m, imgs, refs, splits, summarize_edit, **kw) for imgs in fills.values()))
     grids = []
     for op in dict.fromkeys(i["op"] for i in items):
-        g = Grid(f"edit_{op}", ["source", "target", "ceiling", "output"])
+        g = Grid(f"edit_{op}", ["source", "target", "reconstruction", "output"])
         for idx, i in enumerate(items):
             if i["op"] == op and len(g.rows) < r.ecfg.grid_rows:
-                g.rows.append([(sources[idx], None), (targets[idx], None), (ceils[idx], ceil_per[idx]),
+                g.rows.append([(sources[idx], None), (targets[idx], None), (recons[idx], recon_per[idx]),
                                (outputs[idx], per[idx])])
-                g.captions.append(i["instruction"])
+                g.captions.append(f"[{i['split']}] {i['instruction']}")
         grids.append(g)
-    return BenchResult(scores, ceiling, floor, grids, info={"floor": "source image returned unchanged"})
+    return BenchResult(judged.scores, recon, floor, grids, intervals=judged.intervals,
+                       info={"floor": "best of the source returned unchanged, a blank and a flat image per colour"})
 
 
 def bench_understanding(r: Runner) -> BenchResult:
     grid_n = r.world.grid
     vqa, cap = r.sets["vqa"], r.sets["caption"]
+    v_splits, c_splits = [i.get("split") for i in vqa], [i.get("split") for i in cap]
     mv, mc = load("understanding", "vqa"), load("understanding", "caption")
+    seed = r.ecfg.seed
+
+    def text_scores(module, preds, refs, splits, summarize, **kw) -> tuple[dict, list[dict]]:
+        rows = module.compute(predictions=preds, references=refs, return_per_sample=True, **kw)["per_sample"]
+        return summarize_splits([[x] for x in rows], splits, summarize), rows
+
     # VQA
     v_imgs = [render(i["scene"], r.world) for i in vqa]
     questions = [i["question"] for i in vqa]
     answers = r.describe(v_imgs, questions)
     refs = [i["answer"] for i in vqa]
-    scores = mv.compute(predictions=answers, references=refs, questions=questions, return_per_sample=True)
-    v_per = [s["correct"] for s in scores.pop("per_sample")]
-    v_ceil = [answer_from_scene(q, parse(im, r.world), grid_n) for q, im in zip(questions, r.ceiling_images(v_imgs))]
+    scores, v_rows = text_scores(mv, answers, refs, v_splits, summarize_vqa, questions=questions)
+    intervals = split_intervals([[x] for x in v_rows], v_splits, summarize_vqa, seed)
+    v_per = [x["correct"] for x in v_rows]
+    v_recon = [answer_from_scene(q, parse(im, r.world), grid_n) for q, im in zip(questions, r.reconstructions(v_imgs))]
     v_floor = [prior_answer(r.prior["vqa"], q) for q in questions]
-    ceiling = mv.compute(predictions=v_ceil, references=refs, questions=questions)
-    floor = mv.compute(predictions=v_floor, references=refs, questions=questions)
+    recon = text_scores(mv, v_recon, refs, v_splits, summarize_vqa, questions=questions)[0]
+    floor = text_scores(mv, v_floor, refs, v_splits, summarize_vqa, questions=questions)[0]
     # captions
     c_imgs = [render(i["scene"], r.world) for i in cap]
     c_refs = [as_reference(i["scene"]) for i in cap]
     captions = r.describe(c_imgs, [i["question"] for i in cap])
-    c_scores = mc.compute(predictions=captions, references=c_refs, grid=grid_n, return_per_sample=True)
-    c_per = [s["f1"] >= 1.0 for s in c_scores.pop("per_sample")]
-    c_ceil = [shapes.caption(parse(im, r.world), grid_n) for im in r.ceiling_images(c_imgs)]
+    c_scores, c_rows = text_scores(mc, captions, c_refs, c_splits, summarize_captions, grid=grid_n)
+    intervals |= split_intervals([[x] for x in c_rows], c_splits, summarize_captions, seed)
+    c_per = [x["f1"] >= 1.0 for x in c_rows]
+    c_recon = [shapes.caption(parse(im, r.world), grid_n) for im in r.reconstructions(c_imgs)]
     rng = random.Random(f"floor:{r.cfg.eval.prompts.seed}:caption")
-    c_floor = [shapes.caption(shapes.random_scene(rng, r.world), grid_n) for _ in cap]
+    c_floor = [shapes.caption(holdout.training_scene(rng, r.world), grid_n) for _ in cap]
     scores.update(c_scores)
-    ceiling.update(mc.compute(predictions=c_ceil, references=c_refs, grid=grid_n))
-    floor.update(mc.compute(predictions=c_floor, references=c_refs, grid=grid_n))
+    recon.update(text_scores(mc, c_recon, c_refs, c_splits, summarize_captions, grid=grid_n)[0])
+    floor.update(text_scores(mc, c_floor, c_refs, c_splits, summarize_captions, grid=grid_n)[0])
+    # POPE: yes/no existence questions, items of one scene resampled together
+    items = r.sets["pope"]
+    if items:
+        p_imgs = {i["scene_index"]: render(i["scene"], r.world) for i in items}
+        p_questions = [i["question"] for i in items]
+        p_answers = r.describe([p_imgs[i["scene_index"]] for i in items], p_questions)
+        by_scene: dict[str, list[int]] = {}
+        for k, i in enumerate(items):
+            by_scene.setdefault(i["scene_index"], []).append(k)
+
+        def pope_scores(preds: list[str]) -> tuple[dict, list[list[dict]], list]:
+            rows = score_pope(preds, items)[1]
+            groups = [[rows[k] for k in ks] for ks in by_scene.values()]
+            splits = [items[ks[0]]["split"] for ks in by_scene.values()]
+            return summarize_splits(groups, splits, summarize_pope), groups, splits
+
+        p_scores, p_groups, p_splits = pope_scores(p_answers)
+        scores.update(p_scores)
+        intervals |= split_intervals(p_groups, p_splits, summarize_pope, seed)
+        recon_imgs = dict(zip(p_imgs, r.reconstructions(list(p_imgs.values()))))
+        recon.update(pope_scores([answer_from_scene(q, parse(recon_imgs[i["scene_index"]], r.world), grid_n)
+                                  for q, i in zip(p_questions, items)])[0])
+        floor.update(pope_scores([prior_answer(r.prior["vqa"], q) for q in p_questions])[0])
     g = Grid("understanding_vqa", ["image"])
     for im, ok in list(zip(v_imgs, v_per))[: r.ecfg.grid_rows]:
         g.rows.append([(im, ok)])
@@ -283,8 +390,8 @@ def bench_understanding(r: Runner) -> BenchResult:
                 for q, a, ref, ok in zip(questions, answers, refs, v_per)][: 4 * r.ecfg.grid_rows]
     examples += [{"task": "caption", "question": i["question"], "answer": c, "reference": i["caption"], "correct": ok}
                  for i, c, ok in zip(cap, captions, c_per)][: 2 * r.ecfg.grid_rows]
-    return BenchResult(scores, ceiling, floor, [g, gc], examples,
-                       info={"floor": "majority answer per question type; captions of random scenes"})
+    return BenchResult(scores, recon, floor, [g, gc], examples, intervals=intervals,
+                       info={"floor": "majority answer per question over training scenes; captions of random training scenes"})
 
 
 def bench_fmnist(r: Runner) -> BenchResult:
@@ -300,27 +407,29 @@ def bench_fmnist(r: Runner) -> BenchResult:
     scores = mg.compute(predictions=imgs, references=flat_labels, judge=judge, return_per_sample=True)
     per = [s["correct"] for s in scores.pop("per_sample")]
     gts = fmnist_images(pixels, [i["t10k_index"] for i in gen])
-    ceils = r.ceiling_images(gts)
-    ceiling = mg.compute(predictions=ceils, references=labels, judge=judge, return_per_sample=True)
-    ceil_per = [s["correct"] for s in ceiling.pop("per_sample")]
-    floor_imgs = r.unconditional(len(gen))
-    if floor_imgs is None:  # prior samples: real t10k images of random classes
-        rng = random.Random(f"floor:{r.cfg.eval.prompts.seed}:fmnist")
-        floor_imgs = fmnist_images(pixels, [rng.randrange(len(pixels)) for _ in gen])
-    floor = mg.compute(predictions=floor_imgs, references=labels, judge=judge)
+    recons = r.reconstructions(gts)
+    recon = mg.compute(predictions=recons, references=labels, judge=judge, return_per_sample=True)
+    recon_per = [s["correct"] for s in recon.pop("per_sample")]
+    floor = best_of(*({"generation_accuracy": mg.compute(predictions=fill, references=labels, judge=judge)["generation_accuracy"]}
+                      for fill in r.constant_images(len(gen)).values()))
+    accuracy = lambda rows: {"generation_accuracy": sum(x["correct"] for x in rows) / len(rows)}  # noqa: E731
+    intervals = split_intervals(_group([{"correct": c} for c in per], [len(g) for g in samples]), [None] * len(gen),
+                                accuracy, r.ecfg.seed)
     # understanding
     u_imgs = fmnist_images(pixels, [i["t10k_index"] for i in und])
     questions, refs, kinds = [i["question"] for i in und], [i["answer"] for i in und], [i["kind"] for i in und]
     answers = r.describe(u_imgs, questions)
     u = mu.compute(predictions=answers, references=refs, kinds=kinds, return_per_sample=True)
-    u.pop("per_sample")
-    read = judge.predict(r.ceiling_images(u_imgs))
-    u_ceil = [answer_from_label(q, int(k)) for q, k in zip(questions, read)]
+    u_rows = u.pop("per_sample")
+    intervals |= split_intervals([[x] for x in u_rows], [None] * len(u_rows),
+                                 lambda rows: {"vqa_accuracy": sum(x["correct"] for x in rows) / len(rows)}, r.ecfg.seed)
+    read = judge.predict(r.reconstructions(u_imgs))
+    u_recon = [answer_from_label(q, int(k)) for q, k in zip(questions, read)]
     u_floor = [r.prior["fmnist"][k] for k in kinds]
     scores.update(u)
-    ceiling.update(mu.compute(predictions=u_ceil, references=refs, kinds=kinds))
+    recon.update(mu.compute(predictions=u_recon, references=refs, kinds=kinds))
     floor.update(mu.compute(predictions=u_floor, references=refs, kinds=kinds))
-    g = _rows(gen, samples, per, gts, ceils, ceil_per, lambda i: True, len(gen))
+    g = _rows(gen, samples, per, gts, recons, recon_per, lambda i: True, len(gen))
     # one row per class, so the grid shows every class
     seen, rows, caps = set(), [], []
     for row, cap, item in zip(g.rows, g.captions, gen):
@@ -331,8 +440,9 @@ def bench_fmnist(r: Runner) -> BenchResult:
     g.name, g.rows, g.captions = "fmnist_generation", rows, caps
     examples = [{"task": "fmnist", "question": q, "answer": a, "reference": ref, "correct": exact_match(a, ref)}
                 for q, a, ref in zip(questions, answers, refs)][: 2 * r.ecfg.grid_rows]
-    return BenchResult(scores, ceiling, floor, [g], examples,
-                       info={"judge": r.ecfg.fmnist.classifier, "judge_test_accuracy": round(judge.test_accuracy, 6)})
+    return BenchResult(scores, recon, floor, [g], examples, intervals=intervals,
+                       info={"judge": r.ecfg.fmnist.classifier, "judge_test_accuracy": round(judge.test_accuracy, 6),
+                             "floor": "generation: best of a blank and flat images; understanding: majority answer per kind"})
 
 
 def bench_tokenizer(r: Runner) -> BenchResult | None:
@@ -412,7 +522,7 @@ def evaluate(
     """Runs `cfg.eval.benchmarks`, writes metrics/eval_<name>.json and reports/eval_<name>/.
 
     `pipeline` (any object with generate/describe/edit) replaces loading `model_dir`;
-    `tokenizer` (encode/decode) gives the ceilings, by default the pipeline's own.
+    `tokenizer` (encode/decode) gives the reconstruction references, by default the pipeline's own.
     """
     if pipeline is None:
         if model_dir is None or not Path(model_dir).is_dir():
@@ -451,11 +561,13 @@ def evaluate(
                     "manifest_sha256": sha256_file(prompts_dir / "manifest.json"),
                     "training_overlap": manifest["training_overlap"]},
         "sampling": {"samples_per_prompt": cfg.eval.samples_per_prompt, **runner.sampling},
-        "ceiling_source": runner.ceiling_source,
-        "floor_source": runner.floor_source,
+        "reconstruction_source": runner.reconstruction_source,
+        "floor_source": "fixed candidate-free references (see info.<benchmark>.floor)",
+        "judge": runner.judge_report,
         "scores": {b: _round(r.scores) for b, r in results.items()},
-        "ceiling": {b: _round(r.ceiling) for b, r in results.items() if r.ceiling is not None},
+        "reconstruction": {b: _round(r.reconstruction) for b, r in results.items() if r.reconstruction is not None},
         "floor": {b: _round(r.floor) for b, r in results.items() if r.floor is not None},
+        "intervals": {b: r.intervals for b, r in results.items() if r.intervals},
         "info": {b: r.info for b, r in results.items() if r.info},
         "skipped": skipped,
     }

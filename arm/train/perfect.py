@@ -29,7 +29,10 @@ class PerfectTokenizer:
     def _code(self, o: ShapeObject | None) -> int:
         if o is None:
             return 0
-        k, c, s = self.kinds.index(o.kind) + 1, self.colors.index(o.color) + 1, self.sizes.index(o.size) + 1
+        # An attribute the oracle could not read ("unknown") is digit 0: a cell that names no
+        # valid object, which decode_scene counts as invalid and renders empty.
+        digit = lambda values, v: values.index(v) + 1 if v in values else 0  # noqa: E731
+        k, c, s = digit(self.kinds, o.kind), digit(self.colors, o.color), digit(self.sizes, o.size)
         return k + self.levels[0] * (c + self.levels[1] * s)
 
     def encode_scene(self, scene: Scene) -> list[int]:

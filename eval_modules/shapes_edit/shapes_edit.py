@@ -27,6 +27,7 @@ Args:
     world: the world config (dict or WorldConfig).
     tolerance: per-channel distance (0-255) at which ink still counts as clean (default 48).
     return_per_sample: also return per-image results under "per_sample".
+    reader: images -> scenes (e.g. the learned judge's `read`); default: the shapes oracle.
 Returns:
     overall, semantic_consistency, perceptual_quality (0-10); success, preservation and
     success_<op> (0-1).
@@ -38,5 +39,5 @@ class ShapesEdit(evaluate.Metric):
     def _info(self):
         return image_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
-    def _compute(self, predictions, references, world=None, tolerance=48, return_per_sample=False):
-        return score_scenes(score_edit, predictions, references, world, return_per_sample, tolerance)
+    def _compute(self, predictions, references, world=None, tolerance=48, return_per_sample=False, reader=None):
+        return score_scenes(score_edit, predictions, references, world, return_per_sample, tolerance, reader=reader)

@@ -26,6 +26,7 @@ Args:
     references: JSON strings {"category": ..., "scene": [objects]} (data/eval_prompts/geneval.jsonl).
     world: the world config (dict or WorldConfig) the images were drawn in; default: params' default.
     return_per_sample: also return per-image results under "per_sample".
+    reader: images -> scenes (e.g. the learned judge's `read`); default: the shapes oracle.
 Returns:
     overall, one accuracy per category present, exact_scene (all in [0, 1]).
 Examples:
@@ -39,5 +40,5 @@ class ShapesGeneval(evaluate.Metric):
     def _info(self):
         return image_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
-    def _compute(self, predictions, references, world=None, return_per_sample=False):
-        return score_scenes(score_geneval, predictions, references, world, return_per_sample)
+    def _compute(self, predictions, references, world=None, return_per_sample=False, reader=None):
+        return score_scenes(score_geneval, predictions, references, world, return_per_sample, reader=reader)

@@ -24,6 +24,7 @@ Args:
     references: JSON strings of the implied scene (a list with one object).
     world: the world config (dict or WorldConfig).
     return_per_sample: also return per-image results under "per_sample".
+    reader: images -> scenes (e.g. the learned judge's `read`); default: the shapes oracle.
 Returns:
     score, kind_accuracy, color_accuracy, size_accuracy, position_accuracy (all in [0, 1]).
 """
@@ -34,5 +35,5 @@ class ShapesWise(evaluate.Metric):
     def _info(self):
         return image_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
-    def _compute(self, predictions, references, world=None, return_per_sample=False):
-        return score_scenes(score_wise, predictions, references, world, return_per_sample)
+    def _compute(self, predictions, references, world=None, return_per_sample=False, reader=None):
+        return score_scenes(score_wise, predictions, references, world, return_per_sample, reader=reader)
