@@ -343,7 +343,7 @@ def sampling_speed(model_dir: Path, text_dir: Path, cfg: ArmConfig, device: str,
 # the weight whose fp32 master copy shows whether the GRPO step reached the parameters
 PROBE_WEIGHT = "model.layers.0.self_attn.q_proj.weight"
 # the cheap benchmarks the smoke runs (one per pipeline call: generate, edit, describe) and their prompt sets
-EVAL_SETS = {"shapes_geneval": ("geneval",), "shapes_edit": ("edit",), "understanding": ("vqa", "caption")}
+EVAL_SETS = {"shapes_geneval": ("geneval",), "shapes_edit": ("edit",), "understanding": ("vqa", "caption", "pope")}
 HEADLINE = ("shapes_geneval.overall", "shapes_edit.success", "understanding.vqa_accuracy", "understanding.caption_f1")
 SERVE_PROMPT = "a red circle"
 
@@ -371,9 +371,13 @@ def stage_overrides(size: Size, work: Path, device: str, dtype: torch.dtype, fmn
         "eval.prompts.dir": str(work / "eval_prompts"),
         "eval.prompts.geneval_per_category": 1,
         "eval.prompts.wise": 1,
-        "eval.prompts.edit": 2,
-        "eval.prompts.vqa": 2,
+        "eval.prompts.edit": 1,  # per held-out split (novel, novel_composition)
+        "eval.prompts.vqa": 1,
         "eval.prompts.caption": 1,
+        "eval.prompts.pope": 1,
+        "eval.prompts.pope_per_scene": 1,
+        # the learned judge only has to run here, not to read well: a few seconds of training
+        "eval.judge.train_images": 600, "eval.judge.epochs": 1, "eval.judge.holdout_images": 20,
         "eval.prompts.fmnist_per_class": 1,
         "eval.prompts.prior_scenes": 10,
         "eval.benchmarks": list(EVAL_SETS),  # no fmnist (needs a trained judge) nor tokenizer (the oracle)

@@ -117,7 +117,9 @@ def test_tiny_cpu_smoke_writes_sane_json(tmp_path):
     ev = r["evaluate"]
     assert ev["benchmarks"] == ["shapes_geneval", "shapes_edit", "understanding"] and ev["skipped"] == {}
     assert (ev["device"], ev["dtype"]) == ("cpu", "float32")
-    assert ev["items_per_set"]["edit"] == 2 and ev["items_per_set"]["vqa"] == 2 and ev["items_per_set"]["caption"] == 1
+    # one item per held-out split (novel, novel_composition); POPE: a positive and 3 negatives per scene
+    assert ev["items_per_set"]["edit"] == 2 and ev["items_per_set"]["vqa"] == 2 and ev["items_per_set"]["caption"] == 2
+    assert ev["items_per_set"]["pope"] == 8
     assert ev["items"] == sum(ev["items_per_set"].values()) > 5  # every GenEval category once
     assert set(ev["scores"]) == set(smoke.HEADLINE) and all(0 <= v <= 1 for v in ev["scores"].values())
 

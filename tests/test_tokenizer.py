@@ -401,3 +401,20 @@ def test_teacher_in_bf16_under_autocast_tracks_fp32(siglip_teacher):
     assert got.dtype == torch.bfloat16 and got.shape == ref.shape
     cos = torch.nn.functional.cosine_similarity(got.float().flatten(1), ref.flatten(1))
     assert float(cos.min()) > 0.99
+
+
+def test_zero_shot_refuses_prompts_that_are_training_captions():
+    """Fashion-MNIST's training captions are "a photo of <phrase>": a template that renders them
+    would measure recall of the training text, not zero-shot transfer."""
+    from arm.tokenizer.config import TokenizerConfig
+    from arm.tokenizer.metrics import FashionSet, fashion_zeroshot
+
+    class Texts:  # a stand-in text tower: only the prompts are under test
+        def embed_texts(self, texts):
+            return torch.nn.functional.normalize(torch.randn(len(texts), 4), dim=-1)
+
+    test = FashionSet(torch.randn(5, 4), torch.randn(5, 8), torch.zeros(5, 9, dtype=torch.long), np.zeros(5, dtype=np.int64))
+    with pytest.raises(ValueError, match="training captions"):
+        fashion_zeroshot(Texts(), test, ["a photo of {}."])
+    out = fashion_zeroshot(Texts(), test, list(TokenizerConfig().eval.prompts))  # the defaults are not captions
+    assert 0.0 <= out["fashion_zeroshot_accuracy"] <= 1.0

@@ -71,7 +71,11 @@ def test_two_ranks_follow_one_process_and_resume_exactly(store, tmp_path):
             assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["step"], k)
     assert b[-1]["l2"] < b[0]["l2"] and b[-1]["loss"] < b[0]["loss"]
     wa, wb = _weights(one), _weights(two)
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+    # Reduction order differs between one process and two; Adam turns that float noise, on a
+    # weight whose gradient is near zero, into a fraction of one step's move (~lr). A tenth of
+    # lr bounds it; a wrong split of the batch shows in the losses above by far more.
+    lr = load_config(PARAMS, "micro").tokenizer.train.lr
+    assert all(torch.allclose(wa[k], wb[k], atol=0.1 * lr) for k in wa)
 
     cut = tmp_path / "cut"
     stopped = train_tokenizer_multiprocess(str(PARAMS), "micro", _overrides(store, cut), nproc=2, stop_at=5)

@@ -129,7 +129,7 @@ class TokenizerEvalConfig(Strict):
     fashion_mnist_root: str = "/usr/share/datasets/fashion-mnist"
     zeroshot_limit: int | None = Field(10000, ge=1)  # t10k images for zero-shot and the probe's test
     probe_train: int = Field(5000, ge=10)  # Fashion-MNIST train images for the linear probe
-    prompts: list[str] = ["a photo of a {}.", "a picture of a {}.", "{}"]
+    prompts: list[str] = ["a picture of {}.", "an image showing {}.", "{}"]  # never a training caption
     val_limit: int | None = Field(None, ge=1)  # val images for PSNR/SSIM/codes/oracle
     batch_size: int = Field(256, ge=1)
 

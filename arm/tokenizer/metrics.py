@@ -172,6 +172,13 @@ def fashion_zeroshot(model: VisualTokenizer, test: FashionSet, prompts: list[str
     from arm.data.sources import fashion_mnist as fm
 
     phrases = [fm.PHRASES[c] for c in fm.CLASSES]
+    # A prompt that is a training caption measures recall of that caption, not zero-shot transfer.
+    captions = {fm.caption(k).lower() for k in range(len(fm.CLASSES))}
+    for template in prompts:
+        seen = sorted({template.format(p).lower().rstrip(".") for p in phrases} & captions)
+        if seen:
+            raise ValueError(f"tokenizer.eval.prompts: template {template!r} renders training captions such as "
+                             f"{seen[0]!r}; zero-shot prompts must differ from what the tokenizer was trained on")
     out: dict[str, float] = {}
     class_embs = []
     for k, template in enumerate(prompts):
