@@ -39,8 +39,10 @@ def register(app: typer.Typer) -> None:
         from arm.report import build_report
         from flows.pipeline import pipeline_flow
 
-        states = pipeline_flow(root=".", preset=preset)
+        try:
+            states = pipeline_flow(root=".", preset=preset)
+        finally:  # a rejected gate stops the pipeline: its report (scores, gate decision) matters most then
+            index = build_report(Path("."))
+            console.print(f"\n[bold]report:[/bold] {index.resolve()}")
         console.print(", ".join(f"{stage}: {state}" for stage, state in states.items()))
-        index = build_report(Path("."))
-        console.print(f"\n[bold]report:[/bold] {index.resolve()}")
         console.print("[bold]serve the packaged model:[/bold] arm serve   (or: bentoml serve services.service:ArmService)")
