@@ -79,25 +79,21 @@ def _img(path: Path) -> str:
 def headline(root: Path) -> list[str]:
     """What a reader wants first: each evaluated model's main scores on held-out items, per split,
     by the learned judge and by the oracle, with 95% intervals, and the gate's decision."""
-    from arm.eval.report import HEADLINE_COLUMNS, fmt_interval, headline_table
+    from arm.eval.report import ATTRIBUTES, HEADLINE, HEADLINE_COLUMNS, headline_rows
 
     esc = html.escape
     parts = []
+    header = ("<tr><td><b>metric</b></td>" + "".join(f"<td><b>{esc(c)}</b></td>" for c, _ in HEADLINE_COLUMNS)
+              + "<td><b>floor</b></td><td><b>reconstruction</b></td></tr>")
     for mf in sorted((root / "metrics").glob("eval_*.json")):
         try:
             metrics = json.loads(mf.read_text())
-            rows = headline_table(metrics)
+            rows = headline_rows(metrics, HEADLINE) + ["<tr><td colspan=7><i>per attribute</i></td></tr>"]
+            rows += headline_rows(metrics, ATTRIBUTES)
         except (json.JSONDecodeError, KeyError):
             continue
         parts.append(f"<h2>{esc(str(metrics.get('model')))}: held-out items, learned judge, 95% intervals</h2><table>"
-                     "<tr><td><b>metric</b></td>" + "".join(f"<td><b>{esc(c)}</b></td>" for c, _ in HEADLINE_COLUMNS)
-                     + "<td><b>floor</b></td><td><b>reconstruction</b></td></tr>")
-        for row in rows:
-            ref = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
-            parts.append(f"<tr><td>{esc(row['metric'])}</td>"
-                         + "".join(f"<td>{esc(fmt_interval(*row['cells'][c]))}</td>" for c, _ in HEADLINE_COLUMNS)
-                         + f"<td>{ref(row['floor'])}</td><td>{ref(row['reconstruction'])}</td></tr>")
-        parts.append("</table>")
+                     + header + "".join(rows) + "</table>")
     gate = root / "metrics" / "gate.json"
     if gate.is_file():
         try:

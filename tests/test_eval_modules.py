@@ -16,6 +16,7 @@ from arm.data import shapes
 from arm.data.oracle import FOREGROUND_DELTA
 from arm.data.shapes import Scene, ShapeObject
 from arm.eval.checks import edit_check, perceptual_quality
+from arm.eval.scoring import score_edit, score_geneval
 from arm.eval.modules import as_reference, load
 from arm.eval.prompts import make_sets
 
@@ -159,8 +160,6 @@ def test_edit_truth_blank_identity_half(cfg, sets):
 def test_a_blank_image_does_not_succeed_at_removing_one_of_several_objects(cfg):
     """The removed cell is empty in a blank image, so the instruction alone reads as done; success
     also needs the untouched objects kept. Removing the only object stays a success for blank."""
-    from arm.eval.scoring import score_edit
-
     a, b = ShapeObject(0, 0, "circle", "red", "large"), ShapeObject(2, 2, "square", "blue", "small")
     specs = [{"source_scene": Scene.of([a, b]).to_json(), "target_scene": Scene.of([b]).to_json(), "op": "remove"},
              {"source_scene": Scene.of([a]).to_json(), "target_scene": Scene.of([]).to_json(), "op": "remove"}]
@@ -175,13 +174,18 @@ def test_edit_check_fulfilment_and_over_editing(cfg):
     source = Scene.of([a, b])
     target = Scene.of([replace(a, row=1, col=1), b])  # move the circle to the centre
     g = cfg.world.grid
-    assert edit_check(source, target, target, g) == {"fulfilled": 1.0, "preservation": 1.0, "semantic_consistency": 10.0}
+    done = edit_check(source, target, target, g)
+    assert {k: done[k] for k in ("fulfilled", "preservation", "semantic_consistency")} == {
+        "fulfilled": 1.0, "preservation": 1.0, "semantic_consistency": 10.0}
+    # the moved circle is the one object the instruction puts in place, drawn with all its attributes
+    assert done["objects"] == 1 and done["color_hits"] == done["kind_hits"] == done["cell_hits"] == 1
     copied = Scene.of([a, replace(a, row=1, col=1), b])  # drawn at the new place but not removed
     assert edit_check(source, target, copied, g)["fulfilled"] == 0.0
     extra = ShapeObject(0, 2, "triangle", "green", "small")
     over = edit_check(source, target, Scene.of([replace(a, row=1, col=1), b, extra]), g)
     # judged cells outside the edit: (2,2) kept, (0,2) newly drawn -> half preserved
-    assert over == {"fulfilled": 1.0, "preservation": 0.5, "semantic_consistency": 5.0}
+    assert {k: over[k] for k in ("fulfilled", "preservation", "semantic_consistency")} == {
+        "fulfilled": 1.0, "preservation": 0.5, "semantic_consistency": 5.0}
 
 
 def test_perceptual_quality_counts_stray_ink_exactly(cfg):
@@ -298,3 +302,27 @@ def test_tokenizer_psnr_ssim_and_code_usage():
     assert res["code_usage"] == 0.5 and math.isclose(res["code_perplexity"], 2.0)
     with pytest.raises(ValueError, match="outside"):
         m.compute(predictions=originals, references=originals, codes=[[9]], codebook_size=4)
+
+
+def test_per_object_attributes_show_the_attribute_an_exact_score_hides(cfg):
+    """An image that draws every object in its cell with the right kind and size but the wrong
+    colour scores 0 exact; the attribute scores say it is colour alone that fails."""
+    w = cfg.world
+    objs = [ShapeObject(0, 0, "circle", "red", "large"), ShapeObject(1, 2, "square", "blue", "small"),
+            ShapeObject(2, 1, "triangle", "green", "large")]
+    spec = Scene.of(objs)
+    wrong_colour = Scene.of(replace(o, color="yellow") for o in objs)
+    half = Scene.of([objs[0]])  # one object drawn right, the others missing
+    specs = [{"category": "position", "scene": spec.to_json()}] * 2
+    summary, rows = score_geneval([shapes.render(wrong_colour, w), shapes.render(half, w)], specs, w)
+    assert summary["exact_scene"] == 0.0
+    assert rows[0]["objects"] == 3 and rows[0]["color_hits"] == 0 and rows[0]["kind_hits"] == 3
+    assert summary["object_cell"] == summary["object_kind"] == summary["object_size"] == 4 / 6
+    assert summary["object_color"] == 1 / 6
+    # edits: the attributes of the object the instruction puts in place
+    source = Scene.of(objs[:2])
+    target = Scene.of([objs[0], replace(objs[1], color="green")])
+    esum, erows = score_edit([shapes.render(Scene.of([objs[0], replace(objs[1], color="yellow")]), w)],
+                             [{"source_scene": source.to_json(), "target_scene": target.to_json(), "op": "recolor"}],
+                             w, cfg.eval.pq_tolerance)
+    assert esum["object_color"] == 0.0 and esum["object_kind"] == esum["object_size"] == esum["object_cell"] == 1.0

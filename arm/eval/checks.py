@@ -43,6 +43,27 @@ def geneval_check(category: str, spec: Scene, parsed: Scene) -> bool:
     return parsed == spec
 
 
+OBJECT_ATTRIBUTES = ("color", "kind", "size", "cell")
+
+
+def object_attributes(objects, parsed: Scene) -> dict[str, int]:
+    """Per stated object, which of its attributes the image shows: `cell` if the parsed scene has an
+    object in its cell, and that object's colour, kind and size if they are the stated ones (an
+    object missing from its cell gets none). Counts, so a summary can pool objects over samples:
+    an attribute at chance shows here even when an exact-scene score hides why."""
+    hits = dict.fromkeys(OBJECT_ATTRIBUTES, 0)
+    objects = list(objects)
+    for o in objects:
+        p = parsed.at(o.row, o.col)
+        if p is None:
+            continue
+        hits["cell"] += 1
+        hits["color"] += p.color == o.color
+        hits["kind"] += p.kind == o.kind
+        hits["size"] += p.size == o.size
+    return {"objects": len(objects), **{f"{a}_hits": n for a, n in hits.items()}}
+
+
 WISE_ASPECTS = ("kind", "color", "size", "position")
 
 
@@ -100,12 +121,15 @@ def edit_check(source: Scene, target: Scene, parsed: Scene, grid: int) -> dict[s
         raise ValueError("edit: source and target scenes are identical (nothing to edit)")
     fulfilled = float(all(parsed.at(*rc) == target.at(*rc) for rc in edited))
     judged = [rc for rc in cells if rc not in edited and (source.at(*rc) or parsed.at(*rc))]
+    # the objects the instruction puts in place (none for a removal): attributes of what was drawn
+    placed = [target.at(*rc) for rc in edited if target.at(*rc) is not None]
     # None when nothing outside the edit is (or was) drawn: there is nothing to preserve.
     preservation = sum(parsed.at(*rc) == source.at(*rc) for rc in judged) / len(judged) if judged else None
     return {
         "fulfilled": fulfilled,
         "preservation": preservation,
         "semantic_consistency": 10.0 * min(fulfilled, 1.0 if preservation is None else preservation),
+        **object_attributes(placed, parsed),
     }
 
 

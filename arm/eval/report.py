@@ -74,14 +74,19 @@ def score_table(metrics: dict) -> list[dict]:
 HEADLINE = (("shapes_geneval", "overall"), ("shapes_geneval", "exact_scene"), ("shapes_wise", "score"),
             ("shapes_edit", "success"), ("understanding", "vqa_accuracy"), ("understanding", "pope_f1"),
             ("understanding", "caption_f1"), ("fmnist", "generation_accuracy"))
+# Below the headline: each attribute alone, so one at chance cannot hide behind an exact-scene score.
+ATTRIBUTES = (*((bench, f"object_{a}") for bench in ("shapes_geneval", "shapes_edit")
+                for a in ("color", "kind", "size", "cell")),
+              *(("understanding", f"vqa_{t}") for t in ("color_of", "shape_at", "size_of", "exists", "count")),
+              *(("shapes_wise", f"{a}_accuracy") for a in ("color", "kind", "size", "position")))
 HEADLINE_COLUMNS = (("novel", "novel/"), ("novel_composition", "novel_composition/"), ("all held-out", ""),
                     ("oracle, all", "oracle/"))
 
 
-def headline_table(metrics: dict) -> list[dict]:
-    """Rows of (benchmark.metric, {column: (score, interval)}, floor, reconstruction)."""
+def headline_table(metrics: dict, keys=HEADLINE) -> list[dict]:
+    """Rows of (benchmark.metric, {column: (score, interval)}, floor, reconstruction) for `keys`."""
     rows = []
-    for bench, metric in HEADLINE:
+    for bench, metric in keys:
         scores = metrics["scores"].get(bench, {})
         if metric not in scores:
             continue
@@ -91,6 +96,14 @@ def headline_table(metrics: dict) -> list[dict]:
                      "floor": metrics["floor"].get(bench, {}).get(metric),
                      "reconstruction": metrics["reconstruction"].get(bench, {}).get(metric)})
     return rows
+
+
+def headline_rows(metrics: dict, keys) -> list[str]:
+    """HTML table rows of `headline_table` (the eval report and the run report share them)."""
+    return [f"<tr><td>{html.escape(row['metric'])}</td>"
+            + "".join(f"<td>{html.escape(fmt_interval(*row['cells'][c]))}</td>" for c, _ in HEADLINE_COLUMNS)
+            + f"<td>{_fmt(row['floor'])}</td><td>{_fmt(row['reconstruction'])}</td></tr>"
+            for row in headline_table(metrics, keys)]
 
 
 def fmt_interval(score, interval) -> str:
@@ -118,10 +131,11 @@ def write_report(folder: str | Path, metrics: dict, results: dict[str, "BenchRes
         "<table><tr><th>metric</th>" + "".join(f"<th>{esc(c)}</th>" for c, _ in HEADLINE_COLUMNS)
         + "<th>floor</th><th>reconstruction</th></tr>",
     ]
-    for row in headline_table(metrics):
-        parts.append(f"<tr><td>{esc(row['metric'])}</td>"
-                     + "".join(f"<td>{esc(fmt_interval(*row['cells'][c]))}</td>" for c, _ in HEADLINE_COLUMNS)
-                     + f"<td>{_fmt(row['floor'])}</td><td>{_fmt(row['reconstruction'])}</td></tr>")
+    parts += headline_rows(metrics, HEADLINE)
+    parts.append("</table><h2>Per attribute: share of stated objects drawn with it, VQA per question type</h2><table>"
+                 "<tr><th>metric</th>" + "".join(f"<th>{esc(c)}</th>" for c, _ in HEADLINE_COLUMNS)
+                 + "<th>floor</th><th>reconstruction</th></tr>")
+    parts += headline_rows(metrics, ATTRIBUTES)
     parts.append("</table>")
     judge = metrics.get("judge")
     if judge:

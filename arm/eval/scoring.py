@@ -22,11 +22,13 @@ from arm.data.shapes import Scene
 from arm.eval.answers import exact_match, parse_caption, question_type, scene_f1
 from arm.eval.checks import (
     GENEVAL_CATEGORIES,
+    OBJECT_ATTRIBUTES,
     WISE_ASPECTS,
     edit_check,
     edit_overall,
     geneval_check,
     perceptual_quality,
+    object_attributes,
     wise_check,
 )
 
@@ -41,6 +43,13 @@ def oracle_reader(world: WorldConfig) -> Reader:
 def _mean(xs) -> float:
     xs = list(xs)
     return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def summarize_attributes(per_sample: Sequence[dict]) -> Summary:
+    """`object_<attribute>`: the share of stated objects, pooled over samples, whose attribute the
+    image shows (arm.eval.checks.object_attributes); 0 when no sample states an object."""
+    n = sum(s["objects"] for s in per_sample)
+    return {f"object_{a}": sum(s[f"{a}_hits"] for s in per_sample) / n if n else 0.0 for a in OBJECT_ATTRIBUTES}
 
 
 def _need_same_length(a: Sequence, b: Sequence, what: str) -> None:
@@ -59,10 +68,10 @@ def score_geneval(images: Sequence[Image.Image], specs: Sequence[dict], world: W
     _need_same_length(images, specs, "shapes_geneval")
     per_sample = []
     for parsed, spec in zip((reader or oracle_reader(world))(images), specs):
-        ok = geneval_check(spec["category"], _scene(spec["scene"]), parsed)
-        exact = parsed == _scene(spec["scene"])
-        per_sample.append({"category": spec["category"], "correct": ok, "exact": exact,
-                           "parsed": parsed.to_json()})
+        scene = _scene(spec["scene"])
+        ok = geneval_check(spec["category"], scene, parsed)
+        per_sample.append({"category": spec["category"], "correct": ok, "exact": parsed == scene,
+                           "parsed": parsed.to_json(), **object_attributes(scene.objects, parsed)})
     return summarize_geneval(per_sample), per_sample
 
 
@@ -73,6 +82,7 @@ def summarize_geneval(per_sample: Sequence[dict]) -> Summary:
     summary = {cat: _mean(by_cat[cat]) for cat in GENEVAL_CATEGORIES if cat in by_cat}
     summary["overall"] = _mean(summary.values())
     summary["exact_scene"] = _mean(s["exact"] for s in per_sample)
+    summary.update(summarize_attributes(per_sample))
     return summary
 
 
@@ -123,6 +133,7 @@ def summarize_edit(per_sample: Sequence[dict]) -> Summary:
         "preservation": _mean(s["preservation"] for s in per_sample if s["preservation"] is not None),
     }
     summary.update({f"success_{op}": _mean(v) for op, v in sorted(by_op.items())})
+    summary.update(summarize_attributes(per_sample))
     return summary
 
 

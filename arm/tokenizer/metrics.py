@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from arm.tokenizer.data import ImageTextSet
+from arm.tokenizer.geometry import shapes_geometry
 from arm.tokenizer.model import VisualTokenizer
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,9 @@ def evaluate(model: VisualTokenizer, val: ImageTextSet, cfg, with_fashion: bool 
             scenes = [val.scenes[i] for i in shapes_idx]
             metrics.update(oracle_accuracy(enc["recon"][sel], scenes, cfg.world))
             metrics.update(cell_state_codes(enc["codes"][sel], scenes, cfg.world))
+            # whether each attribute is additive over the level digits (what factorised code
+            # embeddings compose): arm/tokenizer/geometry.py
+            metrics.update(shapes_geometry(enc["codes"][sel], scenes, cfg.world, model._levels))
             metrics["oracle_accuracy_on_originals"] = oracle_accuracy(target[sel], scenes, cfg.world)["oracle_scene_accuracy"]
             metrics.update({f"shapes_{k}": v for k, v in code_stats(enc["codes"][sel], model.codebook_size).items()
                             if k in ("code_usage", "code_perplexity")})
