@@ -136,6 +136,9 @@ class ShapesSourceConfig(Strict):
     captions_per_scene: int = Field(1, ge=0)
     knowledge_fraction: float = Field(0.2, ge=0, le=1)
     text_fraction: float = Field(0.1, ge=0, le=1)
+    # canonical: every caption names size, colour, kind in that order; varied: each object of a
+    # training caption in an order of its own (arm.data.shapes.caption). Eval prompts stay canonical.
+    attribute_order: Literal["canonical", "varied"] = "canonical"
 
 
 class FashionMnistSourceConfig(Strict):

@@ -6,6 +6,7 @@ so one image token can carry one object. Everything is a pure function of (confi
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, replace
 
@@ -34,6 +35,10 @@ COLOR_RIDDLES = {
 }
 
 
+# The order a caption names an object's attributes in; evaluation prompts always use it.
+ATTRIBUTE_ORDER = ("size", "color", "kind")
+
+
 @dataclass(frozen=True, order=True)
 class ShapeObject:
     row: int
@@ -42,8 +47,8 @@ class ShapeObject:
     color: str
     size: str
 
-    def describe(self) -> str:
-        return f"{self.size} {self.color} {self.kind}"
+    def describe(self, order: tuple[str, ...] = ATTRIBUTE_ORDER) -> str:
+        return " ".join(getattr(self, a) for a in order)
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,14 @@ def position_name(row: int, col: int, grid: int) -> str:
     return f"row {row + 1} column {col + 1}"
 
 
-def caption(scene: Scene, grid: int) -> str:
-    parts = [f"a {o.describe()} in the {position_name(o.row, o.col, grid)}" for o in scene.objects]
+def caption(scene: Scene, grid: int, order_rng: random.Random | None = None) -> str:
+    """"a small red circle in the top left and ...". With `order_rng`, each object's attributes come
+    in an order drawn from it: a causal model binds an attribute to its object (whose position ends
+    the phrase) later the farther the word sits from that end, and answers "what colour is the
+    circle?" only if its captions also name the colour after the kind (issue 14's study)."""
+    orders = list(itertools.permutations(ATTRIBUTE_ORDER))
+    parts = [f"a {o.describe(order_rng.choice(orders) if order_rng else ATTRIBUTE_ORDER)} in the "
+             f"{position_name(o.row, o.col, grid)}" for o in scene.objects]
     if not parts:
         return "an empty picture"
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]

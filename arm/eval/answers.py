@@ -81,18 +81,23 @@ def _caption_pattern(grid: int) -> re.Pattern:
     # Every colour, kind and size the renderer knows, not just this world's: a model that says
     # "purple" in a red/green world has said something, and it is wrong.
     alt = lambda words: "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))  # noqa: E731
-    return re.compile(
-        rf"\b(?:a|an)\s+({alt(SIZES)})\s+({alt(PALETTE)})\s+({alt(KINDS)})\s+in\s+the\s+({alt(positions(grid))})\b"
-    )
+    word = alt([*SIZES, *PALETTE, *KINDS])
+    return re.compile(rf"\b(?:a|an)\s+({word})\s+({word})\s+({word})\s+in\s+the\s+({alt(positions(grid))})\b")
 
 
 def parse_caption(text: str, grid: int) -> list[ShapeObject]:
-    """The objects a caption states, in order ("a small red circle in the top left, ...")."""
+    """The objects a caption states, in order ("a small red circle in the top left, ..."). The three
+    attribute words may come in any order; a phrase without exactly one size, colour and kind
+    states no object."""
     t = " ".join(str(text).lower().split())
     out = []
-    for size, color, kind, pos in _caption_pattern(grid).findall(t):
-        r, c = positions(grid)[pos]
-        out.append(ShapeObject(r, c, kind, color, size))
+    for *words, pos in _caption_pattern(grid).findall(t):
+        size = [w for w in words if w in SIZES]
+        color = [w for w in words if w in PALETTE]
+        kind = [w for w in words if w in KINDS]
+        if len(size) == len(color) == len(kind) == 1:
+            r, c = positions(grid)[pos]
+            out.append(ShapeObject(r, c, kind[0], color[0], size[0]))
     return out
 
 

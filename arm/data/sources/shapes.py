@@ -33,6 +33,8 @@ def scene_records(src: ShapesSourceConfig, cfg: ArmConfig, index: int) -> list[R
     image = png_bytes(shapes.render(scene, world))
     ref = f"shapes:{src.seed}:{index}"
     meta = {"scene": scene.to_json()}
+    # its own stream, so the order draws leave every other record of the scene as it was
+    order_rng = random.Random(f"{src.seed}:{index}:order") if src.attribute_order == "varied" else None
     recs: list[RawRecord] = []
 
     def rec(task, suffix, **kw) -> None:
@@ -44,10 +46,10 @@ def scene_records(src: ShapesSourceConfig, cfg: ArmConfig, index: int) -> list[R
         rec("generate", "knowledge", image=kimage, caption=prompt,
             meta={"scene": kscene.to_json(), "knowledge": True})
     else:
-        rec("generate", "caption", image=image, caption=shapes.caption(scene, world.grid), meta=meta)
+        rec("generate", "caption", image=image, caption=shapes.caption(scene, world.grid, order_rng), meta=meta)
     for j in range(src.captions_per_scene):
         rec("understand", f"describe{j}", image=image, question="describe the image.",
-            answer=shapes.caption(scene, world.grid), meta=meta)
+            answer=shapes.caption(scene, world.grid, order_rng), meta=meta)
     asked: set[str] = set()
     for j in range(src.vqa_per_scene):
         for _ in range(8):  # a repeated question would only be dropped as a duplicate
@@ -66,7 +68,7 @@ def scene_records(src: ShapesSourceConfig, cfg: ArmConfig, index: int) -> list[R
     if rng.random() < src.text_fraction:
         facts = shapes.knowledge_facts(world)
         text = " ".join(rng.sample(facts, k=min(3, len(facts))))
-        rec("text", "text", caption=f"{shapes.caption(scene, world.grid)}. {text}", meta={})
+        rec("text", "text", caption=f"{shapes.caption(scene, world.grid, order_rng)}. {text}", meta={})
     for r in recs:
         r.meta = json.loads(json.dumps(r.meta))  # plain JSON types only
     return recs
