@@ -72,7 +72,8 @@ def test_geneval_truth_blank_half(cfg, sets):
     refs = [as_reference({"category": i["category"], "scene": i["scene"]}) for i in items]
     truth = m.compute(predictions=[_render(cfg, i["scene"]) for i in items], references=refs, world=cfg.world)
     assert truth["overall"] == 1.0 and truth["exact_scene"] == 1.0
-    assert len([k for k in truth if k not in ("overall", "exact_scene")]) == 6
+    assert len([k for k in truth if k not in ("overall", "exact_scene") and not k.startswith("object_")]) == 6
+    assert [truth[f"object_{a}"] for a in ("color", "kind", "size", "cell")] == [1.0] * 4
     blank = m.compute(predictions=[_blank(cfg)] * len(items), references=refs, world=cfg.world)
     assert blank["overall"] == 0.0 and all(v == 0.0 for v in blank.values())
     # every other item of each category right (micro: one item per category in each of two splits)
