@@ -14,16 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from arm.text.vocab import VocabLayout
+from arm.tokenizer.geometry import level_digits
 
 
 def code_digits(layout: VocabLayout) -> torch.Tensor:
     """[codebook, n_levels] FSQ digits, first level least significant (vector-quantize-pytorch's order)."""
-    codes = torch.arange(layout.codebook_size)
-    out = []
-    for lv in layout.levels:
-        out.append(codes % lv)
-        codes = codes // lv
-    return torch.stack(out, -1)
+    return level_digits(torch.arange(layout.codebook_size), layout.levels)
 
 
 def _shape(w: torch.Tensor) -> torch.Size:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 
 def level_digits(codes: torch.Tensor, levels) -> torch.Tensor:
-    """[N] codes -> [N, n_levels] digits, first level least significant (vector-quantize-pytorch's order)."""
+    """[...] codes -> [..., n_levels] digits, first level least significant (vector-quantize-pytorch's
+    order). The one digit decomposition: the perfect tokenizer and factorised embeddings use it too."""
     out, rest = [], codes.long()
     for lv in levels:
         out.append(rest % lv)

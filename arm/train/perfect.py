@@ -14,6 +14,7 @@ import torch
 
 from arm.config import WorldConfig
 from arm.data.shapes import Scene, ShapeObject
+from arm.tokenizer.geometry import level_digits
 
 
 class PerfectTokenizer:
@@ -41,11 +42,7 @@ class PerfectTokenizer:
 
     def codes_to_levels(self, codes: torch.Tensor) -> torch.Tensor:
         """Per-level digits, shape [..., len(levels)]."""
-        out, rest = [], codes.long()
-        for lv in self.levels:
-            out.append(rest % lv)
-            rest = rest // lv
-        return torch.stack(out, -1)
+        return level_digits(codes, self.levels)
 
     def decode_scene(self, codes: Sequence[int]) -> tuple[Scene, int]:
         """The scene and the number of cells whose code names no valid object (some digits zero)."""
