@@ -4,7 +4,8 @@ generated image gets right, and which attribute questions about a novel image th
 Novel prompts are full captions of `novel` held-out scenes (world.holdout: never in training).
 Generated images are read by the shapes oracle (on renders of the learned tokenizer's decoder it
 agrees with the learned judge on > 0.99 of scenes, metrics/eval_*.json `judge_agreement`).
-Intervals are 95% bootstrap intervals over prompts (objects of one prompt move together).
+Intervals are 95% bootstrap intervals over prompts (objects of one prompt move together), from
+the evaluation's own `summary_intervals` over its `summarize_attributes`.
 
     python benchmarks/attribute_study.py --out benchmarks/results/attributes_tiny.json \\
         base-s0=models/arm-base oracle-s0=/tmp/oracle-s0 ...
@@ -25,8 +26,9 @@ from arm.data import holdout, shapes
 from arm.data.shapes import position_name
 from arm.data.oracle import parse
 from arm.eval.answers import exact_match
-from arm.eval.checks import OBJECT_ATTRIBUTES, object_attributes
-from arm.eval.intervals import bootstrap_interval
+from arm.eval.checks import object_attributes
+from arm.eval.intervals import bootstrap_interval, summary_intervals
+from arm.eval.scoring import summarize_attributes
 from arm.io import atomic_write_json
 from arm.sample.pipeline import ArmPipeline
 
@@ -60,12 +62,8 @@ def questions_of(scene: shapes.Scene, rng: random.Random, world) -> list[tuple[s
     return out
 
 
-def ratio_interval(num: np.ndarray, den: np.ndarray) -> list[float]:
-    """95% bootstrap interval of sum(num)/sum(den) over items (resampling items, not objects)."""
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(num), size=(1000, len(num)))
-    stats = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1)
-    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+def summarize(rows: list[dict]) -> dict[str, float]:
+    return {**summarize_attributes(rows), "exact_scene": float(np.mean([r["exact"] for r in rows]))}
 
 
 def study(model_dir: str, cfg, n: int, seed: int, split: str = "novel") -> dict:
@@ -77,17 +75,14 @@ def study(model_dir: str, cfg, n: int, seed: int, split: str = "novel") -> dict:
     for i in range(0, n, 32):
         batch = [shapes.caption(s, world.grid) for s in scenes[i : i + 32]]
         images += pipe.generate(batch, seed=seed * 1_000_000 + i)
-    rows = [object_attributes(s.objects, parse(im, world)) | {"exact": parse(im, world) == s}
-            for s, im in zip(scenes, images)]
-    objects = np.array([r["objects"] for r in rows], dtype=float)
-    out: dict = {"model": model_dir, "split": split, "prompts": n, "objects": int(objects.sum())}
-    for a in OBJECT_ATTRIBUTES:
-        hits = np.array([r[f"{a}_hits"] for r in rows], dtype=float)
-        out[f"object_{a}"] = float(hits.sum() / objects.sum())
-        out[f"object_{a}_interval"] = ratio_interval(hits, objects)
-    exact = np.array([r["exact"] for r in rows], dtype=float)
-    out["exact_scene"] = float(exact.mean())
-    out["exact_scene_interval"] = list(bootstrap_interval(exact))
+    rows = []
+    for scene, image in zip(scenes, images):
+        parsed = parse(image, world)
+        rows.append({**object_attributes(scene.objects, parsed), "exact": float(parsed == scene)})
+    summary, intervals = summarize(rows), summary_intervals(rows, summarize)
+    out: dict = {"model": model_dir, "split": split, "prompts": n, "objects": sum(r["objects"] for r in rows)}
+    for key, value in summary.items():
+        out[key], out[f"{key}_interval"] = value, list(intervals[key])
     qrng = random.Random(f"attributes-questions:{seed}")
     asked = [(s, q) for s in scenes for q in questions_of(s, qrng, world)]
     answers = []
