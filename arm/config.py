@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -17,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 from arm.configbase import Strict
 from arm.eval.config import EvalConfig, GateConfig
 from arm.model.config import ModelConfig, PretrainConfig, SamplingConfig, TextConfig
+from arm.orchestration.config import OrchestrationConfig
 from arm.rl.config import RLConfig
 from arm.tokenizer.config import TokenizerConfig
 from arm.serve.config import ServeConfig
@@ -272,6 +274,7 @@ class ArmConfig(Strict):
     serve: ServeConfig = ServeConfig()
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -309,7 +312,7 @@ def _preset_chain(presets: dict[str, Any], name: str) -> list[dict[str, Any]]:
     seen: list[str] = []
     while name != "tiny":
         if name not in presets:
-            raise ConfigError(f"unknown preset {name!r}; known: {['tiny', *sorted(presets)]}")
+            raise ConfigError(f"unknown preset {name!r}; known: {['tiny', *sorted(set(presets) - {'tiny'})]}")
         if name in seen:
             raise ConfigError(f"presets extend each other in a cycle: {' -> '.join([*seen, name])}")
         seen.append(name)
@@ -320,25 +323,54 @@ def _preset_chain(presets: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return chain
 
 
-def resolve(raw: dict[str, Any], preset: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Base values merged with a preset and `key.path=value` overrides (values parsed as YAML)."""
+Overrides = Mapping[str, Any] | list[str]  # {"key.path": value}, or the command line's "key.path=value" items
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Command-line `key.path=value` items (values parsed as YAML) as one {key.path: value} mapping.
+    A key given again moves to its last place, so applying the mapping in order equals applying
+    the items in order."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, value = item.split("=", 1)
+        out.pop(key.strip(), None)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def override_args(overrides: Mapping[str, Any] | None) -> list[str]:
+    """Overrides as `key.path=value` items for a command line (the torchrun-launched stages):
+    values in YAML flow style, so parse_overrides gives back the same values."""
+    return [f"{key}={_flow_yaml(value)}" for key, value in (overrides or {}).items()]
+
+
+def _flow_yaml(value: Any) -> str:
+    # one line; a plain scalar at the top level is dumped with an explicit document end ("...")
+    return yaml.safe_dump(value, default_flow_style=True, width=float("inf")).removesuffix("\n...\n").strip()
+
+
+def resolve(raw: dict[str, Any], preset: str | None = None, overrides: Overrides | None = None) -> dict[str, Any]:
+    """Base values merged with a preset and overrides ({key.path: value}, or `key.path=value` items)."""
     raw = copy.deepcopy(raw)
     presets = raw.pop("presets", {}) or {}
+    if presets.get("tiny"):  # the key exists for DVC (dvc.yaml tracks presets.<preset>); tiny is the base
+        raise ConfigError("presets.tiny must stay empty: the tiny preset is the base values; edit those")
     name = preset or raw.get("preset", "tiny")
     merged = raw
     for layer in _preset_chain(presets, name):
         merged = deep_merge(merged, layer)
     merged["preset"] = name
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
-        key, value = item.split("=", 1)
-        _set_dotted(merged, key.strip(), yaml.safe_load(value))
+    if overrides is not None and not isinstance(overrides, (Mapping, list, tuple)):
+        raise ConfigError(f"overrides {overrides!r}: expected a mapping of key.path to value or key.path=value items")
+    for key, value in (overrides if isinstance(overrides, Mapping) else parse_overrides(list(overrides or []))).items():
+        _set_dotted(merged, str(key).strip(), copy.deepcopy(value))
     return merged
 
 
 def load_config(
-    path: str | Path = DEFAULT_PARAMS, preset: str | None = None, overrides: list[str] | None = None
+    path: str | Path = DEFAULT_PARAMS, preset: str | None = None, overrides: Overrides | None = None
 ) -> ArmConfig:
     path = Path(path)
     try:
