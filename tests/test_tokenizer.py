@@ -61,14 +61,21 @@ def test_codes_to_levels_matches_fsq_and_inverts(tok):
     assert len({tuple(d) for d in digits.tolist()}) == tok.codebook_size
 
 
-def test_save_load_identity(tok, micro_cfg, tmp_path):
+def test_save_load_identity(tok, micro_cfg, tmp_path, capsys):
+    from huggingface_hub import ModelCard
+
     d = tok.save_pretrained(tmp_path / "tok")
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors"]
+    # PyTorchModelHubMixin's layout: config.json (the init `config`, flat), safetensors, a model card
+    assert sorted(p.name for p in d.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    card = ModelCard.load(d / "README.md")
+    assert card.data.library_name == "arm" and {"visual-tokenizer", "pytorch_model_hub_mixin"} <= set(card.data.tags)
     spec = json.loads((d / "config.json").read_text())
     levels = list(micro_cfg.tokenizer.levels)
-    assert spec["levels"] == levels and spec["format"] == "arm-visual-tokenizer"
-    back = VisualTokenizer.from_pretrained(d)
+    assert spec["levels"] == levels and spec["format"] == "arm-visual-tokenizer" and spec == tok.spec
+    back = VisualTokenizer.from_pretrained(d, device="cpu")
+    assert capsys.readouterr().out == ""  # nothing on stdout: CLI stages print JSON there
+    assert not back.training
     a, b = tok.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     _, images = scene_images(micro_cfg, 4, seed=3)
@@ -81,9 +88,38 @@ def test_save_load_identity(tok, micro_cfg, tmp_path):
     assert VisualTokenizer.from_pretrained(d).levels == levels
 
 
+def test_tokenizer_saved_before_the_mixin_still_loads(tok, micro_cfg, tmp_path):
+    """models/tokenizer dirs written by the hand-written save (flat config.json + safetensors with
+    every state-dict key, no card) load unchanged: DVC caches hold such outputs."""
+    from safetensors.torch import save_file
+
+    d = tmp_path / "old"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(tok.spec, indent=2, sort_keys=True) + "\n")
+    save_file({k: v.contiguous() for k, v in tok.state_dict().items()}, str(d / "model.safetensors"),
+              metadata={"format": "arm-visual-tokenizer"})
+    back = VisualTokenizer.from_pretrained(d)
+    _, images = scene_images(micro_cfg, 3, seed=5)
+    assert torch.equal(back.encode(images), tok.encode(images))
+
+
 def test_from_pretrained_errors(tmp_path, tok):
-    with pytest.raises(FileNotFoundError, match="not a saved tokenizer"):
-        VisualTokenizer.from_pretrained(tmp_path / "missing")
+    missing = tmp_path / "missing"
+    with pytest.raises(FileNotFoundError, match=f"{missing}: not a saved tokenizer"):
+        VisualTokenizer.from_pretrained(missing)
+    d = tok.save_pretrained(tmp_path / "other")
+    (d / "config.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="other/config.json: not an arm-visual-tokenizer config"):
+        VisualTokenizer.from_pretrained(d)
+    # strict weights: a tensor missing from the file is an error naming the file, not a random init
+    from safetensors.torch import load_file, save_file
+
+    d = tok.save_pretrained(tmp_path / "partial")
+    state = load_file(str(d / "model.safetensors"))
+    state.pop("logit_bias")
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(ValueError, match="partial/model.safetensors: weights do not match"):
+        VisualTokenizer.from_pretrained(d)
     d = tok.save_pretrained(tmp_path / "t")
     (d / "config.json").write_text("{nope")
     with pytest.raises(ValueError, match="invalid JSON"):

@@ -1,9 +1,10 @@
 """Model dir I/O: export a trained model as a stock transformers model dir, and load one back.
 
 A model dir holds config.json + model.safetensors (save_pretrained), the tokenizer files,
-vocab_layout.json and manifest.json (vocabulary layout, visual tokenizer reference + hash,
-data version, training summary). Factorised image embeddings are folded before saving
-(exact, see arm.model.factorized), so AutoModelForCausalLM loads it with no custom code.
+vocab_layout.json, manifest.json (vocabulary layout, visual tokenizer reference + hash,
+data version, training summary) and a model card README.md (arm.model.card). Factorised
+image embeddings are folded before saving (exact, see arm.model.factorized), so
+AutoModelForCausalLM loads it with no custom code.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from arm.io import atomic_path, atomic_write_json
 from arm.model import factorized
+from arm.model.card import write_model_card
 from arm.text.tokenizer import load_tokenizer, save_tokenizer
 from arm.text.vocab import VocabLayout
 
@@ -53,6 +55,7 @@ def export_model(model, tokenizer, layout: VocabLayout, manifest: dict, out: str
         plain.save_pretrained(str(tmp))  # safetensors
         save_tokenizer(tokenizer, layout, tmp)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        write_model_card(tmp, model_ref=str(out))
     return Path(out)
 
 

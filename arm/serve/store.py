@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from arm.io import sha256_file
+from arm.model.card import CARD_FILE, write_model_card
 
 log = logging.getLogger("arm.serve")
 
@@ -263,6 +264,8 @@ def package_model(
         dest = Path(bento_model.path) / MODEL_SUBDIR
         new_manifest = stage_model(model_dir, dest, visual_dir)
         check_visual_fingerprint(dest, new_manifest)
+        if metrics_data and (dest / CARD_FILE).is_file():  # the exported card, now with the eval results
+            write_model_card(dest, model_ref=str(model_dir), eval_metrics=metrics_data)
         # BentoML metadata takes no nulls; the JSON documents go in as strings, verbatim.
         bento_model.info.metadata.update(
             {

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from vector_quantize_pytorch import FSQ
 
@@ -109,18 +109,24 @@ class CaptionHead(nn.Module):
         return self.out(self.norm(y))
 
 
-class VisualTokenizer(nn.Module):
+class VisualTokenizer(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="arm",
+    tags=["arm", "visual-tokenizer", "fsq", "image-tokenization"],
+):
     """Images <-> discrete codes [B, h, w] in [0, codebook_size). See the module docstring.
 
-    Built from a plain JSON `spec` (what `save_pretrained` writes to config.json), so loading
-    never needs the hub: a pretrained encoder's weights are part of model.safetensors.
+    Saved and loaded by huggingface_hub's PyTorchModelHubMixin: `config` (the init argument) is
+    config.json, the weights model.safetensors, plus a model card. Loading never needs the hub: a
+    pretrained encoder's weights are part of model.safetensors.
     """
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, config: dict[str, Any]):
         super().__init__()
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
-        self.spec = json.loads(json.dumps(spec))  # a private plain-JSON copy
+        self.spec = json.loads(json.dumps(config))  # a private plain-JSON copy
         s = self.spec
         self._levels = [int(v) for v in s["levels"]]
         self._image_size = int(s["image_size"])
@@ -449,20 +455,24 @@ class VisualTokenizer(nn.Module):
         return codes.long()
 
     # ------------------------------------------------------------------ persistence
+    # PyTorchModelHubMixin does the format (config.json from `config`, model.safetensors, README.md).
+    # What it does not do, and these overrides add: an atomic write (its save writes into the target
+    # in place), local-only loading with errors that name the path (it would try the hub for a
+    # missing dir and fail on bad JSON with a bare decoder error), the format/version check, strict
+    # weights, and the `device` the callers pass.
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """config.json + model.safetensors, written to a temp dir and renamed into place."""
-        directory = Path(directory)
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> Path:
+        """config.json + model.safetensors + README.md, written to a temp dir and renamed into place."""
+        directory = Path(save_directory)
         with atomic_path(directory) as tmp:
-            tmp.mkdir(parents=True)
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.spec, indent=2, sort_keys=True) + "\n")
-            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            super().save_pretrained(tmp, config=self.spec, **kwargs)
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "VisualTokenizer":
-        directory = Path(directory)
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, device: str | torch.device = "cpu",
+                        **kwargs: Any) -> "VisualTokenizer":
+        """A saved tokenizer from a local dir (never the hub), on `device`, in eval mode."""
+        directory = Path(pretrained_model_name_or_path)
         cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not cfg_path.is_file() or not weights.is_file():
             raise FileNotFoundError(f"{directory}: not a saved tokenizer (need {CONFIG_FILE} and {WEIGHTS_FILE})")
@@ -470,16 +480,21 @@ class VisualTokenizer(nn.Module):
             spec = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_path}: invalid JSON: {e}") from None
-        if spec.get("format") != FORMAT:
-            raise ValueError(f"{cfg_path}: not an {FORMAT} config (format={spec.get('format')!r})")
+        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+            found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
+            raise ValueError(f"{cfg_path}: not an {FORMAT} config (format={found!r})")
         if int(spec.get("version", 0)) > FORMAT_VERSION:
             raise ValueError(f"{cfg_path}: format version {spec['version']} is newer than this code ({FORMAT_VERSION})")
-        model = cls(spec)
-        state = load_file(str(weights))
+        return super().from_pretrained(directory, local_files_only=True, map_location=str(torch.device(device)), **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True,
+                         config: dict[str, Any], **_hub_args: Any) -> "VisualTokenizer":
+        # The mixin's own version prints to stdout and loads non-strictly; the weights must match.
+        model = cls(config)
+        weights = Path(model_id) / WEIGHTS_FILE
         try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # a tensor of the wrong shape: weights saved by another version
+            cls._load_as_safetensor(model, str(weights), "cpu", strict)
+        except RuntimeError as e:  # a tensor of the wrong shape, or missing/extra: saved by another version
             raise ValueError(f"{weights}: weights do not match the config: {e}") from None
-        if missing or unexpected:
-            raise ValueError(f"{weights}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
-        return model.to(device).eval()
+        return model.to(map_location).eval()
