@@ -93,3 +93,26 @@ def register(app: typer.Typer) -> None:
         console.print(_validation_table(report["results"], only_failed=False))
         console.print(f"[green]all {report['n_expectations']} expectations passed on {report['store']}; "
                       f"report: {cfg.validation.output}[/green]", highlight=False)
+
+    @app.command("export-dataset", rich_help_panel="Data")
+    def export_dataset_cmd(
+        out: Path = typer.Argument(..., help="output dir (replaced atomically)"),
+        store: Optional[Path] = typer.Option(None, "--store", help="curated store (default: data.store)"),
+        max_shard_mb: int = typer.Option(256, "--max-shard-mb", min=1, help="image + text MB per Parquet file"),
+        params: Path = ParamsOpt, preset: Optional[str] = PresetOpt, set_: Optional[list[str]] = SetOpt,
+    ) -> None:
+        """Write the curated store as a Hugging Face `datasets` dataset (Parquet + dataset card)."""
+        from arm.data.export import ExportError, export_dataset
+
+        root = store if store is not None else Path(resolve_config(params, preset, set_).data.store)
+        try:
+            result = export_dataset(root, out, max_shard_bytes=max_shard_mb << 20)
+        except (ExportError, FileNotFoundError) as e:
+            console.print(f"[red]export-dataset failed: {e}[/red]", highlight=False)
+            raise typer.Exit(1) from None
+        t = Table(title=f"{result['out']}: {result['rows']} rows")
+        for col in ("split", "rows", "files"):
+            t.add_column(col, justify="left" if col == "split" else "right")
+        for split, c in result["splits"].items():
+            t.add_row(split, str(c["rows"]), str(c["files"]))
+        console.print(t)
