@@ -198,13 +198,16 @@ SourceConfig = Annotated[
 
 
 class StorageConfig(Strict):
-    """S3-compatible object storage. Credentials come from the environment, never from here."""
+    """S3-compatible object storage, reached through `arm.fs` (s3fs for listing and streams,
+    pyarrow's S3 client for Parquet): both get these settings. Credentials come from the
+    environment, never from here."""
 
-    endpoint_url: str | None = None  # e.g. http://127.0.0.1:8333 for SeaweedFS or MinIO
+    # e.g. http://127.0.0.1:8333 for SeaweedFS or MinIO; None: AWS_ENDPOINT_URL, else AWS itself
+    endpoint_url: str | None = None
     region: str = "us-east-1"
-    connect_timeout_s: float = 5.0
-    max_attempts: int = Field(3, ge=1)  # tries per request, the first included
-    read_timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)  # per connection attempt
+    read_timeout_s: float = Field(30.0, gt=0)  # silence on an open connection before the try fails
+    max_attempts: int = Field(3, ge=1)  # tries per request, the first included (botocore "standard" mode)
 
 
 class FilterConfig(Strict):

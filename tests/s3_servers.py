@@ -237,3 +237,68 @@ def silent_endpoint():
         for c in conns:
             c.close()
         srv.close()
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # /bucket/key?query
+    range: str | None  # the Range header, if any
+
+
+@pytest.fixture
+def s3_recorder():
+    """`record(endpoint_url) -> (proxy_url, requests)`: an HTTP proxy on 127.0.0.1 in front of an
+    S3 server that notes every request it forwards, whichever client sent it (botocore, s3fs,
+    pyarrow's AWS SDK). Path-style addressing reaches the server unchanged through it."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    servers: list[ThreadingHTTPServer] = []
+
+    def record(endpoint_url: str) -> tuple[str, list[Request]]:
+        upstream = urlsplit(endpoint_url)
+        seen: list[Request] = []
+
+        class Forward(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                seen.append(Request(self.command, self.path, self.headers.get("Range")))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
+                conn.request(self.command, self.path, body=body or None, headers=dict(self.headers))
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    # HEAD answers the object's length with no body: that header passes unchanged
+                    if k.lower() not in ("transfer-encoding", "connection") and \
+                            (k.lower() != "content-length" or self.command == "HEAD"):
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", seen
+
+    try:
+        yield record
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

@@ -14,8 +14,8 @@ from arm.config import (
     StorageConfig,
     WebDatasetSourceConfig,
 )
-from arm.data import s3
 from arm.data.sources import SourceError, iter_source
+from arm.fs import arrow_fs_for, fs_for
 from test_sources import png, wds_members, write_parquet_shards, write_tar
 
 seaweed = pytest.mark.xdist_group("s3")
@@ -57,27 +57,23 @@ def test_parquet_from_seaweedfs(s3_server, micro_cfg, tmp_path, monkeypatch):
 
 
 @seaweed
-def test_large_parquet_is_read_by_ranges(s3_server, micro_cfg, tmp_path, monkeypatch):
+def test_large_parquet_is_read_by_ranges(s3_server, s3_recorder, micro_cfg, tmp_path, monkeypatch):
+    """Row group by row group, each a ranged GET: never the whole object, never one GET per MiB."""
     s3_server.use(monkeypatch)
-    n = 400
+    n, groups = 400, 8
     blobs = [png(i, size=24) for i in range(n)]
     pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()), "caption": [f"c{i}" for i in range(n)]}),
-                   tmp_path / "big.parquet", row_group_size=50)
+                   tmp_path / "big.parquet", row_group_size=n // groups)
+    size = (tmp_path / "big.parquet").stat().st_size
     bucket = s3_server.new_bucket()
     url = s3_server.upload(tmp_path / "big.parquet", bucket, "p")
-    ranges: list[str] = []
-    real = s3.make_client
-
-    def spying_client(storage):
-        client = real(storage)
-        client.meta.events.register("before-call.s3.GetObject",
-                                    lambda params, **_: ranges.append(params.get("headers", {}).get("Range", "")))
-        return client
-
-    monkeypatch.setattr(s3, "make_client", spying_client)
-    recs = list(iter_source(ParquetSourceConfig(path=url, batch_rows=64), s3_cfg(micro_cfg, s3_server.endpoint_url)))
+    proxy, seen = s3_recorder(s3_server.endpoint_url)
+    recs = list(iter_source(ParquetSourceConfig(path=url, batch_rows=64), s3_cfg(micro_cfg, proxy)))
     assert [r.image for r in recs] == blobs and [r.caption for r in recs] == [f"c{i}" for i in range(n)]
-    assert ranges and all(r.startswith("bytes=") for r in ranges)  # ranged reads, never a whole GET
+    gets = [r.range for r in seen if r.method == "GET" and r.path.startswith(f"/{bucket}/p/big.parquet")]
+    assert gets and all(r and r.startswith("bytes=") for r in gets)  # ranged reads, never a whole GET
+    spans = [int(b) - int(a) + 1 for a, b in (r[len("bytes="):].split("-") for r in gets)]
+    assert len(gets) >= groups and max(spans) < size / 2  # one row group at a time
 
 
 @seaweed
@@ -188,6 +184,9 @@ def test_endpoint_from_aws_endpoint_url(moto_server, micro_cfg, tmp_path, monkey
     cfg = s3_cfg(micro_cfg, None)
     (rec,) = list(iter_source(WebDatasetSourceConfig(path=url), cfg))
     assert (rec.caption, rec.image, rec.ref) == (b"via env", png(7), f"s3://{bucket}/w/one.tar#a")
+    write_parquet_shards(tmp_path / "pq")  # pyarrow's own S3 client resolves the endpoint alike
+    pq_url = moto_server.upload(tmp_path / "pq", bucket, "pq")
+    assert [r.caption for r in iter_source(ParquetSourceConfig(path=pq_url), cfg)][:2] == ["caption 0", "caption 1"]
 
 
 def test_moto_missing_bucket_and_credentials(moto_server, micro_cfg, monkeypatch, tmp_path):
@@ -229,10 +228,16 @@ def test_silent_endpoint_times_out_after_bounded_attempts(silent_endpoint, micro
     assert accepted() == 2  # max_attempts bounds the work: no retry storm, no hang
 
 
-def test_client_uses_storage_settings(micro_cfg):
+def test_clients_use_storage_settings(micro_cfg):
     storage = StorageConfig(endpoint_url="http://127.0.0.1:1", region="eu-west-1", connect_timeout_s=1.5,
                             read_timeout_s=7.0, max_attempts=2)
-    client = s3.make_client(storage)
+    fs, path = fs_for("s3://bucket/key", storage)
+    client = fs.s3  # made without touching the network
+    assert path == "bucket/key" and fs.retries == 1  # botocore alone retries: max_attempts bounds the tries
     assert client.meta.endpoint_url == "http://127.0.0.1:1" and client.meta.region_name == "eu-west-1"
     assert client.meta.config.connect_timeout == 1.5 and client.meta.config.read_timeout == 7.0
     assert client.meta.config.retries["total_max_attempts"] == 2
+    arrow, path = arrow_fs_for("s3://bucket/key", storage)
+    settings = arrow.__reduce__()[1][0]
+    assert path == "bucket/key" and (settings["scheme"], settings["endpoint_override"]) == ("http", "127.0.0.1:1")
+    assert (settings["region"], settings["connect_timeout"], settings["request_timeout"]) == ("eu-west-1", 1.5, 7.0)

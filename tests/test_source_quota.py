@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from arm.config import ParquetSourceConfig, WebDatasetSourceConfig
-from arm.data import s3
 from arm.data.sources import iter_source
 from tests.conftest import REPO
 from test_s3_sources import s3_cfg
@@ -14,18 +13,9 @@ from test_sources import png, write_parquet_shards, write_tar
 seaweed = pytest.mark.xdist_group("s3")
 
 
-def _spy_gets(monkeypatch) -> list[str]:
-    """Keys of every GetObject the sources send: which shards were opened."""
-    keys: list[str] = []
-    real = s3.make_client
-
-    def spying_client(storage):
-        client = real(storage)
-        client.meta.events.register("before-call.s3.GetObject", lambda params, **_: keys.append(params["url_path"]))
-        return client
-
-    monkeypatch.setattr(s3, "make_client", spying_client)
-    return keys
+def _gets(seen) -> list[str]:
+    """Paths of every GET the sources sent through the recorder: which shards were opened."""
+    return [r.path for r in seen if r.method == "GET"]
 
 
 def _pairs(shard: int, n: int) -> list[tuple[str, bytes]]:
@@ -37,20 +27,21 @@ def _pairs(shard: int, n: int) -> list[tuple[str, bytes]]:
 
 
 @seaweed
-def test_webdataset_quota_stops_reading_at_the_limit(s3_server, micro_cfg, tmp_path, monkeypatch):
+def test_webdataset_quota_stops_reading_at_the_limit(s3_server, s3_recorder, micro_cfg, tmp_path, monkeypatch):
     s3_server.use(monkeypatch)
     for shard in range(3):
         write_tar(tmp_path / "laion" / f"shard-{shard:05d}.tar", _pairs(shard, 3))
     bucket = s3_server.new_bucket()
     s3_server.upload(tmp_path / "laion", bucket, "corpus/laion")
-    cfg = s3_cfg(micro_cfg, s3_server.endpoint_url)
+    proxy, seen = s3_recorder(s3_server.endpoint_url)
+    cfg = s3_cfg(micro_cfg, proxy)
     url = f"s3://{bucket}/corpus/laion/*.tar"
 
-    gets = _spy_gets(monkeypatch)
     recs = list(iter_source(WebDatasetSourceConfig(path=url, limit=4), cfg))
+    gets = _gets(seen)
     assert [r.caption for r in recs] == [b"pair 0-0", b"pair 0-1", b"pair 0-2", b"pair 1-0"]  # shards in path order
     assert all(r.error is None for r in recs)
-    assert not any("shard-00002" in k for k in gets)  # the shard past the quota is never opened
+    assert any("shard-00001" in k for k in gets) and not any("shard-00002" in k for k in gets)  # the shard past the quota is never opened
 
     assert len(list(iter_source(WebDatasetSourceConfig(path=url, limit=0), cfg))) == 0
     assert len(list(iter_source(WebDatasetSourceConfig(path=url, limit=100), cfg))) == 9  # quota above the corpus
@@ -58,7 +49,7 @@ def test_webdataset_quota_stops_reading_at_the_limit(s3_server, micro_cfg, tmp_p
 
 
 @seaweed
-def test_parquet_quota_counts_rejections_and_spans_shards(s3_server, micro_cfg, tmp_path, monkeypatch):
+def test_parquet_quota_counts_rejections_and_spans_shards(s3_server, s3_recorder, micro_cfg, tmp_path, monkeypatch):
     s3_server.use(monkeypatch)
     write_parquet_shards(tmp_path / "cc12m")  # part-0: 5 good rows; part-1: 4 rows, 3 of them bad
     bucket = s3_server.new_bucket()
@@ -69,10 +60,11 @@ def test_parquet_quota_counts_rejections_and_spans_shards(s3_server, micro_cfg, 
     assert [r.meta["row"] for r in recs] == [0, 1, 2, 3, 4, 0, 1]
     assert [r.error is None for r in recs] == [True] * 6 + [False]  # a rejected row uses up quota too
 
-    gets = _spy_gets(monkeypatch)
-    recs = list(iter_source(ParquetSourceConfig(path=url, limit=3, batch_rows=2), cfg))
+    proxy, seen = s3_recorder(s3_server.endpoint_url)
+    recs = list(iter_source(ParquetSourceConfig(path=url, limit=3, batch_rows=2), s3_cfg(micro_cfg, proxy)))
     assert [r.caption for r in recs] == ["caption 0", "caption 1", "caption 2"]
-    assert gets and not any("part-1" in k for k in gets)
+    gets = _gets(seen)
+    assert any("part-0" in k for k in gets) and not any("part-1" in k for k in gets)
 
 
 def test_quota_is_validated():

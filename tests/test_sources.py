@@ -21,9 +21,9 @@ from arm.config import (
     ParquetSourceConfig,
     WebDatasetSourceConfig,
 )
-from arm.data import s3
 from arm.data.sources import SourceError, get_reader, iter_source
 from arm.data.sources import fashion_mnist as fm
+from arm.data.sources.files import Entry, Files, relpath_inside
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 
@@ -185,9 +185,9 @@ def test_image_folder_manifest(folder, micro_cfg):
     assert errors[0] == f"missing_file: {root / 'sub/gone.png'}"
     assert errors[1].startswith("bad_manifest_row: line 5: invalid JSON")
     assert errors[2] == "bad_manifest_row: line 6: expected a JSON object, got list"
-    assert errors[3] == "bad_manifest_row: line 7: missing or non-string 'image'"
-    assert errors[4].startswith("bad_manifest_row: line 8: 'image' '../a.png' must be a relative path")
-    assert errors[5] == "bad_manifest_row: line 9: needs 'caption' or 'question' and 'answer'"
+    assert errors[3] == "bad_manifest_row: line 7: missing or non-string 'file_name' or 'image'"
+    assert errors[4].startswith("bad_manifest_row: line 8: image '../a.png' must be a relative path")
+    assert errors[5] == "bad_manifest_row: line 9: needs 'text' or 'caption', or 'question' and 'answer'"
     assert errors[6] == "bad_manifest_row: line 10: 'question' and 'answer' must come together"
     assert errors[7] == "bad_manifest_row: line 11: 'caption' must be a string"
     assert recs[0].ref == f"{root / 'manifest.jsonl'}:1"
@@ -230,14 +230,53 @@ def test_image_folder_too_large_is_not_read(folder, micro_cfg, monkeypatch):
     big = root / "big.png"
     big.write_bytes(b"\x89PNG" + bytes(5000))
     (root / "big.txt").write_bytes(b"big one")
-    read = s3.Storage.read
+    read = Files.read
     seen: list[str] = []
-    monkeypatch.setattr(s3.Storage, "read", lambda self, p: seen.append(p) or read(self, p))
+    monkeypatch.setattr(Files, "read", lambda self, p: seen.append(p) or read(self, p))
     cfg = with_max_file_bytes(micro_cfg, 1000)
     recs = {r.meta["path"]: r for r in iter_source(ImageFolderSourceConfig(path=str(root)), cfg)}
     assert recs["big.png"].error == f"file_too_large: {big}: 5004 bytes > max_file_bytes 1000"
     assert str(big) not in seen
     assert recs["a.png"].error is None and recs["a.png"].image == files["a.png"]
+
+
+def test_image_folder_reads_hugging_face_metadata_jsonl(tmp_path, micro_cfg):
+    """An ImageFolder dataset as Hugging Face lays it out: the records are the rows `datasets` reads."""
+    from datasets import load_dataset
+
+    root = tmp_path / "hf"
+    (root / "train" / "sub").mkdir(parents=True)
+    (root / "test").mkdir()
+    for rel, seed in (("train/a.png", 1), ("train/sub/b.png", 2), ("test/c.png", 3)):
+        (root / rel).write_bytes(png(seed))
+    (root / "train" / "a.txt").write_bytes(b"a sidecar, unused when metadata.jsonl is there")
+    write_manifest(root / "train", [json.dumps({"file_name": "a.png", "text": "noise a", "label": 4}),
+                                    json.dumps({"file_name": "sub/b.png", "text": "noise b", "label": 5})],
+                   name="metadata.jsonl")
+    write_manifest(root / "test", [json.dumps({"file_name": "c.png", "text": "noise c", "label": 6})],
+                   name="metadata.jsonl")
+    recs = list(iter_source(ImageFolderSourceConfig(path=str(root), task="generate"), micro_cfg))
+    assert [(r.meta["path"], r.caption, r.error) for r in recs] == [
+        ("test/c.png", "noise c", None), ("train/a.png", "noise a", None), ("train/sub/b.png", "noise b", None)]
+    assert recs[0].ref == f"{root / 'test' / 'metadata.jsonl'}:1"
+    hf = load_dataset("imagefolder", data_dir=str(root))
+    ours = {r.caption: np.asarray(Image.open(io.BytesIO(r.image))) for r in recs}
+    theirs = {row["text"]: np.asarray(row["image"]) for split in ("train", "test") for row in hf[split]}
+    assert ours.keys() == theirs.keys()
+    for text, pixels in ours.items():
+        np.testing.assert_array_equal(pixels, theirs[text])
+
+    write_manifest(root / "test", [json.dumps({"file_name": "c.png", "image": "c.png", "text": "x"}),
+                                   json.dumps({"file_name": "c.png", "text": "x", "caption": "y"}),
+                                   json.dumps({"file_name": "gone.png", "text": "x"}),
+                                   json.dumps({"file_name": "c.png", "question": "q?", "answer": "a"})],
+                   name="metadata.jsonl")
+    recs = list(iter_source(ImageFolderSourceConfig(path=str(root / "test")), micro_cfg))
+    assert [r.error for r in recs[:3]] == [
+        "bad_manifest_row: line 1: both 'file_name' and 'image': give one",
+        "bad_manifest_row: line 2: both 'text' and 'caption': give one",
+        f"missing_file: {root / 'test' / 'gone.png'}"]
+    assert (recs[3].question, recs[3].answer, recs[3].image) == ("q?", "a", png(3))
 
 
 def test_image_folder_missing_or_empty_folder(tmp_path, micro_cfg):
@@ -291,6 +330,21 @@ def test_parquet_reads_both_layouts_in_batches(tmp_path, micro_cfg, monkeypatch)
     assert recs[7].error.startswith("missing_image: no embedded bytes (path 'y.png'")
     assert recs[8].error == f"missing_caption: {shard1}#3"
     assert recs[2].ref == f"{tmp_path / 'pq' / 'part-0.parquet'}#2" and recs[2].meta["row"] == 2
+
+
+def test_parquet_memory_is_one_row_group_not_the_shard(tmp_path, micro_cfg):
+    """Arrow's pre_buffer holds every row group it is asked for; the reader asks for one at a time."""
+    n, groups = 200, 10
+    blobs = [np.random.default_rng(i).bytes(50_000) for i in range(n)]  # incompressible
+    pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()), "caption": [f"c{i}" for i in range(n)]}),
+                   tmp_path / "big.parquet", row_group_size=n // groups)
+    size = (tmp_path / "big.parquet").stat().st_size
+    base, peak, seen = pa.total_allocated_bytes(), 0, []
+    for r in iter_source(ParquetSourceConfig(path=str(tmp_path / "big.parquet"), batch_rows=8), micro_cfg):
+        peak = max(peak, pa.total_allocated_bytes() - base)
+        seen.append(r.image)
+    assert seen == blobs
+    assert peak < size / 2  # buffering the whole shard would need more than `size`
 
 
 def test_parquet_file_glob_and_understand(tmp_path, micro_cfg):
@@ -418,12 +472,14 @@ def test_readers_registered():
     assert DataConfig().max_file_bytes > 0
 
 
-def test_url_helpers():
-    assert s3.split_url("s3://bucket/a/b.tar") == ("bucket", "a/b.tar")
-    assert s3.split_url("s3://bucket") == ("bucket", "")
-    with pytest.raises(SourceError, match="no bucket"):
-        s3.split_url("s3:///key")
-    assert s3.relpath_inside("a/./b.png") == "a/b.png"
+def test_path_helpers(tmp_path, micro_cfg):
+    assert relpath_inside("a/./b.png") == "a/b.png"
     for bad in ("../x", "/abs", "a/../../x", "", ".", "s3://b/k"):
-        assert s3.relpath_inside(bad) is None
-    assert s3.join("s3://b/p/", "x.png") == "s3://b/p/x.png"
+        assert relpath_inside(bad) is None
+    assert Files("s3://b/p/", micro_cfg.storage).join("x.png") == "s3://b/p/x.png"
+    files = Files("s3://b/p/*.tar", micro_cfg.storage)
+    assert (files.path, files.url_of("b/p/a.tar")) == ("b/p/*.tar", "s3://b/p/a.tar")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.tar").write_bytes(b"x")
+    (tmp_path / "d" / ".part.tar").write_bytes(b"hidden temporary")
+    assert Files(str(tmp_path / "d"), micro_cfg.storage).expand((".tar",)) == [Entry(str(tmp_path / "d" / "a.tar"), 1)]

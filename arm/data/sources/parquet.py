@@ -1,5 +1,10 @@
 """Parquet shards (file, folder or glob; local or s3://) read in row batches with pyarrow.
 
+Shards are listed through fsspec (`Files`) and read through `arm.fs.arrow_fs_for` with
+`pre_buffer`: for each row group pyarrow fetches the two columns' chunks as coalesced range
+requests, in parallel on its I/O pool. Row groups are read one by one, so memory is one row
+group's columns, never the shard.
+
 The image column holds encoded bytes, or a struct {bytes, path} as written by Hugging Face
 `datasets`; the caption column is a string or bytes (bytes are left for curation to decode).
 A shard that is not readable Parquet becomes one error record; a shard without the configured
@@ -12,10 +17,13 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
+from fsspec.core import split_protocol
+
 from arm.config import ArmConfig, ParquetSourceConfig
-from arm.data import s3
 from arm.data.records import RawRecord
 from arm.data.sources import SourceError, register
+from arm.data.sources.files import Files
+from arm.fs import arrow_fs_for
 
 DESCRIBE = "describe the image."
 SUFFIXES = (".parquet", ".parq", ".pq")
@@ -57,7 +65,11 @@ def _records(src: ParquetSourceConfig, cfg: ArmConfig, shard: str, pf: Any) -> I
     _check_columns(pf.schema_arrow, src, shard)
     limit = cfg.data.max_file_bytes
     row = 0
-    for batch in pf.iter_batches(batch_size=src.batch_rows, columns=[src.image_column, src.caption_column]):
+    # One row group at a time: pre_buffer fetches (and holds) every row group it is given at once.
+    batches = (batch for group in range(pf.num_row_groups)
+               for batch in pf.iter_batches(batch_size=src.batch_rows, row_groups=[group],
+                                            columns=[src.image_column, src.caption_column]))
+    for batch in batches:
         images = batch.column(src.image_column).to_pylist()
         captions = batch.column(src.caption_column).to_pylist()
         for image, text in zip(images, captions):
@@ -92,14 +104,18 @@ def _read_all(src: ParquetSourceConfig, cfg: ArmConfig) -> Iterator[RawRecord]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    store = s3.Storage(cfg.storage)
-    for entry in store.expand(src.path, SUFFIXES):
-        with store.open_random(entry.path, entry.size) as f:
-            try:
-                pf = pq.ParquetFile(f)
-                yield from _records(src, cfg, entry.path, pf)
-            except (pa.ArrowException, OSError) as e:
-                # Rows already yielded stay valid; the rest of this shard is one rejection.
-                # A network failure is a SourceError, which pyarrow passes through unchanged.
-                yield RawRecord(source=src.name, ref=entry.path, task=src.task,
-                                meta={"shard": entry.path}, error=f"bad_shard: {entry.path}: {e}")
+    files = Files(src.path, cfg.storage)
+    entries = files.expand(SUFFIXES)
+    afs, _ = arrow_fs_for(src.path, cfg.storage)  # one client for all the shards
+    for entry in entries:
+        try:
+            with afs.open_input_file(split_protocol(entry.url)[1]) as f:
+                yield from _records(src, cfg, entry.url, pq.ParquetFile(f, pre_buffer=True))
+        except (pa.ArrowException, OSError) as e:
+            # A failure of the store is a SourceError; anything else is this shard's damage:
+            # rows already yielded stay valid, the rest of the shard is one rejection.
+            err = files.translate(entry.url, e)
+            if err is not None:
+                raise err from e
+            yield RawRecord(source=src.name, ref=entry.url, task=src.task,
+                            meta={"shard": entry.url}, error=f"bad_shard: {entry.url}: {e}")

@@ -3,7 +3,7 @@
 Members are grouped into samples by key as WebDataset does (the path up to the first dot of the
 file name; consecutive members with the same key form one sample). The image is the first of
 `image_ext` present, the caption the first of `caption_ext`. Read with tarfile in stream mode
-from local files or S3 bodies alike, so a shard is never held whole in memory or on disk.
+from any fsspec stream (local, s3://, ...), so a shard is never held whole in memory or on disk.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from arm.config import ArmConfig, WebDatasetSourceConfig
-from arm.data import s3
 from arm.data.records import RawRecord
 from arm.data.sources import register
+from arm.data.sources.files import Files
 
 DESCRIBE = "describe the image."
 SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -107,15 +107,15 @@ def read_webdataset(src: WebDatasetSourceConfig, cfg: ArmConfig) -> Iterator[Raw
 
 
 def _read_all(src: WebDatasetSourceConfig, cfg: ArmConfig) -> Iterator[RawRecord]:
-    store = s3.Storage(cfg.storage)
-    for entry in store.expand(src.path, SUFFIXES):
-        with store.open_stream(entry.path) as stream:
+    files = Files(src.path, cfg.storage)
+    for entry in files.expand(SUFFIXES):
+        with files.open_stream(entry.url) as stream:
             try:
                 with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_EndCheckedTarInfo) as tar:
-                    for sample in _samples(tar, entry.path, cfg.data.max_file_bytes):
-                        yield _record(src, entry.path, sample)
+                    for sample in _samples(tar, entry.url, cfg.data.max_file_bytes):
+                        yield _record(src, entry.url, sample)
             except (tarfile.TarError, EOFError, OSError) as e:
                 # Samples already yielded stay valid; the rest of this shard is one rejection.
                 # A network failure is a SourceError, which tarfile passes through unchanged.
-                yield RawRecord(source=src.name, ref=entry.path, task=src.task,
-                                meta={"shard": entry.path}, error=f"bad_shard: {entry.path}: {e}")
+                yield RawRecord(source=src.name, ref=entry.url, task=src.task,
+                                meta={"shard": entry.url}, error=f"bad_shard: {entry.url}: {e}")
