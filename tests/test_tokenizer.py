@@ -70,6 +70,8 @@ def test_save_load_identity(tok, micro_cfg, tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
     card = ModelCard.load(d / "README.md")
     assert card.data.library_name == "arm" and {"visual-tokenizer", "pytorch_model_hub_mixin"} <= set(card.data.tags)
+    assert f"codes in [0, {tok.codebook_size})" in card.text and f'from_pretrained("{d}")' in card.text
+    assert "More Information Needed" not in card.text
     spec = json.loads((d / "config.json").read_text())
     levels = list(micro_cfg.tokenizer.levels)
     assert spec["levels"] == levels and spec["format"] == "arm-visual-tokenizer" and spec == tok.spec

@@ -109,11 +109,38 @@ class CaptionHead(nn.Module):
         return self.out(self.norm(y))
 
 
+# The card PyTorchModelHubMixin writes beside the weights (its default is a stub of "More
+# Information Needed"); rendered with huggingface_hub's ModelCard.from_template.
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# ARM visual tokenizer
+
+A semantic FSQ visual tokenizer: a {{ image_size }} px RGB image becomes a {{ grid }}x{{ grid }} grid
+of codes in [0, {{ codebook_size }}) (FSQ levels {{ levels }}), and codes decode back to pixels.
+Encoder: SigLIP vision tower{% if encoder_source %} from `{{ encoder_source }}`{% endif %},
+{% if encoder_window %}seeing {{ encoder_window }}x{{ encoder_window }} patches at a time{% else %}seeing the whole image{% endif %}.
+
+```python
+from arm.tokenizer.model import VisualTokenizer
+
+tok = VisualTokenizer.from_pretrained("{{ path }}")
+codes = tok.encode(images)   # list of PIL images -> LongTensor [B, {{ grid }}, {{ grid }}]
+pixels = tok.decode(codes)   # -> FloatTensor [B, 3, {{ image_size }}, {{ image_size }}] in [0, 1]
+```
+
+`config.json` is the constructor's `config`; the weights are `model.safetensors`
+(huggingface_hub's `PyTorchModelHubMixin`).
+"""
+
+
 class VisualTokenizer(
     nn.Module,
     PyTorchModelHubMixin,
     library_name="arm",
     tags=["arm", "visual-tokenizer", "fsq", "image-tokenization"],
+    model_card_template=CARD_TEMPLATE,
 ):
     """Images <-> discrete codes [B, h, w] in [0, codebook_size). See the module docstring.
 
@@ -465,7 +492,10 @@ class VisualTokenizer(
         """config.json + model.safetensors + README.md, written to a temp dir and renamed into place."""
         directory = Path(save_directory)
         with atomic_path(directory) as tmp:
-            super().save_pretrained(tmp, config=self.spec, **kwargs)
+            card = {"image_size": self._image_size, "grid": self._grid[0], "codebook_size": self.codebook_size,
+                    "levels": self._levels, "encoder_source": self.spec.get("encoder_source"),
+                    "encoder_window": self._window, "path": str(directory)}
+            super().save_pretrained(tmp, config=self.spec, model_card_kwargs=card, **kwargs)
         return directory
 
     @classmethod
