@@ -28,7 +28,6 @@ benchmarks/results/gpu_smoke.json).
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import math
@@ -44,6 +43,7 @@ from pathlib import Path
 import torch
 
 from arm.config import ArmConfig, load_config
+from arm.curves import read_curve
 from arm.io import atomic_write_json
 
 PRESET = "7b"
@@ -224,7 +224,7 @@ def overrides(size: Size, shape: Shape, work: Path, run: str, text_dir: Path, n_
         "pretrain.checkpoints": str(root / "checkpoints"),
         "pretrain.output": str(root / "model"),
         "pretrain.metrics": str(root / "metrics.json"),
-        "pretrain.plot": str(root / "loss.csv"),
+        "pretrain.plot": str(root / "curve"),
     }
     return [f"{k}={json.dumps(v)}" for k, v in o.items()]  # JSON is YAML: lists and null parse back
 
@@ -260,21 +260,18 @@ def shapes_texts(cfg: ArmConfig, n_scenes: int) -> list[str]:
 # ----------------------------------------------------------------------------- phases
 
 
-def read_curve(path: Path) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def compare_curves(a: list[dict[str, str]], b: list[dict[str, str]]) -> dict:
-    """Largest absolute and relative difference of the logged losses, step by step."""
+def compare_curves(a: list[dict[str, float]], b: list[dict[str, float]]) -> dict:
+    """Largest absolute and relative difference of the logged losses, step by step (arm.curves rows)."""
     worst_abs = worst_rel = 0.0
     for ra, rb in zip(a, b):
+        if ra["step"] != rb["step"]:
+            worst_abs = worst_rel = math.inf
         for col in LOSS_COLUMNS:
-            if ra.get(col, "") == "" or rb.get(col, "") == "":
-                if ra.get(col, "") != rb.get(col, ""):
+            if col not in ra or col not in rb:
+                if (col in ra) != (col in rb):
                     worst_abs = worst_rel = math.inf
                 continue
-            x, y = float(ra[col]), float(rb[col])
+            x, y = ra[col], rb[col]
             worst_abs = max(worst_abs, abs(x - y))
             worst_rel = max(worst_rel, abs(x - y) / max(abs(x), 1e-12))
     return {"steps": [len(a), len(b)], "max_abs_loss_diff": worst_abs, "max_rel_loss_diff": worst_rel}
@@ -360,7 +357,7 @@ def stage_overrides(size: Size, work: Path, device: str, dtype: torch.dtype, fmn
         "rl.output": str(work / "rl" / "model"),
         "rl.checkpoints": str(work / "rl" / "checkpoints"),
         "rl.metrics": str(work / "rl" / "metrics.json"),
-        "rl.plot": str(work / "rl" / "reward.csv"),
+        "rl.plot": str(work / "rl" / "curve"),
         "rl.nproc": 1,  # one GPU: accelerate's ZeRO-3 over a world of one
         "rl.steps": 1,
         "rl.prompts_per_step": size.rl_prompts,
@@ -594,8 +591,8 @@ def run(params: Path, size: Size, device: str, out: Path, work: Path, steps: int
         cfg = load_config(params, PRESET, main_overrides)
         m = pretrain(cfg, progress=False)
         _free(device)
-    curve = read_curve(work / "main" / "loss.csv")
-    first, last = float(curve[0]["loss"]), float(curve[-1]["loss"])
+    curve = read_curve(work / "main" / "curve")
+    first, last = curve[0]["loss"], curve[-1]["loss"]
     layout = VocabLayout.load(work / "main" / "model")
     p = cfg.pretrain
     result["config"] = {
@@ -634,7 +631,7 @@ def run(params: Path, size: Size, device: str, out: Path, work: Path, steps: int
         _free(device)
         pretrain(resume_cfg("resume_cut"), progress=False)  # resumes at resume_stop: weights, Adam, schedule, RNG, data
         _free(device)
-        diff = compare_curves(read_curve(work / "resume_full" / "loss.csv"), read_curve(work / "resume_cut" / "loss.csv"))
+        diff = compare_curves(read_curve(work / "resume_full" / "curve"), read_curve(work / "resume_cut" / "curve"))
     # bitwise on CPU; on a GPU, atomics in some backward kernels (attention, embedding) differ in the last bits
     tol = 1e-6 if device == "cpu" else 1e-3
     result["resume"] = {

@@ -37,7 +37,7 @@ def overrides(root: Path, steps: int, hidden: int | None, layers: int | None, th
     o = [f"pretrain.threads={threads}",
         "pretrain.data=shapes", "pretrain.images=oracle",
         f"pretrain.checkpoints={root / 'ckpt'}", f"pretrain.output={root / 'model'}",
-        f"pretrain.metrics={root / 'metrics.json'}", f"pretrain.plot={root / 'loss.csv'}",
+        f"pretrain.metrics={root / 'metrics.json'}", f"pretrain.plot={root / 'curve'}",
         f"pretrain.max_steps={steps}", f"pretrain.warmup_steps={min(steps, 10)}",
         f"pretrain.eval_every={steps}", "pretrain.eval_rows=4", f"pretrain.checkpoint_every={steps}",
         "data.sources=[{type: shapes, n_scenes: 600}]",

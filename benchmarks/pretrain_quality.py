@@ -15,7 +15,6 @@ Results accumulate by --name in benchmarks/results/pretrain_quality.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from arm.config import load_config
+    from arm.curves import read_curve
     from arm.eval.prompts import build_prompt_sets
     from arm.eval.run import evaluate
     from arm.io import atomic_write_json
@@ -64,7 +64,7 @@ def main() -> None:
     o = [
         "pretrain.data=shapes", "pretrain.images=oracle",
         f"pretrain.checkpoints={root / 'ckpt'}", f"pretrain.output={root / 'model'}",
-        f"pretrain.metrics={root / 'pretrain.json'}", f"pretrain.plot={root / 'loss.csv'}",
+        f"pretrain.metrics={root / 'pretrain.json'}", f"pretrain.plot={root / 'curve'}",
         f"eval.metrics_dir={root}", f"eval.reports_dir={root / 'reports'}",
         "eval.benchmarks=" + json.dumps(SHAPES_BENCHES),
         *args.overrides,
@@ -87,9 +87,8 @@ def main() -> None:
     scores = evaluate(cfg, None, pipeline=pipe, tokenizer=visual, name=args.name, prompts_dir=prompts)
     eval_wall = time.perf_counter() - t1
 
-    with open(root / "loss.csv") as f:
-        curve = list(csv.DictReader(f))
-    val_curve = [{k: r[k] for k in r if k == "step" or k.startswith("val_")} for r in curve if r.get("val_generate")]
+    val_curve = [{k: r[k] for k in r if k == "step" or k.startswith("val_")}
+                 for r in read_curve(root / "curve") if "val_generate" in r]
     entry = {
         "preset": args.preset,
         "overrides": args.overrides,

@@ -8,13 +8,13 @@ written with save_pretrained (tests/mini_checkpoints.py); nothing comes from a h
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 
 import pytest
 import torch
 
+from arm.curves import read_curve
 from tests.conftest import REPO
 from tests.mini_checkpoints import make_all, overrides
 
@@ -44,11 +44,6 @@ def test_7b_mini_keeps_every_switch_of_7b():
     assert mini.model.hidden_size < big.model.hidden_size and mini.pretrain.max_steps < big.pretrain.max_steps
 
 
-def _curve(path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.mark.slow
 def test_7b_mini_lifecycle_on_two_ranks(tmp_path, monkeypatch):
     """Tokenizer training, tokenize and 2-rank bf16 ZeRO-3 pretraining from a resized Qwen2; the
@@ -74,25 +69,25 @@ def test_7b_mini_lifecycle_on_two_ranks(tmp_path, monkeypatch):
     params = str(REPO / "params.yaml")
     full = pretrain_multiprocess(params, "7b-mini", stand_ins + ["pretrain.checkpoints=ckpt_full",
                                                                  "pretrain.output=model_full",
-                                                                 "pretrain.plot=full.csv",
+                                                                 "pretrain.plot=full_curve",
                                                                  "pretrain.metrics=full.json"], nproc=2)
     assert full["world_size"] == 2 and full["steps"] == cfg.pretrain.max_steps
-    curve = _curve(tmp_path / "full.csv")
-    losses = [float(r["loss"]) for r in curve]
+    curve = read_curve(tmp_path / "full_curve")
+    losses = [r["loss"] for r in curve]
     assert losses[-1] < losses[0] - 1.0, losses  # from a random Qwen2 with ~16k new rows: falls fast
     assert all(math.isfinite(v) for v in full["val_loss"].values())
 
-    cut = stand_ins + ["pretrain.checkpoints=ckpt_cut", "pretrain.output=model_cut", "pretrain.plot=cut.csv",
+    cut = stand_ins + ["pretrain.checkpoints=ckpt_cut", "pretrain.output=model_cut", "pretrain.plot=cut_curve",
                        "pretrain.metrics=cut.json"]
     stop = cfg.pretrain.checkpoint_every  # killed right after a checkpoint
     r = pretrain_multiprocess(params, "7b-mini", cut, nproc=2, stop_after=stop)
     assert r["stopped"] == "stop_after" and not (tmp_path / "model_cut").exists()
     pretrain_multiprocess(params, "7b-mini", cut, nproc=2)
-    a, b = _curve(tmp_path / "full.csv"), _curve(tmp_path / "cut.csv")
+    a, b = read_curve(tmp_path / "full_curve"), read_curve(tmp_path / "cut_curve")
     assert len(a) == len(b) == cfg.pretrain.max_steps
     for ra, rb in zip(a, b):
         for col in ("loss", "lr", "tokens"):
-            assert math.isclose(float(ra[col]), float(rb[col]), rel_tol=1e-6), (ra["step"], col)
+            assert math.isclose(ra[col], rb[col], rel_tol=1e-6), (ra["step"], col)
 
     # the export is a stock transformers Qwen2 in bf16 with the vocabulary of our layout
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model_full", local_files_only=True)

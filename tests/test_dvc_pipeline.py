@@ -140,3 +140,46 @@ def test_presets_tiny_exists_for_dvc_and_refuses_overrides(tmp_path):
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ConfigError, match="presets.tiny must stay empty"):
         load_config(path)
+
+
+def _logged_metrics() -> dict[str, set[str]]:
+    """What each trainer logs per step (arm.curves), by its curve directory in params.yaml."""
+    from arm.config import load_config
+    from arm.rl.trainer import curve_columns
+    from arm.text.sequences import TASKS
+    from arm.tokenizer.train import LOSS_NAMES
+
+    cfg = load_config(REPO / "params.yaml")
+    return {cfg.tokenizer.plots: {"loss", *LOSS_NAMES, "lr"},
+            cfg.pretrain.plot: {"tokens", "lr", "loss", *(f"loss_{t}" for t in TASKS), *(f"val_{t}" for t in TASKS)},
+            cfg.rl.plot: set(curve_columns(cfg)) - {"step"}}
+
+
+def test_dvc_plots_draw_the_curves_the_trainers_write(tmp_path):
+    from arm.curves import write_curve
+
+    logged = _logged_metrics()
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    for plot in plots:
+        (props,) = plot.values()
+        for path, column in props["y"].items():
+            curve_dir = path.removesuffix(f"/plots/metrics/{column}.tsv")
+            assert column in logged.get(curve_dir, ()), (path, column)
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    run(["git", "init", "-q"], root)  # no commit yet: writing a curve must not need one
+    run(["dvc", "init", "-q"], root)
+    for curve_dir, names in logged.items():
+        write_curve(root / curve_dir, [{"step": s, **{n: s / 10 for n in names}} for s in (1, 2, 3)])
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], root))
+    assert "errors" not in shown, shown.get("errors")
+    for plot in plots:
+        ((plot_id, props),) = plot.items()
+        (view,) = shown["data"][plot_id]
+        values = view["content"]["data"]["values"]
+        for path, column in props["y"].items():
+            points = [v for v in values if column in v]  # each point carries its own file's column
+            assert [(v["step"], v[column]) for v in points] == [("1", "0.1"), ("2", "0.2"), ("3", "0.3")], (plot_id, path)

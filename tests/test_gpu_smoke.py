@@ -48,15 +48,20 @@ def test_stand_in_tokenizer_has_the_asked_size(tmp_path):
     assert ids and max(ids) < 512 and tok.decode(ids) == "a red circle"  # padding rows are never produced
 
 
-def test_compare_curves_sees_a_changed_loss():
-    a = [{"step": "1", "loss": "2.0", "loss_edit": ""}, {"step": "2", "loss": "1.5", "loss_edit": "1.0"}]
+def test_compare_curves_sees_a_changed_loss(tmp_path):
+    from arm.curves import write_curve
+
+    write_curve(tmp_path / "curve", [{"step": 1, "loss": 2.0, "loss_edit": None}, {"step": 2, "loss": 1.5, "loss_edit": 1.0}])
+    a = smoke.read_curve(tmp_path / "curve")  # the rows as the smoke test reads them back
     same = smoke.compare_curves(a, [dict(r) for r in a])
     assert same == {"steps": [2, 2], "max_abs_loss_diff": 0.0, "max_rel_loss_diff": 0.0}
-    b = [dict(a[0]), {**a[1], "loss": "1.65"}]
+    b = [dict(a[0]), {**a[1], "loss": 1.65}]
     d = smoke.compare_curves(a, b)
     assert math.isclose(d["max_abs_loss_diff"], 0.15) and math.isclose(d["max_rel_loss_diff"], 0.1)
-    missing = [dict(a[0]), {**a[1], "loss_edit": ""}]
+    missing = [dict(a[0]), {k: v for k, v in a[1].items() if k != "loss_edit"}]
     assert smoke.compare_curves(a, missing)["max_rel_loss_diff"] == math.inf
+    shifted = [dict(a[0]), {**a[1], "step": 3}]
+    assert smoke.compare_curves(a, shifted)["max_rel_loss_diff"] == math.inf
 
 
 def test_non_empty_workdir_is_refused(tmp_path, capsys):

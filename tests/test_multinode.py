@@ -4,7 +4,6 @@ working dirs that share only a SeaweedFS server) training, checkpointing and res
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -19,6 +18,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from safetensors.torch import load
 
+from arm.curves import read_curve
 from arm.train.dist import DistEnv
 from arm.train.remote import RemoteError, RunMirror, writer_rank
 from s3_servers import free_ports
@@ -204,7 +204,7 @@ def _run_nodes(root: Path, remote: str, endpoint: str, stop_after: int = 0, **ex
     rdzv = uuid.uuid4().hex[:8]
     o = {"pretrain.data": "shapes", "pretrain.images": "oracle", "pretrain.zero_stage": 2, "pretrain.remote": remote,
          "storage.endpoint_url": endpoint, "pretrain.checkpoints": "ckpt", "pretrain.output": "model",
-         "pretrain.metrics": "metrics.json", "pretrain.plot": "loss.csv", **extra}
+         "pretrain.metrics": "metrics.json", "pretrain.plot": "curve", **extra}
     code = ("import json, sys; from arm.train.pretrain import pretrain_multiprocess as run; "
             "print('METRICS', json.dumps(run(sys.argv[1], 'micro', sys.argv[3:], 1, int(sys.argv[2]) or None)))")
     procs, logs = [], []
@@ -239,9 +239,8 @@ def _local_ranks(node: Path) -> set[int]:
 
 
 def _curve(node_dirs: list[Path]) -> list[dict]:
-    (path,) = [d / "loss.csv" for d in node_dirs if (d / "loss.csv").exists()]  # on rank 0's node only
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    (path,) = [d / "curve" for d in node_dirs if (d / "curve").exists()]  # on rank 0's node only
+    return read_curve(path)
 
 
 @pytest.mark.slow
@@ -291,19 +290,17 @@ def test_two_nodes_share_only_s3_and_resume_from_it(s3_server, tmp_path, monkeyp
     assert not fs.exists(f"{bucket}/b/export.files.json")
     for node in nodes_b:
         shutil.rmtree(node / "ckpt")
-        (node / "loss.csv").unlink(missing_ok=True)
+        shutil.rmtree(node / "curve", ignore_errors=True)
     logs = _run_nodes(b, f"s3://{bucket}/b", s3_server.endpoint_url)
     assert sum("at step 4" in log for log in logs) == 1  # rank 0 logged the resume from the store's step 4
     assert _metrics(logs[0])["steps"] == 6
 
     ca, cb = _curve(nodes_a), _curve(nodes_b)
-    assert [int(r["step"]) for r in cb] == list(range(1, 7))
+    assert [r["step"] for r in cb] == list(range(1, 7))
     for ra, rb in zip(ca, cb):
+        assert ra.keys() == rb.keys(), ra["step"]
         for col in ra:
-            if ra[col] == "":
-                assert rb[col] == ""
-            else:
-                assert math.isclose(float(ra[col]), float(rb[col]), rel_tol=1e-6, abs_tol=1e-7), (ra["step"], col)
+            assert math.isclose(ra[col], rb[col], rel_tol=1e-6, abs_tol=1e-7), (ra["step"], col)
     wa = load(fs.cat_file(f"{bucket}/a/export/model.safetensors"))
     wb = load(fs.cat_file(f"{bucket}/b/export/model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)

@@ -46,7 +46,7 @@ def test_cli_runs_the_flow(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     args = ["rl", "--preset", "micro"]
     for item in (f"rl.base={base}", f"rl.output={tmp_path}/arm-rl", f"rl.checkpoints={tmp_path}/ck",
-                 f"rl.metrics={tmp_path}/rl.json", f"rl.plot={tmp_path}/rl.csv", "rl.rewards.t2i.alignment=0"):
+                 f"rl.metrics={tmp_path}/rl.json", f"rl.plot={tmp_path}/curve", "rl.rewards.t2i.alignment=0"):
         args += ["--set", item]
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 

@@ -4,12 +4,12 @@ every global batch, so with losses that are means over the batch the 2-rank run 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
 
+from arm.curves import read_curve
 from arm.tokenizer.model import VisualTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,14 +37,13 @@ def store(tmp_path_factory):
 
 def _overrides(store: Path, out: Path, *extra: str) -> list[str]:
     return [f"data.store={store}", f"tokenizer.output={out}/model", f"tokenizer.checkpoint_dir={out}/ckpt",
-            f"tokenizer.metrics={out}/metrics.json", f"tokenizer.plots={out}/curve.csv",
+            f"tokenizer.metrics={out}/metrics.json", f"tokenizer.plots={out}/curve",
             f"tokenizer.text_cache={out.parent}/textcache", "tokenizer.eval.zeroshot_limit=20",
             "tokenizer.eval.probe_train=20", *MEAN_LOSSES, *extra]
 
 
 def _curve(out: Path) -> list[dict[str, float]]:
-    with open(out / "curve.csv") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    return read_curve(out / "curve")
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from arm.curves import read_curve
 from arm.tokenizer.data import generated_set, store_sets
 from arm.tokenizer.model import VisualTokenizer
 from arm.tokenizer.train import LOSS_NAMES, train_tokenizer
@@ -24,7 +24,7 @@ def _paths(cfg_overrides: list[str], root) -> list[str]:
         f"tokenizer.output={root}/model",
         f"tokenizer.checkpoint_dir={root}/ckpt",
         f"tokenizer.metrics={root}/metrics.json",
-        f"tokenizer.plots={root}/curve.csv",
+        f"tokenizer.plots={root}/curve",
         f"tokenizer.tokens.output={root}/tokens",
         f"tokenizer.tokens.metrics={root}/tokenize.json",
         *cfg_overrides,
@@ -58,7 +58,7 @@ def test_each_loss_falls_on_a_short_run(tmp_path, text_cache, gen_sets):
     cfg = _cfg(tmp_path, text_cache, "tokenizer.train.steps=40", "tokenizer.train.lr=0.003",
                "tokenizer.train.decoder_finetune=0")
     out = train_tokenizer(cfg, sets=gen_sets, resume=False, progress=False, evaluate=False)
-    curve = out.get("curve") or _read_curve(tmp_path / "curve.csv")
+    curve = out.get("curve") or read_curve(tmp_path / "curve")
     assert len(curve) == 40
     for name in LOSS_NAMES:
         first = np.mean([r[name] for r in curve[:8]])
@@ -74,23 +74,18 @@ def test_each_loss_falls_on_a_short_run(tmp_path, text_cache, gen_sets):
     assert metrics["train_steps"] == 40 and set(metrics["final_losses"]) >= set(LOSS_NAMES)
 
 
-def _read_curve(path):
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
 def test_resume_gives_the_same_loss_curve(tmp_path, text_cache, gen_sets):
     # dropout draws from the global RNG: the resumed run matches only if the RNG state is restored
     run = ("tokenizer.train.steps=12", "tokenizer.train.checkpoint_every=5", "tokenizer.dropout=0.1")
     straight = _cfg(tmp_path / "a", text_cache, *run)
     train_tokenizer(straight, sets=gen_sets, resume=False, progress=False, evaluate=False)
-    full = _read_curve(tmp_path / "a" / "curve.csv")
+    full = read_curve(tmp_path / "a" / "curve")
 
     cut = _cfg(tmp_path / "b", text_cache, *run)
     stopped = train_tokenizer(cut, sets=gen_sets, resume=True, progress=False, evaluate=False, stop_at=7)
     assert stopped["stopped_at"] == 7 and not (tmp_path / "b" / "model").exists()
     train_tokenizer(cut, sets=gen_sets, resume=True, progress=False, evaluate=False)
-    resumed = _read_curve(tmp_path / "b" / "curve.csv")
+    resumed = read_curve(tmp_path / "b" / "curve")
     assert [r["step"] for r in resumed] == list(range(1, 13))
     for a, b in zip(full, resumed):
         assert a.keys() == b.keys(), a["step"]  # the last step is in the decoder fine-tune
@@ -106,7 +101,7 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path, text_cache, gen_s
     train_tokenizer(cfg, sets=gen_sets, resume=True, progress=False, evaluate=False, stop_at=3)
     other = _cfg(tmp_path, text_cache, "tokenizer.train.steps=6", "tokenizer.train.lr=0.01")
     train_tokenizer(other, sets=gen_sets, resume=True, progress=False, evaluate=False)
-    assert [r["step"] for r in _read_curve(tmp_path / "curve.csv")] == list(range(1, 7))
+    assert [r["step"] for r in read_curve(tmp_path / "curve")] == list(range(1, 7))
 
 
 # ----------------------------------------------------------------------------- the curated store
@@ -156,7 +151,7 @@ def test_train_from_store_writes_model_metrics_and_curve(micro_tokenizer):
     assert m["oracle_accuracy_on_originals"] == 1.0  # the oracle itself is exact on ground truth
     assert 0 <= m["cell_states_with_own_code"] <= m["cell_states"] <= 25  # 1 + 3 kinds x 4 colours x 2 sizes
     assert json.loads((root / "metrics.json").read_text())["val_images"] == m["val_images"]
-    rows = _read_curve(root / "curve.csv")
+    rows = read_curve(root / "curve")
     assert len(rows) == 8 and set(LOSS_NAMES) <= set(rows[0])
     tok = VisualTokenizer.from_pretrained(root / "model")
     sim = tok.similarity(torch.rand(3, 3, 48, 48), ["a photo of a dress", "a small red circle in the center"])
@@ -333,7 +328,7 @@ def test_decoder_finetune_trains_the_decoder_alone(tmp_path, text_cache, gen_set
     after = _checkpoint_weights(tmp_path / "ckpt")
     moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert moved == {"pixel_decoder", "code_embed"}
-    curve = _read_curve(tmp_path / "curve.csv")
+    curve = read_curve(tmp_path / "curve")
     assert all("scene" in r for r in curve[:3]) and not any("scene" in r for r in curve[3:])
 
 

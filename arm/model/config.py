@@ -76,7 +76,7 @@ class PretrainConfig(Strict):
     # it (arm.train.remote). null = one machine. Required when the ranks span several nodes.
     remote: str | None = None
     metrics: str = "metrics/pretrain.json"
-    plot: str = "plots/pretrain_loss.csv"
+    plot: str = "plots/pretrain"  # dvclive directory of the step curve (arm/curves.py)
     # Where examples come from: "store" = the curated store (data.store); "shapes" = scenes drawn
     # straight from the first shapes source (no store; needs images=oracle): tests and ablations.
     data: Literal["store", "shapes"] = "store"

@@ -213,7 +213,7 @@ def run_claims(
             tag = f"{ts}-s{seed}"
             run_overrides = [
                 *common, f"rl.seed={seed}", f"rl.tasks=[{', '.join(TASK_SETS[ts])}]", f"rl.output={out_root}/{tag}",
-                f"rl.metrics={Path(metrics_out).parent}/rl_claims/{tag}.json", f"rl.plot={plots_dir}/{tag}.csv",
+                f"rl.metrics={Path(metrics_out).parent}/rl_claims/{tag}.json", f"rl.plot={plots_dir}/{tag}",
             ]
             cfg = load_config(params, preset, run_overrides)
             log.info("RL %s (seed %d, tasks %s)", tag, seed, cfg.rl.tasks)

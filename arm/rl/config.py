@@ -30,7 +30,7 @@ class RLConfig(Strict):
     output: str = "models/arm-rl"
     checkpoints: str = "checkpoints/rl"
     metrics: str = "metrics/rl.json"
-    plot: str = "plots/rl_reward.csv"
+    plot: str = "plots/rl"  # dvclive directory of the step curve (arm/curves.py)
 
     # which tasks are trained (t2i alone / edit alone is the cross-task synergy experiment)
     tasks: list[RLTask] = ["t2i", "edit"]

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -38,8 +36,9 @@ import numpy as np
 import torch
 
 from arm.config import ArmConfig
+from arm.curves import write_curve
 from arm.data.oracle import parse
-from arm.io import atomic_write_json, atomic_write_text, sha256_file
+from arm.io import atomic_write_json, sha256_file
 from arm.model.config import SamplingConfig
 from arm.model.io import export_model, load_model as load_model_dir
 from arm.rl import grpo, rewards
@@ -111,15 +110,6 @@ def curve_columns(cfg: ArmConfig) -> list[str]:
     for t in cfg.rl.tasks:
         cols += [f"{t}_{n}" for n, w in sorted(cfg.rl.rewards[t].items()) if w]
     return cols + ["loss", "policy", "kl", "clip_fraction", "ratio", "zero_signal_groups", "sample_s", "update_s"]
-
-
-def write_curve(history: list[dict], cols: list[str], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    for row in history:
-        w.writerow({c: ("" if row.get(c) is None else row[c]) for c in cols})
-    atomic_write_text(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -353,7 +343,7 @@ class GRPOTrainer:
     def save(self) -> None:
         accel.save_state(self.acc, self.run_dir, self.state.step, self.r.keep_checkpoints, meta=asdict(self.state))
         if self.acc.is_main_process:
-            write_curve(self.state.history, self.columns, Path(self.r.plot))
+            write_curve(self.r.plot, self.state.history)
 
     # ------------------------------------------------------------------ the run
 

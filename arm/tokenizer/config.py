@@ -172,7 +172,7 @@ class TokenizerConfig(Strict):
     checkpoint_dir: str = ".arm-cache/checkpoints/tokenizer"
     text_cache: str = ".arm-cache/text-embeddings"
     metrics: str = "metrics/tokenizer.json"
-    plots: str = "plots/tokenizer_loss.csv"
+    plots: str = "plots/tokenizer"  # dvclive directory of the step curve (arm/curves.py)
 
     @model_validator(mode="after")
     def _check(self) -> "TokenizerConfig":

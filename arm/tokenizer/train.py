@@ -13,9 +13,7 @@ batches in the same order as an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import random
@@ -28,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from arm.io import atomic_write_json, atomic_write_text
+from arm.curves import write_curve
+from arm.io import atomic_write_json
 from arm.tokenizer import losses as L
 from arm.tokenizer.data import ImageTextSet, scene_cell_states, scene_class_count, step_loader
 from arm.tokenizer.model import VisualTokenizer
@@ -145,16 +144,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         plain = p.ndim < 2 or name.endswith("pos") or "embed" in name or "logit_" in name
         (no_decay if plain else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def write_curve(path: str | Path, curve: list[dict[str, float]]) -> None:
-    cols = ["step", "loss", *LOSS_NAMES, "lr"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for row in curve:
-        w.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in cols})
-    atomic_write_text(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- checkpoints

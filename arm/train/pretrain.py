@@ -11,9 +11,7 @@ curve (params, data version, world size), so changed params never resume a stale
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -30,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from arm.config import ArmConfig
-from arm.io import atomic_path, atomic_write_json, atomic_write_text
+from arm.curves import write_curve
+from arm.io import atomic_path, atomic_write_json
 from arm.model.build import build_model, flops_per_token, use_factorized
 from arm.model.io import export_model
 from arm.fs import join
@@ -229,16 +228,6 @@ def _seed_process(seed: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
-def write_curve(history: list[dict], path: Path) -> None:
-    cols = ["step", "tokens", "lr", "loss", *[f"loss_{t}" for t in TASKS], *[f"val_{t}" for t in TASKS]]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    for row in history:
-        w.writerow({c: ("" if row.get(c) is None or (isinstance(row.get(c), float) and math.isnan(row[c])) else row[c]) for c in cols})
-    atomic_write_text(path, buf.getvalue())
-
-
 def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = True,
              logger: logging.Logger | logging.LoggerAdapter | None = None) -> dict:
     """Train (resuming if a checkpoint of this run exists) and export. Returns the metrics.
@@ -349,7 +338,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         if denv.local_rank == 0:  # every node keeps its own disk in bounds
             ckpt.prune(run_dir, p.keep_checkpoints)
         if denv.is_main:
-            write_curve(state.history, Path(p.plot))
+            write_curve(p.plot, state.history)
 
     flops = flops_per_token(cfg.model, layout, cfg.text.seq_len)
     rows = stream.rows(position)
@@ -454,7 +443,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         if mirror is not None:
             mirror.push_export(Path(p.output), metrics)
         atomic_write_json(p.metrics, metrics)
-        write_curve(state.history, Path(p.plot))
+        write_curve(p.plot, state.history)
     dist.barrier()
     return metrics
 
