@@ -16,6 +16,7 @@ from arm.data import shapes
 from arm.data.oracle import FOREGROUND_DELTA
 from arm.data.shapes import Scene, ShapeObject
 from arm.eval.checks import edit_check, perceptual_quality
+from arm.eval.image_metrics import PSNR_CAP
 from arm.eval.scoring import score_edit, score_geneval
 from arm.eval.modules import as_reference, load
 from arm.eval.prompts import make_sets
@@ -294,8 +295,8 @@ def test_tokenizer_psnr_ssim_and_code_usage():
     m = load("tokenizer")
     rng = np.random.default_rng(0)
     originals = [Image.fromarray(rng.integers(0, 200, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
-    same = m.compute(predictions=originals, references=originals, psnr_cap=100.0)
-    assert same["psnr"] == 100.0 and math.isclose(same["ssim"], 1.0, abs_tol=1e-6)
+    same = m.compute(predictions=originals, references=originals)
+    assert same["psnr"] == PSNR_CAP == 100.0 and math.isclose(same["ssim"], 1.0, abs_tol=1e-6)
     shifted = [Image.fromarray((np.asarray(im).astype(np.int16) + 51).astype(np.uint8)) for im in originals]
     res = m.compute(predictions=shifted, references=originals, codes=[[0, 0], [1, 1], [1, 0]], codebook_size=4)
     assert math.isclose(res["psnr"], 10 * math.log10(1 / 0.2**2), rel_tol=1e-5)  # every pixel off by 0.2

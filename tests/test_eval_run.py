@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from arm.config import PALETTE, load_config
+from arm.eval.image_metrics import PSNR_CAP
 from arm.eval.prompts import build_prompt_sets, load_prompt_sets
 from arm.eval.reference import DegradedPipeline, OraclePipeline
 from arm.eval.run import EvalError, evaluate
@@ -137,7 +138,7 @@ def test_reconstruction_references_through_a_tokenizer(setup):
     assert m["reconstruction"]["shapes_geneval"]["color_attr"] < 1.0
     assert m["reconstruction"]["understanding"]["caption_f1"] < 1.0
     t = m["scores"]["tokenizer"]
-    assert 0 < t["psnr"] < cfg.eval.psnr_cap and 0 < t["ssim"] < 1
+    assert 0 < t["psnr"] < PSNR_CAP and 0 < t["ssim"] < 1
     assert 0 < t["code_usage"] <= 1 and t["oracle_exact"] < 1.0
     assert (tmp / "reports" / "eval_withtok" / "tokenizer.png").is_file()
 

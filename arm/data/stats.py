@@ -4,10 +4,9 @@ Everything curation decides later (filters, duplicates, splits) is a SQL predica
 columns produced here, so no image is decoded twice. A record either becomes one stats row
 (plus the normalised images it references) or one rejection with a reason and a detail.
 
-Images are decoded with Pillow defensively: the header is checked before any pixel is
-decoded (a 20000x20000 PNG bomb is rejected from its IHDR), then the pixels are normalised to
-8-bit RGB (EXIF orientation applied; CMYK, palette, 16-bit and alpha images converted, alpha
-composited on white), and hashed: sha256 of the pixels (exact identity), a 64-bit pHash and an
+Images are decoded by arm.data.images, the one path the tokenizer, sampling and the service
+share (limits checked from the header before any pixel is decoded; normalised to upright 8-bit
+RGB), then hashed: sha256 of the pixels (exact identity), a 64-bit pHash and an
 8x8 RGB thumbnail (near-duplicate candidates and their confirmation).
 
 `process_chunk` is the unit of work of the multiprocessing pool; it is a pure function of its
@@ -19,26 +18,21 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import struct
 import unicodedata
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import imagehash
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from arm.data.images import ImageError, ImageLimits, decode
 from arm.data.records import RawRecord
 
 THUMB_SIDE = 8
 TEXT_FIELDS = ("caption", "question", "answer", "instruction")
 SPLIT_SALT = b"arm-split:"
-# An image is composited on this before its alpha is dropped: transparent pixels read as paper.
-ALPHA_BACKGROUND = (255, 255, 255)
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
 
 class Rejected(Exception):
@@ -61,6 +55,10 @@ class StatsParams:
         d = cfg.data
         return StatsParams(d.max_pixels, d.max_file_bytes, (d.splits.val, d.splits.test))
 
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits.of_data(self)  # the same two settings, under the same names
+
 
 @dataclass(frozen=True)
 class ImageStats:
@@ -81,78 +79,6 @@ class ImageStats:
 def _png_is_plain_rgb8(data: bytes) -> bool:
     # IHDR sits at a fixed offset: bit depth at byte 24, colour type at 25 (2 = truecolour).
     return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[24] == 8 and data[25] == 2
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit grey (PNG/TIFF): scale 0..65535 to 0..255; "I" is how Pillow may hold the same data.
-        arr = np.asarray(im).astype(np.float64)
-        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    if mode == "F":
-        arr = np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode in ("PA", "LA", "La", "RGBa"):
-        im = im.convert("RGBA")
-    elif mode == "L" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode == "RGBA":
-        paper = Image.new("RGBA", im.size, (*ALPHA_BACKGROUND, 255))
-        return Image.alpha_composite(paper, im).convert("RGB")
-    try:
-        return im.convert("RGB")  # L, 1, CMYK, YCbCr, HSV
-    except ValueError as e:
-        raise Rejected("unsupported_mode", f"cannot convert mode {mode} to RGB: {e}") from None
-
-
-def decode_image(data: bytes | None, params: StatsParams, role: str = "image") -> tuple[Image.Image, str, str, bool]:
-    """Bytes -> (RGB image, original mode, format, was_transposed); raises Rejected."""
-    if data is None:
-        raise Rejected("missing_image", f"{role}: no image in the record")
-    if len(data) == 0:
-        raise Rejected("empty_file", f"{role}: zero bytes")
-    if len(data) > params.max_file_bytes:
-        raise Rejected("file_too_large", f"{role}: {len(data)} bytes > max_file_bytes {params.max_file_bytes}")
-    with warnings.catch_warnings():
-        # Our own max_pixels check below replaces Pillow's bomb warning.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the check below names the size
-        try:
-            im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as e:
-            raise Rejected("oversized", f"{role}: {e}") from None
-        except UnidentifiedImageError:
-            raise Rejected("not_an_image", f"{role}: not a recognised image format ({len(data)} bytes)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise Rejected("corrupt_image", f"{role}: unreadable header: {e}") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-        w, h = im.size
-        fmt = im.format or "unknown"
-        if w <= 0 or h <= 0:
-            raise Rejected("corrupt_image", f"{role}: {fmt} header says {w}x{h}")
-        if w * h > params.max_pixels:
-            # Decided from the header alone: the pixels of a decompression bomb are never allocated.
-            raise Rejected("oversized", f"{role}: {fmt} {w}x{h} = {w * h} pixels > max_pixels {params.max_pixels}")
-        mode = im.mode
-        try:
-            im.load()
-            orientation = im.getexif().get(0x0112, 1)
-            if orientation not in (1, None):
-                im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb(im)
-        except Rejected:
-            raise
-        except Image.DecompressionBombError as e:
-            raise Rejected("oversized", f"{role}: {e}") from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
-            raise Rejected("corrupt_image", f"{role}: {fmt} {w}x{h}: {e}") from None
-    return rgb, mode, fmt, orientation not in (1, None)
 
 
 def pixel_sha256(rgb: Image.Image) -> str:
@@ -188,7 +114,10 @@ def png_encode(rgb: Image.Image) -> bytes:
 
 
 def image_stats(data: bytes | None, params: StatsParams, role: str = "image") -> ImageStats:
-    rgb, mode, fmt, transposed = decode_image(data, params, role)
+    try:
+        rgb, mode, fmt, transposed = decode(data, role, params.limits)
+    except ImageError as e:
+        raise Rejected(e.reason, str(e)) from None
     # An 8-bit RGB PNG already is the normalised form: keep its bytes rather than re-encode.
     png = data if (fmt == "PNG" and mode == "RGB" and not transposed and _png_is_plain_rgb8(data)) else png_encode(rgb)
     return ImageStats(

@@ -91,7 +91,6 @@ class EvalConfig(Strict):
     sampling: EvalSamplingConfig = EvalSamplingConfig()
     caption_question: str = "describe the image."
     pq_tolerance: int = Field(48, ge=0, le=255)  # per-channel distance still counted as clean ink
-    psnr_cap: float = Field(100.0, gt=0)  # identical images have infinite PSNR
     fmnist: FmnistEvalConfig = FmnistEvalConfig()
     judge: SceneJudgeConfig = SceneJudgeConfig()  # the learned scene reader that scores generation and edits
     metrics_dir: str = "metrics"

@@ -455,14 +455,12 @@ def bench_tokenizer(r: Runner) -> BenchResult | None:
     gts = [render(s, r.world) for s in scenes]
     recons, codes = roundtrip(r.tokenizer, gts, r.ecfg.batch_size)
     size = getattr(r.tokenizer, "codebook_size", None)
-    scores = m.compute(predictions=recons, references=gts, codes=codes.numpy(), codebook_size=size,
-                       psnr_cap=r.ecfg.psnr_cap)
+    scores = m.compute(predictions=recons, references=gts, codes=codes.numpy(), codebook_size=size)
     scores["oracle_exact"] = sum(parse(im, r.world) == shapes.Scene.from_json(s) for im, s in zip(recons, scenes)) / len(scenes)
     pixels, _ = load_split(r.ecfg.fmnist.root, "t10k")
     f_gts = fmnist_images(pixels, [i["t10k_index"] for i in r.sets["fmnist_gen"]])
     f_recons, f_codes = roundtrip(r.tokenizer, f_gts, r.ecfg.batch_size)
-    f = m.compute(predictions=f_recons, references=f_gts, codes=f_codes.numpy(), codebook_size=size,
-                  psnr_cap=r.ecfg.psnr_cap)
+    f = m.compute(predictions=f_recons, references=f_gts, codes=f_codes.numpy(), codebook_size=size)
     scores.update({f"fmnist_{k}": v for k, v in f.items()})
     g = Grid("tokenizer", ["original", "reconstruction"])
     for a, b in list(zip(gts, recons))[: r.ecfg.grid_rows // 2] + list(zip(f_gts, f_recons))[: r.ecfg.grid_rows // 2]:

@@ -8,7 +8,6 @@ images with `reader` (images -> scenes): the oracle by default, the learned judg
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -17,6 +16,7 @@ import torch
 from PIL import Image
 
 from arm.config import WorldConfig
+from arm.data.images import to_uint8
 from arm.data.oracle import parse
 from arm.data.shapes import Scene
 from arm.eval.answers import exact_match, parse_caption, question_type, scene_f1
@@ -31,6 +31,7 @@ from arm.eval.checks import (
     object_attributes,
     wise_check,
 )
+from arm.eval.image_metrics import code_stats, reconstruction_scores
 
 Summary = dict[str, float]
 Reader = Callable[[Sequence[Image.Image]], list[Scene]]
@@ -201,41 +202,25 @@ def score_fmnist_understanding(predictions: Sequence[str], references: Sequence[
     return summary, per_sample
 
 
-def _to_tensor(images: Sequence[Image.Image], size: tuple[int, int] | None = None) -> torch.Tensor:
-    arrs = []
-    for im in images:
-        im = im.convert("RGB")
-        if size is not None and im.size != size:
-            im = im.resize(size, Image.BICUBIC)
-        arrs.append(np.asarray(im, dtype=np.float32) / 255.0)
-    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
-
-
 def score_tokenizer(reconstructions: Sequence[Image.Image], originals: Sequence[Image.Image],
-                    codes: torch.Tensor | np.ndarray | None = None, codebook_size: int | None = None,
-                    psnr_cap: float = 100.0):
-    """PSNR (mean of per-image values, capped: identical images are infinitely sharp), SSIM
-    (torchmetrics, Gaussian window), and code usage / perplexity over the codebook."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
+                    codes: torch.Tensor | np.ndarray | None = None, codebook_size: int | None = None):
+    """PSNR, SSIM and code usage / perplexity as arm/eval/image_metrics.py defines them (the
+    tokenizer's own evaluation reports the same numbers). Reconstructions are resized to their
+    originals (arm.data.images' one resize policy); both are normalised as the model sees images."""
     _need_same_length(reconstructions, originals, "tokenizer")
-    target = _to_tensor(originals)
-    preds = _to_tensor(reconstructions, size=(target.shape[3], target.shape[2]))
-    psnr = peak_signal_noise_ratio(preds, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    psnr = torch.nan_to_num(psnr, posinf=psnr_cap).clamp(max=psnr_cap)
-    kernel = min(11, target.shape[-1] - (1 - target.shape[-1] % 2))  # odd, no wider than the image
-    ssim = structural_similarity_index_measure(preds, target, data_range=1.0, reduction="none", kernel_size=kernel)
+    scores = []
+    for recon, orig in zip(reconstructions, originals):  # one at a time: originals may differ in size
+        target = torch.from_numpy(to_uint8([orig]))
+        scores.append(reconstruction_scores(torch.from_numpy(to_uint8([recon], (target.shape[3], target.shape[2]))), target))
+    psnr, ssim = torch.cat([p for p, _ in scores]), torch.cat([s for _, s in scores])
     summary = {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
     per_sample = [{"psnr": float(p), "ssim": float(s)} for p, s in zip(psnr, ssim)]
     if codes is not None:
         if not codebook_size:
             raise ValueError("tokenizer: codes given without codebook_size")
-        flat = torch.as_tensor(np.asarray(codes)).long().flatten()
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= codebook_size):
-            raise ValueError(f"tokenizer: codes outside [0, {codebook_size})")
-        counts = torch.bincount(flat, minlength=codebook_size).double()
-        p = counts / counts.sum()
-        entropy = -float((p[p > 0] * p[p > 0].log()).sum())
-        summary["code_usage"] = float((counts > 0).double().mean())
-        summary["code_perplexity"] = math.exp(entropy)
+        try:
+            stats = code_stats(codes, codebook_size)
+        except ValueError as e:
+            raise ValueError(f"tokenizer: {e}") from None
+        summary.update({k: stats[k] for k in ("code_usage", "code_perplexity")})
     return summary, per_sample

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from arm.config import DataConfig
+from arm.data.images import ImageError, ImageLimits, decode, to_rgb
 from arm.io import atomic_write_bytes
 
 
@@ -16,24 +18,30 @@ class ImageInputError(ValueError):
     """An image argument that is missing or cannot be decoded; the message names it."""
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, limits: ImageLimits | None = None) -> Image.Image:
+    """An image file -> upright 8-bit RGB, decoded as curation decodes training images.
+
+    `limits` defaults to curation's defaults (data.max_pixels, data.max_file_bytes): the model
+    takes at sampling what it could have been trained on."""
     path = Path(path)
+    limits = limits or ImageLimits.of_data(DataConfig())
     if not path.exists():
         raise ImageInputError(f"{path}: no such file")
     if not path.is_file():
         raise ImageInputError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size > limits.max_bytes:  # refused before reading it
+        raise ImageInputError(f"{path}: unreadable image: {size} bytes, over the limit {limits.bytes_setting}={limits.max_bytes}")
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now, so a truncated file fails here and not deep inside the tokenizer
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageInputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+        return decode(path.read_bytes(), str(path), limits).image
+    except ImageError as e:
+        raise ImageInputError(f"{path}: unreadable image: {e.message}") from None
 
 
 def as_pil(image: Any) -> Image.Image:
-    """A PIL image from a PIL image, a path, or a float tensor [3, H, W] in [0, 1]."""
+    """An upright RGB PIL image from a PIL image, a path, or a float tensor [3, H, W] in [0, 1]."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, torch.Tensor):

@@ -1,8 +1,8 @@
 """Image I/O at the service boundary: base64 (or data URL) in, PNG base64 out, with limits.
 
-Checks run cheapest first and before any pixel is decoded: size of the upload, then the
-format and dimensions from the header, then the full decode. PIL's own bomb guard is a
-fallback; our pixel limit is far below it.
+Checks run cheapest first and before any pixel is decoded: size of the upload (here), then the
+format and dimensions from the header, then the full decode (arm.data.images, shared with
+curation and sampling). Only the allowed formats' Pillow plugins ever parse request bytes.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import base64
 import binascii
 import io
 import re
-import warnings
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from arm.data.images import ImageError, ImageLimits, decode
 from arm.serve.config import LimitsConfig
 from arm.serve.errors import RequestError
 
@@ -43,71 +43,22 @@ def decode_base64(data: str, field: str, max_bytes: int) -> bytes:
     return raw
 
 
-# Magic numbers of common formats, to name an unsupported one without letting its PIL plugin
-# parse it: only the allowed formats' parsers ever see request bytes.
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"%PDF", "PDF"), (b"\x00\x00\x01\x00", "ICO"),
-    (b"8BPS", "PSD"), (b"%!PS", "EPS"), (b"<?xml", "XML/SVG"), (b"<svg", "SVG"),
-)
+# Refused bytes -> HTTP status: too big is 413, not an image we take is 415, the rest is bad input.
+_STATUS = {"file_too_large": 413, "oversized": 413, "not_an_image": 415, "unsupported_format": 415}
 
 
-def sniff_format(raw: bytes) -> str | None:
-    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
-        return "WEBP"
-    if raw[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
-        return "AVIF/HEIF"
-    return next((name for magic, name in _MAGIC if raw.startswith(magic)), None)
+def limits_of(limits: LimitsConfig) -> ImageLimits:
+    return ImageLimits(limits.max_image_pixels, limits.max_image_bytes, tuple(limits.formats),
+                       "serve.limits.max_image_pixels", "serve.limits.max_image_bytes")
 
 
 def open_image(raw: bytes, field: str, limits: LimitsConfig) -> Image.Image:
-    """Bytes -> RGB image, or a RequestError: 415 unsupported format, 413 too many pixels, 400 corrupt."""
-    allowed = ", ".join(limits.formats)
+    """Bytes -> upright RGB image (arm.data.images: the decoding curation applied to the training
+    data), or a RequestError: 415 unsupported format, 413 too large, 400 corrupt."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(raw), formats=list(limits.formats))  # reads the header only
-    except UnidentifiedImageError:
-        fmt = sniff_format(raw)
-        if fmt in limits.formats:  # the right magic number, but its header does not parse
-            raise RequestError(field, f"corrupt {fmt} image (unreadable header)") from None
-        what = f"{fmt} images are" if fmt else "this is not a recognised image; it is"
-        raise RequestError(field, f"{what} not supported; use one of {allowed}", status=415) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(field, f"image has too many pixels (limit {limits.max_image_pixels})", status=413) from None
-    except Exception as e:  # a header so broken that the plugin itself fails
-        raise RequestError(field, f"corrupt image ({type(e).__name__})") from None
-    fmt = (im.format or "").upper()
-    if fmt not in limits.formats:  # cannot happen with formats= above; kept as the invariant
-        raise RequestError(field, f"{fmt or 'unknown'} images are not supported; use one of {allowed}", status=415)
-    w, h = im.size
-    if w < 1 or h < 1:
-        raise RequestError(field, f"image has an empty size {w}x{h}")
-    if w * h > limits.max_image_pixels:
-        raise RequestError(
-            field, f"image is {w}x{h} = {w * h} pixels, over the limit of {limits.max_image_pixels}", status=413
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im.load()  # a truncated file fails here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
-        return _to_rgb(im)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestError(field, f"image has too many pixels (limit {limits.max_image_pixels})", status=413) from None
-    except Exception as e:
-        raise RequestError(field, f"corrupt or truncated {fmt} image ({type(e).__name__}: {e})"[:300]) from None
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # transparent pixels become the world's white background, not black
-        rgba = im.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        return out
-    return im.convert("RGB")
+        return decode(raw, field, limits_of(limits)).image
+    except ImageError as e:
+        raise RequestError(field, e.message[:300], status=_STATUS.get(e.reason, 400)) from None
 
 
 def decode_image(data: str, field: str, limits: LimitsConfig) -> Image.Image:

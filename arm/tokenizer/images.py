@@ -1,4 +1,9 @@
-"""Turning user images into the tokenizer's input: float [B, 3, S, S] in [0, 1], or a clear error."""
+"""Turning user images into the tokenizer's input: float [B, 3, S, S] in [0, 1], or a clear error.
+
+PIL images and uint8 tensors are normalised and resized by arm.data.images (the path curation,
+sampling and the service share); float tensors get the same treatment in float: alpha on
+ALPHA_BACKGROUND, resized with RESAMPLE.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+
+from arm.data.images import ALPHA_BACKGROUND, RESAMPLE, to_uint8
 
 _RANGE_TOLERANCE = 1e-3
 
 
 def pil_to_uint8(image: Image.Image, size: int) -> np.ndarray:
-    """RGB uint8 [3, S, S]; alpha is composited onto white (the shapes world's background)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(canvas, rgba)
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        # Squash rather than crop, as SigLIP's own preprocessing does: nothing is cut away.
-        image = image.resize((size, size), Image.BICUBIC)
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    """RGB uint8 [3, S, S]: arm.data.images' normalisation (EXIF, 16-bit, alpha) and resize."""
+    return to_uint8([image], (size, size))[0]
 
 
 def to_pixels(images: Sequence[Image.Image] | torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
@@ -66,8 +64,14 @@ def _tensor_to_pixels(x: torch.Tensor, size: int) -> torch.Tensor:
     if channels not in (1, 3, 4):
         raise ValueError(f"images: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, got {channels} (shape {tuple(x.shape)})")
     if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-    elif x.is_floating_point():
+        if channels == 3 and tuple(x.shape[-2:]) == (size, size):
+            return x.float().div_(255.0).contiguous()  # already what the PIL path would make of it
+        # 8-bit images take the PIL images' path, so they come out bit for bit the same (Pillow
+        # rounds to 8 bits between its two resize passes; a float resize would not)
+        arr = x.permute(0, 2, 3, 1).cpu().numpy()
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+        return to_pixels([Image.fromarray(a[..., 0] if channels == 1 else a, mode) for a in arr], size)
+    if x.is_floating_point():
         x = x.float()
         if not torch.isfinite(x).all():
             raise ValueError("images: tensor contains NaN or infinite values")
@@ -81,7 +85,19 @@ def _tensor_to_pixels(x: torch.Tensor, size: int) -> torch.Tensor:
         x = x.expand(-1, 3, -1, -1)
     elif channels == 4:
         rgb, alpha = x[:, :3], x[:, 3:4]
-        x = rgb * alpha + (1.0 - alpha)
+        paper = torch.tensor(ALPHA_BACKGROUND, dtype=x.dtype).view(1, 3, 1, 1) / 255.0
+        x = rgb * alpha + paper * (1.0 - alpha)
     if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        x = _resize(x, size)
     return x.contiguous()
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    # Pillow's filter on float ("F" mode) channels rather than torch's interpolate: torch's
+    # bicubic matches Pillow's kernel only when shrinking, so a tensor and the same image given
+    # as PIL would otherwise be resized differently.
+    planes = x.detach().cpu().numpy().astype(np.float32, copy=False)
+    out = np.empty((*planes.shape[:2], size, size), dtype=np.float32)
+    for b, c in np.ndindex(*planes.shape[:2]):
+        out[b, c] = np.asarray(Image.fromarray(planes[b, c], "F").resize((size, size), RESAMPLE))
+    return torch.from_numpy(out).to(x.device).clamp_(0.0, 1.0)

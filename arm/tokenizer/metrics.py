@@ -1,16 +1,15 @@
 """Held-out metrics of a visual tokenizer (issue 3, item 5).
 
-Reconstruction (PSNR, SSIM via torchmetrics) and code statistics on the val split; the shapes
-oracle's scene-exact accuracy on reconstructed shapes images; image->caption retrieval R@1 on
-shapes val; on the Fashion-MNIST test set (never trained on): text-aligned zero-shot
-classification with class prompts through the frozen text encoder, and a linear probe
-(scikit-learn logistic regression) on pooled token features.
+Reconstruction (PSNR, SSIM) and code statistics on the val split, as arm/eval/image_metrics.py
+defines them for the benchmark too; the shapes oracle's scene-exact accuracy on reconstructed
+shapes images; image->caption retrieval R@1 on shapes val; on the Fashion-MNIST test set (never
+trained on): text-aligned zero-shot classification with class prompts through the frozen text
+encoder, and a linear probe (scikit-learn logistic regression) on pooled token features.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from arm.eval.image_metrics import code_stats, reconstruction_metrics
 from arm.tokenizer.data import ImageTextSet
 from arm.tokenizer.geometry import shapes_geometry
 from arm.tokenizer.model import VisualTokenizer
@@ -48,30 +48,6 @@ def _encode_set(model: VisualTokenizer, data: ImageTextSet, batch: int, want_rec
     if want_recon:
         out["recon"] = torch.cat(recons)
     return out
-
-
-def reconstruction_metrics(recon_u8: torch.Tensor, target_u8: torch.Tensor) -> dict[str, float]:
-    """PSNR (dB) and SSIM on 8-bit images, both as averages over images."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
-    r, t = recon_u8.float() / 255.0, target_u8.float() / 255.0
-    psnr = peak_signal_noise_ratio(r, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    psnr = psnr.clamp(max=100.0)  # a perfect image would be +inf; cap so the mean stays finite
-    ssim = structural_similarity_index_measure(r, t, data_range=1.0, reduction="none")
-    return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
-
-
-def code_stats(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
-    counts = torch.bincount(codes.flatten(), minlength=codebook_size).double()
-    p = counts / counts.sum()
-    nz = p[p > 0]
-    entropy = float(-(nz * nz.log()).sum())
-    return {
-        "code_usage": float((counts > 0).sum()) / codebook_size,
-        "code_perplexity": math.exp(entropy),
-        "codes_used": int((counts > 0).sum()),
-        "codebook_size": codebook_size,
-    }
 
 
 def oracle_accuracy(recon_u8: torch.Tensor, scenes: list[list[dict]], world) -> dict[str, float]:
