@@ -70,19 +70,16 @@ def encode_cmd(images: list[Path] = typer.Argument(..., help="image files"),
                model: Optional[Path] = ModelOpt, params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
                set_: Optional[list[str]] = SetOpt) -> None:
     """Encode image files into code grids (JSON: file, grid, levels, codes)."""
-    from PIL import Image, UnidentifiedImageError
-
     from arm.io import atomic_write_json
+    from arm.sample.images import ImageInputError, load_image
 
     tok = _load_model(model, params, preset, set_)
     pil = []
     for p in images:
         try:
-            with Image.open(p) as im:
-                im.load()
-                pil.append(im.copy())
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-            console.print(f"[red]{p}: cannot read image: {e}[/red]", highlight=False)
+            pil.append(load_image(p))  # arm.data.images: decoded as curation decodes training images
+        except ImageInputError as e:
+            console.print(f"[red]cannot read image: {e}[/red]", highlight=False)
             raise typer.Exit(2) from None
     codes = tok.encode(pil)
     doc = {"grid": list(tok.grid), "levels": tok.levels, "codebook_size": tok.codebook_size,
