@@ -20,7 +20,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["s3_servers", "repo_copy"]  # S3 servers (SeaweedFS, moto); throwaway repo copies
+pytest_plugins = ["s3_servers", "repo_copy", "browser"]  # S3 servers (SeaweedFS, moto); throwaway repo copies; Chromium
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ import base64
 import io
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -207,72 +205,47 @@ def test_bad_requests_never_break_good_ones_or_the_server(served, client):
 # ----------------------------------------------------------------------------- the page, in Chromium
 
 
-def _chrome(user_dir: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not binary or not driver:
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromium-driver must be installed (.ci/run installs them)")
-        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for downloads
-    opts = Options()
-    opts.binary_location = binary
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={user_dir}"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=opts)
-
-
-def test_page_generates_describes_and_reports_errors_in_chromium(served, client, tmp_path):
+def test_page_generates_describes_and_reports_errors_in_chromium(served, client, chromium, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    user_dir = Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp_path))
-    browser = _chrome(user_dir)
-    try:
-        browser.get(served.url + "/")
-        wait = WebDriverWait(browser, 90)
-        token = browser.find_element(By.ID, "token")
-        token.send_keys(TOKEN)
-        browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", token)
-        wait.until(lambda b: served.result["model_tag"] in b.find_element(By.ID, "model-tag").text)
+    browser = chromium
+    browser.get(served.url + "/")
+    wait = WebDriverWait(browser, 90)
+    token = browser.find_element(By.ID, "token")
+    token.send_keys(TOKEN)
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", token)
+    wait.until(lambda b: served.result["model_tag"] in b.find_element(By.ID, "model-tag").text)
 
-        browser.find_element(By.ID, "gen-prompt").send_keys("a large red circle")
-        browser.find_element(By.ID, "gen-n").clear()
-        browser.find_element(By.ID, "gen-n").send_keys("2")
-        browser.find_element(By.ID, "gen-seed").send_keys("11")
-        browser.find_element(By.ID, "gen-submit").click()
-        widths = wait.until(lambda b: b.execute_script(
-            "const imgs = [...document.querySelectorAll('#gen-results img')];"
-            "return imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0)"
-            " ? imgs.map(i => i.naturalWidth) : null;"))
-        size = served.cfg.tokenizer.image_size
-        assert widths == [size, size]
-        shown = browser.execute_script("return [...document.querySelectorAll('#gen-results img')].map(i => i.src)")
-        expected = client.generate(prompt="a large red circle", n=2, seed=11)["images"]
-        assert shown == ["data:image/png;base64," + b for b in expected]
-        assert "seed 11" in browser.find_element(By.ID, "gen-status").text
+    browser.find_element(By.ID, "gen-prompt").send_keys("a large red circle")
+    browser.find_element(By.ID, "gen-n").clear()
+    browser.find_element(By.ID, "gen-n").send_keys("2")
+    browser.find_element(By.ID, "gen-seed").send_keys("11")
+    browser.find_element(By.ID, "gen-submit").click()
+    widths = wait.until(lambda b: b.execute_script(
+        "const imgs = [...document.querySelectorAll('#gen-results img')];"
+        "return imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+        " ? imgs.map(i => i.naturalWidth) : null;"))
+    size = served.cfg.tokenizer.image_size
+    assert widths == [size, size]
+    shown = browser.execute_script("return [...document.querySelectorAll('#gen-results img')].map(i => i.src)")
+    expected = client.generate(prompt="a large red circle", n=2, seed=11)["images"]
+    assert shown == ["data:image/png;base64," + b for b in expected]
+    assert "seed 11" in browser.find_element(By.ID, "gen-status").text
 
-        picture = tmp_path / "upload.png"
-        Image.new("RGB", (48, 48), (40, 80, 220)).save(picture)
-        browser.find_element(By.ID, "desc-image").send_keys(str(picture))
-        browser.find_element(By.ID, "desc-question").send_keys("what colour is it?")
-        browser.find_element(By.ID, "desc-submit").click()
-        wait.until(lambda b: "answered" in b.find_element(By.ID, "desc-status").text)
-        expected_text = client.describe(image=base64.b64encode(picture.read_bytes()).decode(),
-                                        question="what colour is it?")["text"]
-        assert browser.find_element(By.ID, "desc-text").get_attribute("textContent") == expected_text
+    picture = tmp_path / "upload.png"
+    Image.new("RGB", (48, 48), (40, 80, 220)).save(picture)
+    browser.find_element(By.ID, "desc-image").send_keys(str(picture))
+    browser.find_element(By.ID, "desc-question").send_keys("what colour is it?")
+    browser.find_element(By.ID, "desc-submit").click()
+    wait.until(lambda b: "answered" in b.find_element(By.ID, "desc-status").text)
+    expected_text = client.describe(image=base64.b64encode(picture.read_bytes()).decode(),
+                                    question="what colour is it?")["text"]
+    assert browser.find_element(By.ID, "desc-text").get_attribute("textContent") == expected_text
 
-        prompt = browser.find_element(By.ID, "gen-prompt")
-        prompt.clear()
-        prompt.send_keys("   ")
-        browser.find_element(By.ID, "gen-submit").click()
-        wait.until(lambda b: "error" in b.find_element(By.ID, "gen-status").get_attribute("class"))
-        assert "prompt" in browser.find_element(By.ID, "gen-status").text
-    finally:
-        browser.quit()
+    prompt = browser.find_element(By.ID, "gen-prompt")
+    prompt.clear()
+    prompt.send_keys("   ")
+    browser.find_element(By.ID, "gen-submit").click()
+    wait.until(lambda b: "error" in b.find_element(By.ID, "gen-status").get_attribute("class"))
+    assert "prompt" in browser.find_element(By.ID, "gen-status").text

@@ -12,16 +12,16 @@ from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_c
 
 
 def _scores_table(metrics: dict) -> Table:
-    from arm.eval.report import fmt_interval, score_table
+    from arm.eval.report import score_table
+    from arm.render import fmt_interval, fmt_score
 
     t = Table(title=f"eval {metrics['model']}: held-out items, learned judge, 95% intervals "
                     f"(reconstruction: {metrics['reconstruction_source']}; floor: {metrics['floor_source']})")
     for col in ("benchmark", "metric", "score [95%]", "reconstruction", "floor", "normalized"):
         t.add_column(col, justify="left" if col in ("benchmark", "metric") else "right")
-    fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     for r in score_table(metrics):
         t.add_row(r["benchmark"], r["metric"], f"[bold]{fmt_interval(r['score'], r['interval'])}[/bold]",
-                  fmt(r["reconstruction"]), fmt(r["floor"]), fmt(r["normalized"]))
+                  fmt_score(r["reconstruction"]), fmt_score(r["floor"]), fmt_score(r["normalized"]))
     return t
 
 

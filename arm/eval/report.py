@@ -1,8 +1,8 @@
-"""The human-readable side of `arm evaluate`: PNG sample grids and an index.html with the table."""
+"""The human-readable side of `arm evaluate`: PNG sample grids and an index.html with the tables
+(rendered from arm/templates/eval_report.html)."""
 
 from __future__ import annotations
 
-import html
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageOps
 
 from arm.io import atomic_path
+from arm.render import flatten_metrics, render
 
 if TYPE_CHECKING:
     from arm.eval.run import BenchResult, Grid
@@ -42,17 +43,6 @@ def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _fmt(v) -> str:
-    return "" if v is None else f"{v:.3f}"
 
 
 def score_table(metrics: dict) -> list[dict]:
@@ -98,85 +88,21 @@ def headline_table(metrics: dict, keys=HEADLINE) -> list[dict]:
     return rows
 
 
-def headline_rows(metrics: dict, keys) -> list[str]:
-    """HTML table rows of `headline_table` (the eval report and the run report share them)."""
-    return [f"<tr><td>{html.escape(row['metric'])}</td>"
-            + "".join(f"<td>{html.escape(fmt_interval(*row['cells'][c]))}</td>" for c, _ in HEADLINE_COLUMNS)
-            + f"<td>{_fmt(row['floor'])}</td><td>{_fmt(row['reconstruction'])}</td></tr>"
-            for row in headline_table(metrics, keys)]
-
-
-def fmt_interval(score, interval) -> str:
-    if score is None:
-        return ""
-    return f"{score:.3f}" + ("" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]")
-
-
 def write_report(folder: str | Path, metrics: dict, results: dict[str, "BenchResult"], timings: dict[str, float]) -> Path:
+    """reports/eval_<name>/: index.html (arm/templates/eval_report.html) and one PNG per sample grid."""
     folder = Path(folder)
-    esc = html.escape
-    parts = [
-        "<!doctype html><meta charset='utf-8'>",
-        f"<title>eval {esc(metrics['model'])}</title>",
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}"
-        "td:first-child,td:nth-child(2){text-align:left}tr:nth-child(even){background:#f4f4f4}"
-        ".ok{color:#287a3c}.bad{color:#c02020}</style>",
-        f"<h1>Evaluation of {esc(metrics['model'])}</h1>",
-        f"<p>model dir: <code>{esc(str(metrics['model_dir']))}</code> · preset {esc(metrics['preset'])} · "
-        f"prompts: <code>{esc(metrics['prompts']['dir'])}</code> (seed {metrics['prompts']['seed']})</p>",
-        "<h2>Headline: held-out items, learned judge, 95% bootstrap intervals</h2>",
-        "<p>Every item is held out of training by construction: <b>novel</b> scenes never occur in training; "
-        "<b>novel_composition</b> scenes hold an attribute binding training never shows. Images are read by the "
-        "learned judge (the gate's); the oracle is what RL's rewards use.</p>",
-        "<table><tr><th>metric</th>" + "".join(f"<th>{esc(c)}</th>" for c, _ in HEADLINE_COLUMNS)
-        + "<th>floor</th><th>reconstruction</th></tr>",
-    ]
-    parts += headline_rows(metrics, HEADLINE)
-    parts.append("</table><h2>Per attribute: share of stated objects drawn with it, VQA per question type</h2><table>"
-                 "<tr><th>metric</th>" + "".join(f"<th>{esc(c)}</th>" for c, _ in HEADLINE_COLUMNS)
-                 + "<th>floor</th><th>reconstruction</th></tr>")
-    parts += headline_rows(metrics, ATTRIBUTES)
-    parts.append("</table>")
-    judge = metrics.get("judge")
-    if judge:
-        parts.append("<p>learned judge's own accuracy: " + esc(", ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in _flat(judge).items())) + "</p>")
-    parts += [
-        f"<h2>All scores</h2><p><b>reconstruction</b>: {esc(metrics['reconstruction_source'])}. <b>floor</b>: "
-        f"{esc(metrics['floor_source'])}. <b>normalized</b> = (score - floor) / (reconstruction - floor).</p>",
-        "<table><tr><th>benchmark</th><th>metric</th><th>score [95% interval]</th><th>reconstruction</th>"
-        "<th>floor</th><th>normalized</th></tr>",
-    ]
-    for row in score_table(metrics):
-        parts.append(
-            f"<tr><td>{esc(row['benchmark'])}</td><td>{esc(row['metric'])}</td>"
-            f"<td><b>{esc(fmt_interval(row['score'], row['interval']))}</b></td>"
-            f"<td>{_fmt(row['reconstruction'])}</td><td>{_fmt(row['floor'])}</td><td>{_fmt(row['normalized'])}</td></tr>"
-        )
-    parts.append("</table>")
-    if metrics.get("skipped"):
-        parts.append("<p>skipped: " + esc(", ".join(f"{k} ({v})" for k, v in metrics["skipped"].items())) + "</p>")
-    overlap = metrics["prompts"].get("training_overlap", {})
-    if overlap:
-        parts.append("<p>share of eval items found in the training sources (the partition makes it 0): "
-                     + esc(", ".join(f"{k} {v:.2f}" for k, v in overlap.items())) + "</p>")
-    parts.append("<p>seconds per benchmark: " + esc(", ".join(f"{k} {v}" for k, v in timings.items())) + "</p>")
+    columns = [name for name, _ in HEADLINE_COLUMNS]
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
+        benches = []
         for bench, res in results.items():
-            parts.append(f"<h2>{esc(bench)}</h2>")
-            for grid in res.grids:
-                if not grid.rows:
-                    continue
+            grids = [grid for grid in res.grids if grid.rows]
+            for grid in grids:
                 (tmp / f"{grid.name}.png").write_bytes(_png(grid_image(grid)))
-                parts.append(f"<h3>{esc(grid.name)}</h3><img src='{esc(grid.name)}.png' alt='{esc(grid.name)}'>")
-                parts.append("<ol>" + "".join(f"<li>{esc(c)}</li>" for c in grid.captions) + "</ol>")
-            if res.examples:
-                parts.append("<table><tr><th>task</th><th>question</th><th>answer</th><th>reference</th></tr>")
-                for ex in res.examples:
-                    cls = "ok" if ex["correct"] else "bad"
-                    parts.append(f"<tr class='{cls}'><td>{esc(ex['task'])}</td><td>{esc(ex['question'])}</td>"
-                                 f"<td>{esc(ex['answer'])}</td><td>{esc(ex['reference'])}</td></tr>")
-                parts.append("</table>")
-        (tmp / "index.html").write_text("\n".join(parts) + "\n", encoding="utf-8")
+            benches.append({"name": bench, "grids": grids, "examples": res.examples})
+        page = render("eval_report.html", m=metrics, columns=columns, headline=headline_table(metrics, HEADLINE),
+                      attributes=headline_table(metrics, ATTRIBUTES), scores=score_table(metrics),
+                      judge=flatten_metrics(metrics["judge"]) if metrics.get("judge") else {},
+                      timings=timings, benches=benches)
+        (tmp / "index.html").write_text(page, encoding="utf-8")
     return folder

@@ -52,6 +52,9 @@ TARGETS = {
 # (b): which metrics measure the *other* task of a single-task run
 SYNERGY = {"t2i": ("shapes_edit.success", "shapes_edit.overall"), "edit": ("shapes_geneval.overall", "shapes_wise.score")}
 BENCHMARKS = ["shapes_geneval", "shapes_wise", "shapes_edit", "understanding"]
+# names of this experiment's evaluations (metrics/eval_claims_*.json): this report sums them up,
+# so the run report leaves them out of its headline
+EVAL_PREFIX = "claims_"
 
 
 def metric_key(key: str, split: str, judge: str) -> str:
@@ -203,7 +206,7 @@ def run_claims(
         log.info("no held-out prompt sets in %s: building them (arm eval-prompts)", base_cfg.eval.prompts.dir)
         build_prompt_sets(base_cfg)
     base = {e: evaluate_model(load_config(params, preset, [*common, f"eval.seed={e}"]), base_dir,
-                              f"claims_{base_cfg.preset}_base_e{e}") for e in eval_seeds}
+                              f"{EVAL_PREFIX}{base_cfg.preset}_base_e{e}") for e in eval_seeds}
     base_sha256 = base_identity(base_dir)["sha256"]
 
     runs: dict[str, dict[int, dict]] = {}
@@ -224,7 +227,7 @@ def run_claims(
                 log.info("RL %s finished before: reusing %s", tag, cfg.rl.output)
             for e in eval_seeds:
                 m = evaluate_model(load_config(params, preset, [*run_overrides, f"eval.seed={e}"]), Path(cfg.rl.output),
-                                   f"claims_{cfg.preset}_{ts}_s{seed}_e{e}")
+                                   f"{EVAL_PREFIX}{cfg.preset}_{ts}_s{seed}_e{e}")
                 evals.setdefault(ts, {}).setdefault(seed, {})[e] = m
             runs.setdefault(ts, {})[seed] = {
                 "scores": {str(e): m["scores"] for e, m in evals[ts][seed].items()},
@@ -270,50 +273,8 @@ def run_claims(
     return result
 
 
-def _fmt(ms: dict, signed: bool = False) -> str:
-    if ms["mean"] is None:
-        return "n/a"
-    sign = "+" if signed else ""
-    return f"{ms['mean']:{sign}.3f} ± {ms['std']:.3f}"
-
-
-def _iv(iv: list[float] | None) -> str:
-    return "n/a" if not iv else f"[{iv[0]:+.3f}, {iv[1]:+.3f}]"
-
-
 def render_report(result: dict) -> str:
-    seeds, eseeds = result["seeds"], result.get("eval_seeds", [])
-    lines = [
-        f"# RL claims at small scale (preset `{result['preset']}`, RL seeds {seeds}, eval seeds {eseeds})",
-        "",
-        f"Base model: `{result['base']}`. Each RL run: `arm rl --preset {result['preset']} --set rl.seed=S "
-        "--set rl.tasks=[...]" + "".join(f" --set {o}" for o in result.get("overrides", [])) + "`, evaluated with "
-        "`--set eval.seed=E` on items held out of training by construction. `judge`: the learned scene reader "
-        "the gate uses; `oracle`: the reading RL's rewards use. Mean ± std over RL seed x eval seed; the change's "
-        "95% interval adds the runs' spread and the item bootstrap.",
-        "",
-    ]
-    claims = result["claims"]
-    if "a_rl_improves_targets" in claims:
-        a = claims["a_rl_improves_targets"]
-        lines += [f"## (a) RL improves its target tasks (novel split, learned judge): {'met' if a['met'] else 'NOT met'}", ""]
-        for key, c in a["checks"].items():
-            d = "n/a" if c["delta"] is None else f"{c['delta']:+.3f}"
-            rule = "change >= " if key == "understanding.vqa_accuracy" else "interval above "
-            lines.append(f"- {key}: change {d} {_iv(c['interval'])}, {rule}{c['target']:+g}: "
-                         f"{'met' if c['met'] else 'not met'}")
-        lines.append("")
-    if "b_cross_task_synergy" in claims:
-        lines += ["## (b) Cross-task synergy (change on the task RL did not train; novel split, learned judge)", ""]
-        for run, keys in claims["b_cross_task_synergy"].items():
-            lines.append(f"- {run}: " + ", ".join(
-                f"{k} {v['delta']:+.3f} {_iv(v['interval'])} ({'claimed' if v['claimed'] else 'no claim: interval spans 0'})"
-                for k, v in keys.items()))
-        lines.append("")
-    lines += ["## Every metric", "", "| RL on | metric | split | judge | base | after RL | change | 95% interval |",
-              "|---|---|---|---|---|---|---|---|"]
-    for ts, rows in result["table"].items():
-        for row in rows.values():
-            lines.append(f"| {ts} | {row['metric']} | {row['split']} | {row['judge']} | {_fmt(row['base'])} | "
-                         f"{_fmt(row['rl'])} | {_fmt(row['delta'], signed=True)} | {_iv(row['delta_interval'])} |")
-    return "\n".join(lines) + "\n"
+    """reports/rl_claims_<preset>.md (arm/templates/rl_claims.md)."""
+    from arm.render import render
+
+    return render("rl_claims.md", r=result)
