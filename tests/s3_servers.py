@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,14 +140,15 @@ def _stop(proc: subprocess.Popen, sockets: dict[str, int]) -> None:
         Path(f"/tmp/seaweedfs-{kind}-{port}.sock").unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):
-    """A SeaweedFS server (master, volume, filer, S3) on 127.0.0.1; stopped at session end."""
+@contextmanager
+def seaweedfs(make_root: Callable[[int], Path]) -> Iterator[S3Server]:
+    """A SeaweedFS server (master, volume, filer, S3) on 127.0.0.1 for the block, its data in
+    `make_root(attempt)`; the tests' server and benchmarks/storage.py's."""
     weed = weed_binary()
     last_error: Exception | None = None
     for attempt in range(3):  # a port may be taken between choosing and binding it
-        root = tmp_path_factory.mktemp(f"seaweedfs{attempt}")
-        (root / "data").mkdir()
+        root = make_root(attempt)
+        (root / "data").mkdir(parents=True)
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
         cmd = [
             weed, "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -178,7 +180,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
         finally:
             _stop(proc, sockets)
         return
-    pytest.fail(f"could not start SeaweedFS: {last_error}")
+    raise RuntimeError(f"could not start SeaweedFS: {last_error}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """The SeaweedFS server of the session; stopped at session end."""
+    with seaweedfs(lambda attempt: tmp_path_factory.mktemp(f"seaweedfs{attempt}")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -246,59 +255,62 @@ class Request:
     range: str | None  # the Range header, if any
 
 
-@pytest.fixture
-def s3_recorder():
-    """`record(endpoint_url) -> (proxy_url, requests)`: an HTTP proxy on 127.0.0.1 in front of an
-    S3 server that notes every request it forwards, whichever client sent it (botocore, s3fs,
-    pyarrow's AWS SDK). Path-style addressing reaches the server unchanged through it."""
+@contextmanager
+def recording_proxy(endpoint_url: str, delay_s: float = 0.0) -> Iterator[tuple[str, list[Request]]]:
+    """(proxy_url, requests): an HTTP proxy on 127.0.0.1 in front of an S3 server that notes every
+    request it forwards, whichever client sent it (botocore, s3fs, pyarrow's AWS SDK), and holds
+    each one `delay_s` first (a remote store's latency, for benchmarks/storage.py). Path-style
+    addressing reaches the server unchanged through it."""
     import http.client
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import urlsplit
 
-    servers: list[ThreadingHTTPServer] = []
+    upstream = urlsplit(endpoint_url)
+    seen: list[Request] = []
 
-    def record(endpoint_url: str) -> tuple[str, list[Request]]:
-        upstream = urlsplit(endpoint_url)
-        seen: list[Request] = []
+    class Forward(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
 
-        class Forward(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def _forward(self) -> None:
+            seen.append(Request(self.command, self.path, self.headers.get("Range")))
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if delay_s:
+                time.sleep(delay_s)
+            conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
+            conn.request(self.command, self.path, body=body or None, headers=dict(self.headers))
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                # HEAD answers the object's length with no body: that header passes unchanged
+                if k.lower() not in ("transfer-encoding", "connection") and \
+                        (k.lower() != "content-length" or self.command == "HEAD"):
+                    self.send_header(k, v)
+            if self.command != "HEAD":
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            conn.close()
 
-            def _forward(self) -> None:
-                seen.append(Request(self.command, self.path, self.headers.get("Range")))
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
-                conn.request(self.command, self.path, body=body or None, headers=dict(self.headers))
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    # HEAD answers the object's length with no body: that header passes unchanged
-                    if k.lower() not in ("transfer-encoding", "connection") and \
-                            (k.lower() != "content-length" or self.command == "HEAD"):
-                        self.send_header(k, v)
-                if self.command != "HEAD":
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+        def log_message(self, *args: Any) -> None:
+            pass
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}", seen
-
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield record
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
     finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def s3_recorder():
+    """`record(endpoint_url) -> (proxy_url, requests)`: a `recording_proxy` for the test."""
+    with ExitStack() as stack:
+        yield lambda endpoint_url: stack.enter_context(recording_proxy(endpoint_url))

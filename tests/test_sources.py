@@ -332,8 +332,11 @@ def test_parquet_reads_both_layouts_in_batches(tmp_path, micro_cfg, monkeypatch)
     assert recs[2].ref == f"{tmp_path / 'pq' / 'part-0.parquet'}#2" and recs[2].meta["row"] == 2
 
 
-def test_parquet_memory_is_one_row_group_not_the_shard(tmp_path, micro_cfg):
-    """Arrow's pre_buffer holds every row group it is asked for; the reader asks for one at a time."""
+def test_parquet_memory_is_one_window_not_the_shard(tmp_path, micro_cfg, monkeypatch):
+    """Arrow's pre_buffer holds every row group it is asked for; the reader asks for a window."""
+    from arm.data.sources import parquet
+
+    monkeypatch.setattr(parquet, "WINDOW_BYTES", 2_000_000)  # two row groups of the ten
     n, groups = 200, 10
     blobs = [np.random.default_rng(i).bytes(50_000) for i in range(n)]  # incompressible
     pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()), "caption": [f"c{i}" for i in range(n)]}),

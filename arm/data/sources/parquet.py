@@ -1,9 +1,10 @@
 """Parquet shards (file, folder or glob; local or s3://) read in row batches with pyarrow.
 
 Shards are listed through fsspec (`Files`) and read through `arm.fs.arrow_fs_for` with
-`pre_buffer`: for each row group pyarrow fetches the two columns' chunks as coalesced range
-requests, in parallel on its I/O pool. Row groups are read one by one, so memory is one row
-group's columns, never the shard.
+`pre_buffer`: pyarrow fetches the two columns' chunks of a window of consecutive row groups as
+coalesced range requests (at most 32 MiB each), in parallel on its I/O pool. A window holds
+row groups up to WINDOW_BYTES of those columns (at least one row group), so memory stays
+bounded whatever the shard's size, and a store far away is asked few, large requests.
 
 The image column holds encoded bytes, or a struct {bytes, path} as written by Hugging Face
 `datasets`; the caption column is a string or bytes (bytes are left for curation to decode).
@@ -27,6 +28,8 @@ from arm.fs import arrow_fs_for
 
 DESCRIBE = "describe the image."
 SUFFIXES = (".parquet", ".parq", ".pq")
+# Column-chunk bytes fetched ahead at once: pre_buffer holds every row group it is given.
+WINDOW_BYTES = 64 << 20
 
 
 def _image_bytes(value: Any) -> tuple[bytes | None, str | None]:
@@ -61,14 +64,30 @@ def _check_columns(schema: Any, src: ParquetSourceConfig, shard: str) -> None:
         )
 
 
+def _windows(meta: Any, columns: list[str], limit: int) -> Iterator[list[int]]:
+    """Consecutive row groups whose `columns` (compressed, nested fields included) fit in `limit` bytes."""
+    chunks = [j for j in range(meta.num_columns) if meta.schema.column(j).path.split(".")[0] in columns]
+    window: list[int] = []
+    size = 0
+    for group in range(meta.num_row_groups):
+        rg = meta.row_group(group)
+        n = sum(rg.column(j).total_compressed_size for j in chunks)
+        if window and size + n > limit:
+            yield window
+            window, size = [], 0
+        window.append(group)
+        size += n
+    if window:
+        yield window
+
+
 def _records(src: ParquetSourceConfig, cfg: ArmConfig, shard: str, pf: Any) -> Iterator[RawRecord]:
     _check_columns(pf.schema_arrow, src, shard)
     limit = cfg.data.max_file_bytes
     row = 0
-    # One row group at a time: pre_buffer fetches (and holds) every row group it is given at once.
-    batches = (batch for group in range(pf.num_row_groups)
-               for batch in pf.iter_batches(batch_size=src.batch_rows, row_groups=[group],
-                                            columns=[src.image_column, src.caption_column]))
+    columns = [src.image_column, src.caption_column]
+    batches = (batch for window in _windows(pf.metadata, columns, WINDOW_BYTES)
+               for batch in pf.iter_batches(batch_size=src.batch_rows, row_groups=window, columns=columns))
     for batch in batches:
         images = batch.column(src.image_column).to_pylist()
         captions = batch.column(src.caption_column).to_pylist()
