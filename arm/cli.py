@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -18,10 +20,30 @@ from arm.commands import sample as sample_commands
 from arm.commands import serve as serve_commands
 from arm.commands import tokenizer as tokenizer_commands
 from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, resolve_config
+from arm.progress import quiet_other_bars
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+DIST = "arm-platform"
+
+app = typer.Typer(no_args_is_help=True, add_completion=True, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the run configuration.")
-app.add_typer(config_app, name="config")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{DIST} {importlib.metadata.version(DIST)}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the installed version and exit."),
+) -> None:
+    # The stages report progress and steps through `arm.*` loggers: shown at INFO, on stderr
+    # (Prefect, once imported, replaces this root handler with its own console handler).
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s - %(message)s")
+    logging.getLogger("arm").setLevel(logging.INFO)
+    quiet_other_bars()
 
 
 @config_app.command("show")
@@ -31,9 +53,11 @@ def config_show(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt, set
     sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-for _commands in (data_commands, tokenizer_commands, model_commands, sample_commands, evaluate_commands,
-                  rl_commands, serve_commands, pipeline_commands):
+# Registered in the order of their help panels: Data, Training, Evaluation, Serving, Tools.
+for _commands in (data_commands, tokenizer_commands, model_commands, evaluate_commands, rl_commands,
+                  sample_commands, serve_commands, pipeline_commands):
     _commands.register(app)
+app.add_typer(config_app, name="config", rich_help_panel="Tools")
 
 if __name__ == "__main__":
     app()

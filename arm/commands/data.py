@@ -55,7 +55,7 @@ def _prefect_settings() -> Iterator[None]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("curate")
+    @app.command("curate", rich_help_panel="Data")
     def curate_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
                    set_: Optional[list[str]] = SetOpt) -> None:
         """Curate the configured sources into the DuckDB store (stats, filters, dedup, splits)."""
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         console.print(_curate_table(metrics))
 
-    @app.command("validate")
+    @app.command("validate", rich_help_panel="Data")
     def validate_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
                      set_: Optional[list[str]] = SetOpt) -> None:
         """Validate the curated store with the Great Expectations suite; exit 1 on failure."""

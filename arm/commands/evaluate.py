@@ -34,7 +34,7 @@ def default_candidate(cfg) -> Path:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval-prompts")
+    @app.command("eval-prompts", rich_help_panel="Evaluation")
     def eval_prompts_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
                          set_: Optional[list[str]] = SetOpt) -> None:
         """Write the held-out prompt sets (eval.prompts.dir) from their own seed."""
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         console.print(f"held-out prompt sets: {out}", highlight=False)
 
-    @app.command("evaluate")
+    @app.command("evaluate", rich_help_panel="Evaluation")
     def evaluate_cmd(model_dir: Path = typer.Argument(..., help="model dir (save_pretrained + manifest.json)"),
                      params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
                      set_: Optional[list[str]] = SetOpt) -> None:
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"metrics: {Path(cfg.eval.metrics_dir) / f'eval_{name}.json'}  "
                       f"report: {Path(cfg.eval.reports_dir) / f'eval_{name}' / 'index.html'}", highlight=False)
 
-    @app.command("gate")
+    @app.command("gate", rich_help_panel="Evaluation")
     def gate_cmd(candidate: Optional[Path] = typer.Option(None, "--candidate", "-c",
                                                            help="eval metrics of the candidate (default: newest model's)"),
                  promoted: Optional[Path] = typer.Option(None, "--promoted", help="promoted record (default gate.promoted)"),

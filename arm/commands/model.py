@@ -35,7 +35,7 @@ def _pretrain_table(m: dict) -> Table:
 
 
 def register_pretrain(app: typer.Typer) -> None:
-    @app.command("pretrain")
+    @app.command("pretrain", rich_help_panel="Training")
     def pretrain_cmd(
         params: Path = ParamsOpt,
         preset: Optional[str] = PresetOpt,
@@ -91,7 +91,7 @@ def _stage_list(text: Optional[str]) -> Optional[list[str]]:
 
 
 def register_plan(app: typer.Typer) -> None:
-    @app.command("plan")
+    @app.command("plan", rich_help_panel="Training")
     def plan_cmd(
         params: Path = ParamsOpt,
         preset: Optional[str] = PresetOpt,

@@ -11,7 +11,7 @@ from arm.commands.common import console
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("pipeline")
+    @app.command("pipeline", rich_help_panel="Tools")
     def pipeline_cmd(
         preset: Optional[str] = typer.Option(None, "--preset", "-p", help="sets `preset:` in params.yaml first"),
         until: Optional[str] = typer.Option(None, help="last stage to run (default: package)"),
@@ -26,14 +26,14 @@ def register(app: typer.Typer) -> None:
         states = pipeline_flow(root=".", preset=preset, until=until)
         console.print(", ".join(f"{stage}: {state}" for stage, state in states.items()))
 
-    @app.command("report")
+    @app.command("report", rich_help_panel="Tools")
     def report_cmd(out: Path = typer.Option(Path("reports/latest"), help="output folder")) -> None:
         """Rebuild the run report (metrics table, loss curves, sample grids) from what the stages wrote."""
         from arm.report import build_report
 
         console.print(f"report: {build_report(Path('.'), out)}")
 
-    @app.command("demo")
+    @app.command("demo", rich_help_panel="Tools")
     def demo_cmd(preset: str = typer.Option("tiny", "--preset", "-p")) -> None:
         """The whole lifecycle on one preset, then the report and how to serve the model."""
         from arm.report import build_report

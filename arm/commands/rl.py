@@ -24,7 +24,7 @@ def _rewards_table(m: dict) -> Table:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("rl")
+    @app.command("rl", rich_help_panel="Training")
     def rl_cmd(
         params: Path = ParamsOpt, preset: Optional[str] = PresetOpt, set_: Optional[list[str]] = SetOpt,
         stop_after: Optional[int] = typer.Option(
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         console.print(_rewards_table(metrics))
         console.print(f"model: {cfg.rl.output}  metrics: {cfg.rl.metrics}  curve: {cfg.rl.plot}", highlight=False)
 
-    @app.command("rl-claims")
+    @app.command("rl-claims", rich_help_panel="Evaluation")
     def rl_claims_cmd(
         params: Path = ParamsOpt, preset: Optional[str] = typer.Option("small", "--preset", "-p", help="preset"),
         set_: Optional[list[str]] = SetOpt,

@@ -115,7 +115,7 @@ def _run(fn):
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("generate")
+    @app.command("generate", rich_help_panel="Serving")
     def generate(
         prompt: str = typer.Argument(..., help="what to draw"),
         output: Path = typer.Option(..., "--output", "-o", help="output image (with -n > 1: NAME_k.EXT)"),
@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
         pipe = _pipeline(model, tokenizer, cfg, needs_images=True)
         _save(_run(lambda: pipe.generate([prompt], n=n)), paths)
 
-    @app.command("describe")
+    @app.command("describe", rich_help_panel="Serving")
     def describe(
         image: Path = typer.Argument(..., help="image to describe"),
         question: Optional[str] = typer.Option(None, "--question", "-q", help="a question about the image"),
@@ -152,7 +152,7 @@ def register(app: typer.Typer) -> None:
         pipe = _pipeline(model, tokenizer, cfg, needs_images=True)
         sys.stdout.write(_run(lambda: pipe.describe([im], [question]))[0] + "\n")
 
-    @app.command("edit")
+    @app.command("edit", rich_help_panel="Serving")
     def edit(
         image: Path = typer.Argument(..., help="source image"),
         instruction: str = typer.Argument(..., help="what to change"),

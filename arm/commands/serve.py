@@ -12,7 +12,7 @@ from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_c
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("package")
+    @app.command("package", rich_help_panel="Serving")
     def package_cmd(
         model_dir: Optional[Path] = typer.Argument(None, help="exported model dir (default: the gate's promoted model)"),
         version: Optional[str] = typer.Option(None, "--version", help="model/bento version (default: generated)"),
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         if result["bento_tag"]:
             console.print(f"bento [bold]{result['bento_tag']}[/bold]: `bentoml serve {result['bento_tag']}`", highlight=False)
 
-    @app.command("serve")
+    @app.command("serve", rich_help_panel="Serving")
     def serve_cmd(
         bento: Optional[str] = typer.Option(None, "--bento", help="serve a built bento (e.g. arm_service:latest) instead of the source"),
         model_tag: Optional[str] = typer.Option(None, "--model", help="model store tag (default: serve.model_tag)"),

@@ -127,7 +127,7 @@ def decode_cmd(codes_file: Path = typer.Argument(..., help="JSON written by `arm
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train-tokenizer")
+    @app.command("train-tokenizer", rich_help_panel="Training")
     def train_tokenizer_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
                             set_: Optional[list[str]] = SetOpt,
                             resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from a checkpoint")) -> None:
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
         console.print(_metrics_table(metrics))
         console.print(f"model: {cfg.tokenizer.output}  metrics: {cfg.tokenizer.metrics}  curve: {cfg.tokenizer.plots}")
 
-    @app.command("tokenize")
+    @app.command("tokenize", rich_help_panel="Training")
     def tokenize_cmd(params: Path = ParamsOpt, preset: Optional[str] = PresetOpt,
                      set_: Optional[list[str]] = SetOpt,
                      nproc: Optional[int] = typer.Option(
@@ -173,4 +173,4 @@ def register(app: typer.Typer) -> None:
         console.print(f"{m['images']} images, {m['samples']} samples -> {cfg.tokenizer.tokens.output} "
                       f"({m['shards']} shard(s), {m['images_per_second']} images/s on {m['world_size']} process(es))")
 
-    app.add_typer(tokenizer_app, name="tokenizer")
+    app.add_typer(tokenizer_app, name="tokenizer", rich_help_panel="Tools")

@@ -25,7 +25,6 @@ import json
 import logging
 import multiprocessing as mp
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +32,6 @@ from typing import Any, Protocol, TypeVar
 
 import duckdb
 import numpy as np
-from tqdm import tqdm
 
 import arm
 from arm.config import ArmConfig
@@ -50,6 +48,7 @@ from arm.data.stats import (
 )
 from arm.data.store import DB_NAME, IMAGES_DIR, ImageBuffer, RowBuffer, write_shards
 from arm.io import atomic_path, atomic_write_json
+from arm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 DUCKDB_MEMORY_LIMIT = "768MB"
@@ -163,8 +162,7 @@ def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger,
     params = StatsParams.from_config(cfg)
 
     n = n_chunks = 0
-    last_log = time.perf_counter()
-    bar = tqdm(desc="curate", unit="rec", disable=not progress, file=sys.stderr, mininterval=0.5)
+    bar = progress_bar("curate", unit="rec", logger=logger, enabled=progress)
     for res in map_chunks(_chunks(_records(cfg, counts), chunk_size), params):
         stats_buf.add(res.rows)
         rej_buf.add(res.rejections)
@@ -172,9 +170,6 @@ def _build(cfg: ArmConfig, root: Path, progress: bool, logger: logging.Logger,
         n += res.n
         n_chunks += 1
         bar.update(res.n)
-        if time.perf_counter() - last_log > 10:
-            last_log = time.perf_counter()
-            logger.info("curate: %d records read, %.0f rec/s", n, n / (last_log - t0))
     bar.close()
     for buf in (stats_buf, rej_buf, img_buf):
         buf.close()
@@ -304,7 +299,7 @@ def _reconcile(cfg: ArmConfig, con: duckdb.DuckDBPyConnection, counts: dict[str,
     }
 
 
-def curate(cfg: ArmConfig, progress: bool | None = None, logger: logging.Logger | None = None,
+def curate(cfg: ArmConfig, progress: bool = True, logger: logging.Logger | None = None,
            map_chunks: MapChunks | None = None, chunk_size: int = CHUNK) -> dict[str, Any]:
     """Builds the curated store at cfg.data.store (atomically) and returns its metrics.
 
@@ -323,8 +318,6 @@ def curate(cfg: ArmConfig, progress: bool | None = None, logger: logging.Logger 
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise CurateError(f"data.sources: source names must be unique, repeated: {dup}")
-    if progress is None:
-        progress = sys.stderr.isatty()
     store = Path(cfg.data.store)
     with atomic_path(store) as tmp:
         metrics = _build(cfg, tmp, progress, logger, map_chunks, chunk_size)

@@ -34,6 +34,7 @@ from arm.config import PALETTE, SIZES, WorldConfig
 from arm.eval.config import SceneJudgeConfig
 from arm.data.shapes import Scene, ShapeObject
 from arm.io import atomic_path, atomic_write_json
+from arm.progress import progress_bar
 
 UNKNOWN = "unknown"
 # Bumped whenever the synthesiser or the network changes, so a cached judge is never reused
@@ -448,6 +449,7 @@ def _train(cfg: SceneJudgeConfig, world: WorldConfig) -> SceneJudge:
     targets = [torch.from_numpy(a).reshape(-1) for a in (labels.present, labels.kind, labels.color, labels.size)]
     cells = world.grid ** 2
     model.train()
+    bar = progress_bar("eval judge training", steps, unit="step")
     for _ in range(cfg.epochs):
         order = torch.randperm(len(images), generator=gen)
         for i in range(0, len(images), cfg.batch_size):
@@ -460,6 +462,9 @@ def _train(cfg: SceneJudgeConfig, world: WorldConfig) -> SceneJudge:
             loss.backward()
             opt.step()
             sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # drawn at the bar's own pace
+            bar.update(1)
+    bar.close()
     judge = SceneJudge(model, world, cfg.min_confidence, {})
     train_s = time.perf_counter() - start
     judge.report = {**held_out_report(judge, cfg, world), "train_seconds": round(train_s, 1)}

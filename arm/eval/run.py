@@ -39,6 +39,7 @@ from arm.eval.pope import score_pope, summarize_pope
 from arm.eval.scoring import summarize_captions, summarize_edit, summarize_geneval, summarize_vqa, summarize_wise
 from arm.eval.prompts import load_prompt_sets, prior_answer
 from arm.io import atomic_write_json, sha256_file
+from arm.progress import Bar, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,16 @@ class BenchResult:
 
 
 class Runner:
-    """Calls the pipeline in fixed batches with per-output seeds, so results do not depend on batching."""
+    """Calls the pipeline in fixed batches with per-output seeds, so results do not depend on batching;
+    `bar` counts the pipeline's outputs (the run's progress)."""
 
-    def __init__(self, cfg: ArmConfig, pipeline: Pipeline, tokenizer, sets: dict, prior: dict):
+    def __init__(self, cfg: ArmConfig, pipeline: Pipeline, tokenizer, sets: dict, prior: dict, bar: Bar):
         self.cfg, self.ecfg, self.world = cfg, cfg.eval, cfg.world
         self.pipe, self.tokenizer, self.sets, self.prior = pipeline, tokenizer, sets, prior
         self.sampling = {k: v for k, v in self.ecfg.sampling.model_dump().items() if v is not None}
         self._judge = None
         self._offset = 0
+        self.bar = bar
 
     def stream(self, name: str) -> None:
         """Each benchmark draws its seeds from its own block, so running a subset of the
@@ -99,6 +102,7 @@ class Runner:
         out = list(out)
         if len(out) != want:
             raise EvalError(f"pipeline.{what} returned {len(out)} outputs for {want} inputs")
+        self.bar.update(want)
         return out
 
     def generate(self, prompts: Sequence[str]) -> list[list[Image.Image]]:
@@ -535,13 +539,14 @@ def evaluate(
     logger = logger or log
     tokenizer = tokenizer if tokenizer is not None else find_tokenizer(pipeline)
     sets, prior, manifest = load_prompt_sets(cfg, prompts_dir)
-    runner = Runner(cfg, pipeline, tokenizer, sets, prior)
+    runner = Runner(cfg, pipeline, tokenizer, sets, prior, progress_bar(f"evaluate {name}", unit="output", logger=logger))
 
     results: dict[str, BenchResult] = {}
     skipped: dict[str, str] = {}
     timings: dict[str, float] = {}
     for bench in cfg.eval.benchmarks:
         t0 = time.perf_counter()
+        runner.bar.set_postfix(benchmark=bench)
         runner.stream(bench)
         res = BENCHES[bench](runner)
         timings[bench] = round(time.perf_counter() - t0, 2)
@@ -550,6 +555,7 @@ def evaluate(
             skipped[bench] = "no visual tokenizer"
         else:
             results[bench] = res
+    runner.bar.close()
     prompts_dir = Path(prompts_dir or cfg.eval.prompts.dir)
     metrics = {
         "model": name,

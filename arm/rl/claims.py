@@ -27,6 +27,7 @@ from pathlib import Path
 
 from arm.config import ArmConfig, load_config
 from arm.io import atomic_write_json, atomic_write_text
+from arm.progress import progress_bar
 
 log = logging.getLogger("arm.rl.claims")
 
@@ -205,8 +206,12 @@ def run_claims(
 
         log.info("no held-out prompt sets in %s: building them (arm eval-prompts)", base_cfg.eval.prompts.dir)
         build_prompt_sets(base_cfg)
+    # a run: the base's evaluations, then each RL training with its evaluations
+    bar = progress_bar("rl-claims", 1 + len(task_sets) * len(seeds), unit="run", logger=log)
+    bar.set_postfix(run="base")
     base = {e: evaluate_model(load_config(params, preset, [*common, f"eval.seed={e}"]), base_dir,
                               f"{EVAL_PREFIX}{base_cfg.preset}_base_e{e}") for e in eval_seeds}
+    bar.update(1)
     base_sha256 = base_identity(base_dir)["sha256"]
 
     runs: dict[str, dict[int, dict]] = {}
@@ -214,6 +219,7 @@ def run_claims(
     for ts in task_sets:
         for seed in seeds:
             tag = f"{ts}-s{seed}"
+            bar.set_postfix(run=tag)
             run_overrides = [
                 *common, f"rl.seed={seed}", f"rl.tasks=[{', '.join(TASK_SETS[ts])}]", f"rl.output={out_root}/{tag}",
                 f"rl.metrics={Path(metrics_out).parent}/rl_claims/{tag}.json", f"rl.plot={plots_dir}/{tag}",
@@ -233,6 +239,8 @@ def run_claims(
                 "scores": {str(e): m["scores"] for e, m in evals[ts][seed].items()},
                 "rl": {"rewards": rl_metrics["rewards"], "kl_final": rl_metrics["kl_final"],
                        "train_seconds": rl_metrics["train_seconds"]}}
+            bar.update(1)
+    bar.close()
 
     table = {ts: tabulate(base, by_seed) for ts, by_seed in evals.items()}
 

@@ -354,9 +354,9 @@ class GRPOTrainer:
         self.resume()
         bar = None
         if self.progress and self.acc.is_main_process:
-            from tqdm.auto import tqdm
+            from arm.progress import progress_bar
 
-            bar = tqdm(total=r.steps, initial=self.state.step, desc="rl", unit="step")
+            bar = progress_bar("rl", r.steps, initial=self.state.step, unit="step", logger=log)
         stopped = "done"
         while self.state.step < r.steps:
             row = self.step()

@@ -245,10 +245,10 @@ def tokenize(cfg, *, tokenizer_dir: str | Path | None = None, store_root: str | 
                         prefetch_factor=4 if workers else None)
     bar = None
     if progress and denv.is_main:
-        from tqdm.auto import tqdm
+        from arm.progress import progress_bar
 
-        bar = tqdm(total=sum(len(b[2]) for b in batches), desc=f"tokenize (rank 0 of {denv.world_size})",
-                   unit="img", dynamic_ncols=True)
+        bar = progress_bar(f"tokenize (rank 0 of {denv.world_size})", sum(len(b[2]) for b in batches), unit="img",
+                           logger=logger or log)
     t0 = time.perf_counter()
     encoded, t_encode = _encode_shards(model, loader, shas, shard_size, width, shards_dir, device, bar)
     wall = time.perf_counter() - t0

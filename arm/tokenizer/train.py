@@ -393,9 +393,9 @@ def train_tokenizer(
     end = total if stop_at is None else min(total, stop_at)
     bar = None
     if progress and end > start and acc.is_main_process:
-        from tqdm.auto import tqdm
+        from arm.progress import progress_bar
 
-        bar = tqdm(total=total, initial=start, desc="tokenizer", unit="step", dynamic_ncols=True)
+        bar = progress_bar("tokenizer", total, initial=start, unit="step", logger=logger or log)
     scene_rows = torch.tensor([i for i, s in enumerate(train.scenes) if s is not None], dtype=torch.long)
     order = BatchOrder(len(train), t.batch_size, cfg.seed, scene_rows, int(t.scene_warmup * total),
                        train.groups, t.shuffle_window)

@@ -344,9 +344,9 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
     rows = stream.rows(position)
     bar = None
     if progress and denv.is_main:
-        from tqdm.auto import tqdm
+        from arm.progress import progress_bar
 
-        bar = tqdm(total=p.max_steps, initial=state.step, desc="pretrain", unit="step")
+        bar = progress_bar("pretrain", p.max_steps, initial=state.step, unit="step", logger=log)
     stop_reason = "done"
     while state.step < p.max_steps:
         t0 = time.perf_counter()
