@@ -120,30 +120,43 @@ def test_bad_settings_name_the_bar():
 # ------------------------------------------------------------------ the stages, run for real off a terminal
 
 
-def test_curate_and_tokenize_report_lines_and_write_no_carriage_returns(tmp_path, capfd, lines, monkeypatch):
-    import torch
+@pytest.fixture
+def no_transformers_bar():
+    """transformers' "Loading weights" bar, switched off as `arm` does off a terminal (arm.progress.
+    quiet_other_bars; in-process its import-time switch is too late, so the runtime one)."""
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
+    yield
+    hf_logging.enable_progress_bar()
+
+
+def test_curate_tokenizer_training_and_tokenize_report_lines_and_write_no_carriage_returns(
+        tmp_path, capfd, lines, monkeypatch, no_transformers_bar):
     from arm.config import load_config
     from arm.data.curate import curate
-    from arm.tokenizer.model import VisualTokenizer
     from arm.tokenizer.tokens import tokenize
-    from arm.tokenizer.vocab import SPECIALS
+    from arm.tokenizer.train import train_tokenizer
 
     monkeypatch.delenv("RANK", raising=False)
     cfg = load_config(REPO / "params.yaml", preset="micro", overrides=[
         f"data.store={tmp_path}/curated", f"data.metrics={tmp_path}/curate.json", f"tokenizer.output={tmp_path}/model",
-        f"tokenizer.tokens.output={tmp_path}/tokens", f"tokenizer.tokens.metrics={tmp_path}/tokens.json",
-        "tokenizer.tokens.workers=0"])
+        f"tokenizer.metrics={tmp_path}/tokenizer.json", f"tokenizer.plots={tmp_path}/plots",
+        f"tokenizer.checkpoint_dir={tmp_path}/ckpt", f"tokenizer.tokens.output={tmp_path}/tokens",
+        f"tokenizer.tokens.metrics={tmp_path}/tokens.json", "tokenizer.tokens.workers=0"])
     metrics = curate(cfg)
-    torch.manual_seed(0)
-    VisualTokenizer.build(cfg.tokenizer, caption_vocab=SPECIALS + ["a"], text_dim=16, distill_dim=8).save_pretrained(
-        tmp_path / "model")
+    train_tokenizer(cfg, evaluate=False)
     manifest = tokenize(cfg)
 
-    err = capfd.readouterr().err
-    assert "\r" not in err
+    assert "\r" not in capfd.readouterr().err
     curate_lines = [m for m in lines("arm.data.curate") if m.startswith("curate: ") and " rec, " in m]
     assert curate_lines and curate_lines[-1].startswith(f"curate: {metrics['n_in']} rec, ")
+    steps = cfg.tokenizer.train.steps
+    tokenizer_lines = [m for m in lines("arm.tokenizer.train") if m.startswith("tokenizer: ")]
+    counts = [m.split(" (")[0] for m in tokenizer_lines]  # a slow box may add a line every 30 s between tenths
+    assert {f"tokenizer: {k * steps // 10}/{steps} step" for k in range(1, 11)} <= set(counts)
+    assert counts[-1] == f"tokenizer: {steps}/{steps} step"
+    assert "loss=" in tokenizer_lines[-1]
     n = manifest["images_encoded"]
     assert n > 0
     tokenize_lines = [m for m in lines("arm.tokenizer.tokens") if m.startswith("tokenize (rank 0 of 1): ")]
