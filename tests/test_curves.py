@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from arm.curves import read_curve, write_curve
+from arm.curves import CurveLog, read_curve, write_curve
 
 
 def _history(n: int) -> list[dict]:
@@ -34,19 +34,42 @@ def test_a_curve_reads_back_exactly_with_absent_points_left_out(tmp_path):
     assert summary["step"] == 6 and summary["loss"] == 0.5 and summary["val_loss"] == 3.3 / 6
 
 
-def test_a_resumed_run_rewrites_the_uninterrupted_curve_even_after_a_crash_past_its_checkpoint(tmp_path):
+def _train(directory, history, steps, checkpoint_every=3, die_after=None):
+    """A trainer's use of CurveLog: open at the checkpointed history, log each step, flush at
+    each checkpoint; `die_after` stops without a checkpoint (a crash). Returns the checkpoint."""
+    curve = CurveLog(directory, history)
+    done = list(history)
+    for row in steps:
+        curve.log(row)
+        if row["step"] == die_after:
+            return history
+        done.append(row)
+        if row["step"] % checkpoint_every == 0 or row is steps[-1]:
+            curve.flush()
+            history = list(done)
+    return history
+
+
+def test_a_resumed_run_logs_the_uninterrupted_curve_even_after_a_crash_past_its_checkpoint(tmp_path):
     full = _history(9)
-    write_curve(tmp_path / "uninterrupted", full)
-    # the interrupted run checkpointed at step 3, logged up to step 7, then died; the resumed run
-    # starts again from the checkpoint's history (steps 1-3) and writes at every checkpoint
+    _train(tmp_path / "uninterrupted", [], full)
+    # the interrupted run checkpointed at step 3 and died after logging step 5; the resumed run
+    # opens the curve at the checkpoint's history and logs on
     cut = tmp_path / "interrupted"
-    write_curve(cut, full[:3])
-    write_curve(cut, full[:7])
-    for end in (6, 9):
-        write_curve(cut, full[:end])
+    checkpoint = _train(cut, [], full, die_after=5)
+    assert [r["step"] for r in checkpoint] == [1, 2, 3]
+    assert [r["step"] for r in read_curve(cut)] == [1, 2, 3, 4, 5]  # logged live, past the checkpoint
+    _train(cut, checkpoint, full[3:])
     assert _files(cut) == _files(tmp_path / "uninterrupted")
-    assert [r["step"] for r in read_curve(cut)] == list(range(1, 10))  # no step twice
+    assert [r["step"] for r in read_curve(cut)] == list(range(1, 10))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+
+
+def test_a_curve_with_a_step_twice_is_refused(tmp_path):
+    curve = CurveLog(tmp_path / "curve", _history(2))
+    curve.log(_history(2)[1])  # what continuing after the last logged, not checkpointed, step gives
+    with pytest.raises(ValueError, match="loss.tsv: step 2 twice"):
+        read_curve(tmp_path / "curve")
 
 
 def test_a_failed_write_leaves_the_previous_curve(tmp_path):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from arm.config import ArmConfig
-from arm.curves import write_curve
+from arm.curves import CurveLog
 from arm.data.oracle import parse
 from arm.io import atomic_write_json, sha256_file
 from arm.model.config import SamplingConfig
@@ -342,8 +342,8 @@ class GRPOTrainer:
 
     def save(self) -> None:
         accel.save_state(self.acc, self.run_dir, self.state.step, self.r.keep_checkpoints, meta=asdict(self.state))
-        if self.acc.is_main_process:
-            write_curve(self.r.plot, self.state.history)
+        if self.curve is not None:
+            self.curve.flush()
 
     # ------------------------------------------------------------------ the run
 
@@ -352,6 +352,7 @@ class GRPOTrainer:
         t_start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
+        self.curve = CurveLog(r.plot, self.state.history) if self.acc.is_main_process else None
         bar = None
         if self.progress and self.acc.is_main_process:
             from arm.progress import progress_bar
@@ -360,6 +361,8 @@ class GRPOTrainer:
         stopped = "done"
         while self.state.step < r.steps:
             row = self.step()
+            if self.curve is not None:
+                self.curve.log(row)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.4f}")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from arm.curves import write_curve
+from arm.curves import CurveLog
 from arm.io import atomic_write_json
 from arm.tokenizer import losses as L
 from arm.tokenizer.data import ImageTextSet, scene_cell_states, scene_class_count, step_loader
@@ -385,10 +385,13 @@ def train_tokenizer(
         p = found[1]
         start, curve, elapsed, cpu = int(p["step"]), list(p["curve"]), float(p["elapsed"]), float(p["cpu"])
         say(f"resumed from {found[0]} at step {start}")
+    log_curve = CurveLog(tcfg.plots, curve) if acc.is_main_process else None  # the main process logs it
 
     def checkpoint(step: int) -> None:
         accel.save_state(acc, ckpt_dir, step, keep=1, meta={"fingerprint": fp, "step": step, "spec": model.spec,
                                                             "curve": curve, "elapsed": elapsed, "cpu": cpu, "processes": world})
+        if log_curve is not None:
+            log_curve.flush()
 
     end = total if stop_at is None else min(total, stop_at)
     bar = None
@@ -424,6 +427,8 @@ def train_tokenizer(
         sched.step()
         row = {"step": step + 1, **_logged(acc, loss, parts), "lr": float(opt.param_groups[0]["lr"])}
         curve.append(row)
+        if log_curve is not None:
+            log_curve.log(row)
         if bar is not None:
             bar.update(1)
             if (step + 1) % t.log_every == 0:
@@ -446,7 +451,6 @@ def train_tokenizer(
 
     model.eval()
     model.save_pretrained(tcfg.output)
-    write_curve(tcfg.plots, curve)
     say(f"saved tokenizer to {tcfg.output} ({elapsed:.1f} s training)")
     metrics: dict[str, Any] = {
         "train_steps": total,

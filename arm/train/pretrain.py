@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from arm.config import ArmConfig
-from arm.curves import write_curve
+from arm.curves import CurveLog
 from arm.io import atomic_path, atomic_write_json
 from arm.model.build import build_model, flops_per_token, use_factorized
 from arm.model.io import export_model
@@ -325,6 +325,7 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         ckpt.load_rng(run_dir / tag, denv.rank)
         if denv.is_main:
             log.info("resumed %s at step %d", run_dir / tag, state.step)
+    curve = CurveLog(p.plot, state.history) if denv.is_main else None  # rank 0 logs the curve
 
     def save() -> None:
         tag_dir = run_dir / ckpt.tag_name(state.step)
@@ -337,8 +338,8 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
             mirror.push_checkpoint(run_dir, tag_dir.name, denv, p.keep_checkpoints)
         if denv.local_rank == 0:  # every node keeps its own disk in bounds
             ckpt.prune(run_dir, p.keep_checkpoints)
-        if denv.is_main:
-            write_curve(p.plot, state.history)
+        if curve is not None:
+            curve.flush()
 
     flops = flops_per_token(cfg.model, layout, cfg.text.seq_len)
     rows = stream.rows(position)
@@ -384,6 +385,8 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         if state.step % p.eval_every == 0 or state.step == p.max_steps or stop_reason == "time_limit":
             row.update({f"val_{t}": v for t, v in evaluate(engine, val, denv, device, p.micro_batch, p.loss_chunk).items()})
         state.history.append(row)
+        if curve is not None:
+            curve.log(row)
         if bar is not None:
             bar.update(1)
             if state.step % p.log_every == 0:
@@ -443,7 +446,6 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         if mirror is not None:
             mirror.push_export(Path(p.output), metrics)
         atomic_write_json(p.metrics, metrics)
-        write_curve(p.plot, state.history)
     dist.barrier()
     return metrics
 
