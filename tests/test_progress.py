@@ -174,3 +174,21 @@ def test_judge_training_reports_its_steps(lines, capfd):
                                               for k in range(1, 7)]
     assert all("loss=" in m for m in got)
     assert "\r" not in capfd.readouterr().err
+
+
+def test_evaluate_counts_the_pipelines_outputs(tmp_path, lines):
+    from arm.config import load_config
+    from arm.eval.prompts import build_prompt_sets, load_prompt_sets
+    from arm.eval.reference import OraclePipeline
+    from arm.eval.run import evaluate
+
+    cfg = load_config(REPO / "params.yaml", preset="micro", overrides=[
+        f"eval.prompts.dir={tmp_path / 'prompts'}", f"eval.metrics_dir={tmp_path / 'metrics'}",
+        f"eval.reports_dir={tmp_path / 'reports'}", f"eval.fmnist.cache_dir={tmp_path / 'cache'}",
+        "eval.benchmarks=[shapes_geneval, shapes_edit]"])
+    build_prompt_sets(cfg)
+    sets, _, _ = load_prompt_sets(cfg)
+    evaluate(cfg, None, pipeline=OraclePipeline(cfg, sets), name="oracle")
+    n = len(sets["geneval"]) * cfg.eval.samples_per_prompt + len(sets["edit"])  # images drawn + images edited
+    got = [m for m in lines("arm.eval.run") if m.startswith("evaluate oracle: ") and " output, " in m]
+    assert got and got[-1].startswith(f"evaluate oracle: {n} output, ") and got[-1].endswith("benchmark=shapes_edit")
