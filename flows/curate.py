@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
@@ -19,6 +20,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from arm.config import ArmConfig, load_config
 from arm.data.curate import Chunk, MapChunks, curate, windowed
 from arm.data.stats import ChunkResult, StatsParams, process_chunk
+from arm.orchestration.artifacts import publish_curation
 
 CHUNKS_PER_WORKER_THREAD = 3  # in flight per Dask thread: keeps workers busy, memory bounded
 
@@ -75,7 +77,7 @@ def prefect_task_map(cfg: ArmConfig) -> MapChunks:
 
 
 @task(name="curate")
-def curate_task(params: str, preset: str | None, overrides: list[str] | None) -> dict:
+def curate_task(params: str, preset: str | None, overrides: dict[str, Any] | None) -> dict:
     cfg = load_config(params, preset, overrides)
     return curate(cfg, logger=get_run_logger())
 
@@ -98,7 +100,7 @@ def _api_for_workers(cfg: ArmConfig) -> Iterator[None]:
 
 
 @flow(name="curate-dask")
-def curate_dask_flow(params: str, preset: str | None, overrides: list[str] | None) -> dict:
+def curate_dask_flow(params: str, preset: str | None, overrides: dict[str, Any] | None) -> dict:
     cfg = load_config(params, preset, overrides)
     with _api_for_workers(cfg):
         return curate(cfg, logger=get_run_logger(), map_chunks=prefect_task_map(cfg),
@@ -106,11 +108,14 @@ def curate_dask_flow(params: str, preset: str | None, overrides: list[str] | Non
 
 
 @flow(name="curate")
-def curate_flow(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None) -> dict:
+def curate_flow(params: str = "params.yaml", preset: str | None = None, overrides: dict[str, Any] | None = None) -> dict:
     cfg = load_config(params, preset, overrides)
     if cfg.data.executor == "dask":
-        return curate_dask_flow.with_options(task_runner=dask_task_runner(cfg))(params, preset, overrides)
-    return curate_task(params, preset, overrides)
+        metrics = curate_dask_flow.with_options(task_runner=dask_task_runner(cfg))(params, preset, overrides)
+    else:
+        metrics = curate_task(params, preset, overrides)
+    publish_curation(metrics)
+    return metrics
 
 
 if __name__ == "__main__":

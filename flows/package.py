@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger, task
 
 from arm.config import load_config
@@ -9,7 +11,7 @@ from arm.serve.package import package
 
 
 @task(name="package")
-def package_task(params: str, preset: str | None, overrides: list[str] | None, model_dir: str | None,
+def package_task(params: str, preset: str | None, overrides: dict[str, Any] | None, model_dir: str | None,
                  version: str | None, visual_tokenizer: str | None, metrics: str | None, build: bool,
                  record: str | None, ungated: bool = False) -> dict:
     cfg = load_config(params, preset, overrides)
@@ -19,7 +21,7 @@ def package_task(params: str, preset: str | None, overrides: list[str] | None, m
 
 
 @flow(name="package")
-def package_flow(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None,
+def package_flow(params: str = "params.yaml", preset: str | None = None, overrides: dict[str, Any] | None = None,
                  model_dir: str | None = None, version: str | None = None, visual_tokenizer: str | None = None,
                  metrics: str | None = None, build: bool = True, record: str | None = None, ungated: bool = False) -> dict:
     return package_task(params, preset, overrides, model_dir, version, visual_tokenizer, metrics, build, record, ungated)

@@ -13,15 +13,17 @@ tokenizer, checkpoints and export between them (arm.train.remote).
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 
 from prefect import flow, get_run_logger, task
 
-from arm.config import load_config
+from arm.config import load_config, override_args
 
 
 @task(name="pretrain")
-def pretrain_task(params: str, preset: str | None, overrides: list[str] | None, nproc: int | None,
+def pretrain_task(params: str, preset: str | None, overrides: dict[str, Any] | None, nproc: int | None,
                   stop_after: int | None) -> dict:
     from arm.train.pretrain import pretrain, pretrain_multiprocess
 
@@ -32,7 +34,7 @@ def pretrain_task(params: str, preset: str | None, overrides: list[str] | None, 
     logger.info("pretrain %s: %d steps on %d process(es) x %d node(s), images from %s", cfg.preset,
                 cfg.pretrain.max_steps, nproc, nnodes, cfg.pretrain.images)
     if nproc > 1 or nnodes > 1:
-        metrics = pretrain_multiprocess(params, preset, overrides or [], nproc, stop_after)
+        metrics = pretrain_multiprocess(params, preset, override_args(overrides), nproc, stop_after)
     else:
         metrics = pretrain(cfg, stop_after=stop_after, logger=logger)
     if metrics.get("stopped") != "stop_after":
@@ -42,10 +44,11 @@ def pretrain_task(params: str, preset: str | None, overrides: list[str] | None, 
 
 
 @flow(name="pretrain")
-def pretrain_flow(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None,
+def pretrain_flow(params: str = "params.yaml", preset: str | None = None, overrides: dict[str, Any] | None = None,
                   nproc: int | None = None, stop_after: int | None = None) -> dict:
     """nproc: processes on this machine; None = pretrain.nproc."""
-    return pretrain_task(params, preset, overrides, nproc, stop_after)
+    options = load_config(params, preset, overrides).orchestration.task_options("pretrain")
+    return pretrain_task.with_options(**options)(params, preset, overrides, nproc, stop_after)
 
 
 def node_queues(nnodes: int, queues: list[str] | None) -> list[str]:
@@ -80,7 +83,7 @@ def run_node(deployment: str, queue: str, parameters: dict, env: dict[str, str])
 
 @flow(name="pretrain-nodes")
 def pretrain_nodes_flow(nnodes: int, master_addr: str, master_port: int = 29400, params: str = "params.yaml",
-                        preset: str | None = None, overrides: list[str] | None = None, nproc: int | None = None,
+                        preset: str | None = None, overrides: dict[str, Any] | None = None, nproc: int | None = None,
                         stop_after: int | None = None, queues: list[str] | None = None,
                         deployment: str = "pretrain/pretrain-7b-node") -> list[str]:
     """Start `deployment` once per node rank on that node's queue (default node-0..node-{n-1});

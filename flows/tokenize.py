@@ -6,13 +6,15 @@ machine (arm.tokenizer.launch); every process runs the same stage function on it
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger, task
 
-from arm.config import load_config
+from arm.config import load_config, override_args
 
 
 @task(name="tokenize")
-def tokenize_task(params: str, preset: str | None, overrides: list[str] | None, nproc: int | None) -> dict:
+def tokenize_task(params: str, preset: str | None, overrides: dict[str, Any] | None, nproc: int | None) -> dict:
     from arm.tokenizer.launch import tokenize_multiprocess
     from arm.tokenizer.tokens import tokenize
 
@@ -20,7 +22,7 @@ def tokenize_task(params: str, preset: str | None, overrides: list[str] | None, 
     nproc = nproc or cfg.tokenizer.tokens.nproc
     logger = get_run_logger()
     if nproc > 1:
-        manifest = tokenize_multiprocess(params, preset, overrides or [], nproc)
+        manifest = tokenize_multiprocess(params, preset, override_args(overrides), nproc)
     else:
         manifest = tokenize(cfg, logger=logger)
     logger.info("%d images -> %s (%s images/s on %d process(es), %s)", manifest["images"], cfg.tokenizer.tokens.output,
@@ -29,10 +31,11 @@ def tokenize_task(params: str, preset: str | None, overrides: list[str] | None, 
 
 
 @flow(name="tokenize")
-def tokenize_flow(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None,
+def tokenize_flow(params: str = "params.yaml", preset: str | None = None, overrides: dict[str, Any] | None = None,
                   nproc: int | None = None) -> dict:
     """nproc: processes on this machine; None = tokenizer.tokens.nproc."""
-    return tokenize_task(params, preset, overrides, nproc)
+    options = load_config(params, preset, overrides).orchestration.task_options("tokenize")
+    return tokenize_task.with_options(**options)(params, preset, overrides, nproc)
 
 
 if __name__ == "__main__":

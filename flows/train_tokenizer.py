@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger, task
 
-from arm.config import load_config
+from arm.config import load_config, override_args
 
 
 @task(name="train_tokenizer")
-def train_tokenizer_task(params: str, preset: str | None, overrides: list[str] | None, resume: bool) -> dict:
+def train_tokenizer_task(params: str, preset: str | None, overrides: dict[str, Any] | None, resume: bool) -> dict:
     from arm.tokenizer.launch import train_tokenizer_multiprocess
     from arm.tokenizer.train import train_tokenizer
 
@@ -16,7 +18,7 @@ def train_tokenizer_task(params: str, preset: str | None, overrides: list[str] |
     logger = get_run_logger()
     nproc = cfg.tokenizer.train.nproc
     if nproc > 1:  # data parallel: torchrun starts the processes, rank 0 writes the metrics
-        metrics = train_tokenizer_multiprocess(params, preset, list(overrides or []), nproc, resume=resume)
+        metrics = train_tokenizer_multiprocess(params, preset, override_args(overrides), nproc, resume=resume)
     else:
         metrics = train_tokenizer(cfg, resume=resume, logger=logger)
     logger.info("tokenizer at %s: %s", cfg.tokenizer.output,
@@ -27,8 +29,9 @@ def train_tokenizer_task(params: str, preset: str | None, overrides: list[str] |
 
 @flow(name="train_tokenizer")
 def train_tokenizer_flow(params: str = "params.yaml", preset: str | None = None,
-                         overrides: list[str] | None = None, resume: bool = True) -> dict:
-    return train_tokenizer_task(params, preset, overrides, resume)
+                         overrides: dict[str, Any] | None = None, resume: bool = True) -> dict:
+    options = load_config(params, preset, overrides).orchestration.task_options("train_tokenizer")
+    return train_tokenizer_task.with_options(**options)(params, preset, overrides, resume)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from arm.config import load_config
+from arm.config import load_config, parse_overrides
 from arm.data.curate import CHUNK, CurateError, curate, params_hash, windowed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +105,8 @@ def test_dask_task_runner_from_config():
 def test_dask_flow_maps_one_task_per_chunk_and_matches_the_process_store(tmp_path):
     from prefect import get_client
     from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
         FlowRunFilter,
         FlowRunFilterId,
         FlowRunFilterParentFlowRunId,
@@ -111,14 +114,15 @@ def test_dask_flow_maps_one_task_per_chunk_and_matches_the_process_store(tmp_pat
         TaskRunFilterName,
     )
 
+    from arm.orchestration.artifacts import curation_rows
     from flows.curate import curate_flow
 
     proc_cfg = load_config(PARAMS, "micro", [*outputs(tmp_path, "process"), "data.workers=2"])
     m_proc = curate(proc_cfg)
     # Chunks other than the pool's, so that chunking is shown not to matter either.
     chunk = 200
-    state = curate_flow(params=PARAMS, preset="micro", return_state=True, overrides=[
-        *outputs(tmp_path, "dask"), "data.executor=dask", "data.dask_workers=2", f"data.dask_chunk_size={chunk}"])
+    state = curate_flow(params=PARAMS, preset="micro", return_state=True, overrides=parse_overrides([
+        *outputs(tmp_path, "dask"), "data.executor=dask", "data.dask_workers=2", f"data.dask_chunk_size={chunk}"]))
     assert state.is_completed(), state
     m_dask = state.result()
 
@@ -143,3 +147,9 @@ def test_dask_flow_maps_one_task_per_chunk_and_matches_the_process_store(tmp_pat
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="chunk_stats")))
     assert len(runs) == n_chunks
     assert all(r.state is not None and r.state.is_completed() for r in runs)
+    # The counts are the run's table artifact.
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["curation-counts"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert artifact.type == "table" and json.loads(artifact.data) == curation_rows(m_dask)

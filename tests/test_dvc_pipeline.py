@@ -113,18 +113,17 @@ def test_pipeline_order_covers_every_dvc_stage_after_its_deps():
                 assert PIPELINE_STAGES.index(produced_by[dep]) < PIPELINE_STAGES.index(name), (dep, name)
 
 
-def test_stage_commands_find_this_environments_arm_without_an_activated_venv():
-    """`make demo` calls .venv/bin/arm with a bare PATH; DVC's `arm <stage>` must still resolve."""
-    import subprocess
-    import sys
+def test_every_stage_command_is_an_arm_command_the_pipeline_runs_in_process():
+    """The pipeline flow runs a stale stage's dvc.yaml command through the `arm` CLI in its own process."""
+    import typer
 
-    code = ("import shutil; from arm.orchestration.stages import put_own_scripts_on_path; "
-            "put_own_scripts_on_path(); put_own_scripts_on_path(); import os; "
-            "print(shutil.which('arm')); print(os.environ['PATH'])")
-    out = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == str(Path(sys.executable).parent / "arm")
-    assert out[1] == f"{Path(sys.executable).parent}:/usr/bin:/bin"  # prepended once, nothing lost
+    from arm.cli import app
+    from arm.orchestration.stages import stage_command
+
+    commands = typer.main.get_command(app).commands
+    for stage in PIPELINE_STAGES:
+        args = stage_command(REPO, stage)
+        assert args[0] in commands, (stage, args)
 
 
 def test_presets_tiny_exists_for_dvc_and_refuses_overrides(tmp_path):

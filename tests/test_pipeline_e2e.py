@@ -1,4 +1,5 @@
-"""The micro pipeline end to end: a Prefect deployment run by a process worker, DVC skipping, reproducibility."""
+"""The micro pipeline end to end: a Prefect deployment run by a process worker (one flow run, stage
+subflows, artifacts, arm.* logs), DVC skipping, reproducibility."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
@@ -63,7 +65,8 @@ def model_hashes(repo: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def deployed_run(tmp_path_factory, prefect_server):
-    """The `retrain` deployment from prefect.yaml, run on the micro preset by a process worker."""
+    """The `retrain` deployment from prefect.yaml, run on the micro preset by a process worker:
+    (repo copy, `prefect flow-run inspect` output, flow run id, the worker's output)."""
     repo = copy_repo(tmp_path_factory.mktemp("deployed") / "repo")
     env = prefect_server
     for pool in ("cpu", "gpu"):
@@ -72,14 +75,15 @@ def deployed_run(tmp_path_factory, prefect_server):
     assert "retrain" in out and "pretrain-7b" in out and "evaluate" in out
     out = run(["prefect", "deployment", "run", "pipeline/retrain", "--params", json.dumps({"preset": "micro"})], repo, env)
     flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
-    run(["prefect", "worker", "start", "--pool", "cpu", "--run-once", "--install-policy", "never"], repo, env,
-        timeout=1500)
+    worker = subprocess.run(["prefect", "worker", "start", "--pool", "cpu", "--run-once", "--install-policy", "never"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1500)
+    assert worker.returncode == 0, worker.stdout[-4000:]
     state = run(["prefect", "flow-run", "inspect", flow_run_id], repo, env)
-    return repo, state
+    return repo, state, UUID(flow_run_id), worker.stdout
 
 
 def test_retrain_deployment_completes_the_micro_pipeline(deployed_run):
-    repo, state = deployed_run
+    repo, state, _, _ = deployed_run
     assert "COMPLETED" in state
     gate = json.loads((repo / "metrics" / "gate.json").read_text())
     assert "passed" in gate
@@ -88,8 +92,46 @@ def test_retrain_deployment_completes_the_micro_pipeline(deployed_run):
         assert (repo / path).exists(), path
 
 
+def test_one_flow_run_with_stage_subflows_artifacts_and_arm_logs(deployed_run, prefect_server):
+    """Every stage is a subflow of the pipeline's run on the worker's API (no temporary servers), the
+    results are artifacts of those runs, and the arm.* module loggers reach the run logs."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId,
+                                                LogFilter, LogFilterFlowRunId)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    repo, _, flow_run_id, worker_output = deployed_run
+    assert "temporary server" not in worker_output
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}), \
+            get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        flow_names = {child.id: client.read_flow(child.flow_id).name for child in children}
+        artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run_id, *flow_names])))}
+        (rl_run,) = [run_id for run_id, name in flow_names.items() if name == "rl"]
+        rl_logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[rl_run])))
+    assert sorted(flow_names.values()) == sorted(["curate", "validate", "train_tokenizer", "tokenize", "eval_prompts",
+                                                  "pretrain", "rl", "evaluate", "evaluate", "gate", "package"])
+    assert {"curation-counts", "data-validation-failures", "eval-scores-arm-base", "eval-scores-arm-rl",
+            "eval-report-arm-base", "eval-report-arm-rl", "gate-decision", "pipeline-stages"} <= set(artifacts)
+    curate = json.loads((repo / "metrics" / "curate.json").read_text())
+    assert json.loads(artifacts["curation-counts"].data)[-1] == {
+        "source": "total", "in": curate["n_in"], "kept": curate["n_kept"], "rejected": curate["n_rejected"],
+        "rejected by reason": ", ".join(f"{k}: {v}" for k, v in sorted(curate["rejected_by_reason"].items())) or "-"}
+    assert json.loads(artifacts["data-validation-failures"].data) == []
+    gate = json.loads((repo / "metrics" / "gate.json").read_text())
+    assert artifacts["gate-decision"].data.startswith(f"## arm-rl: {'PASSED' if gate['passed'] else 'REJECTED'}")
+    assert artifacts["eval-report-arm-rl"].data == (repo / "reports" / "eval_arm-rl" / "index.html").resolve().as_uri()
+    assert json.loads(artifacts["pipeline-stages"].data) == [
+        {"stage": stage, "state": "ran"} for stage in ("curate", "validate", "train_tokenizer", "tokenize",
+                                                       "eval_prompts", "pretrain", "rl", "evaluate_base",
+                                                       "evaluate_rl", "gate", "package")]
+    assert any(log.name == "arm.rl" and "reward" in log.message for log in rl_logs)
+
+
 def test_dvc_repro_right_after_is_up_to_date(deployed_run):
-    repo, _ = deployed_run
+    repo, *_ = deployed_run
     out = run(["dvc", "repro"], repo)
     assert "didn't change, skipping" in out or "up to date" in out.lower()
     assert "Running stage" not in out
@@ -111,7 +153,7 @@ def _stale_after(repo: Path, section: str, key: str, value) -> set[str]:
 
 
 def test_changing_one_param_makes_only_its_stages_stale(deployed_run):
-    repo, _ = deployed_run
+    repo, *_ = deployed_run
     assert _stale_after(repo, "rl", "lr", 0.123) == {"rl"}
     assert _stale_after(repo, "gate", "thresholds", {"shapes_geneval.overall": 0.9}) == {"gate"}
     assert _stale_after(repo, "tokenizer", "dropout", 0.3) == {"train_tokenizer"}
@@ -119,7 +161,7 @@ def test_changing_one_param_makes_only_its_stages_stale(deployed_run):
 
 
 def test_dvc_plots_show_renders_the_loss_curves(deployed_run, tmp_path):
-    repo, _ = deployed_run
+    repo, *_ = deployed_run
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
     page = (tmp_path / "plots" / "index.html").read_text()
     for plot in ("tokenizer_loss", "pretrain_loss", "pretrain_val_loss", "rl_reward", "rl_kl"):  # dvc.yaml `plots:`
@@ -127,7 +169,7 @@ def test_dvc_plots_show_renders_the_loss_curves(deployed_run, tmp_path):
 
 
 def test_same_seed_gives_identical_tokenizer_and_model(deployed_run, tmp_path):
-    repo, _ = deployed_run
+    repo, *_ = deployed_run
     again = copy_repo(tmp_path / "again")
     select_preset(again / "params.yaml", "micro")
     run(["dvc", "repro", "pretrain"], again, tool_env(), timeout=1200)
@@ -136,10 +178,15 @@ def test_same_seed_gives_identical_tokenizer_and_model(deployed_run, tmp_path):
 
 
 def test_report_is_built_from_the_run(deployed_run):
-    repo, _ = deployed_run
+    repo, *_ = deployed_run
     run(["arm", "report"], repo)
     page = (repo / "reports" / "latest" / "index.html").read_text()
-    assert "pretrain_loss" in page and "eval_arm-rl.json" in page and "<img" in page
+    headline = page[page.index('<table id="headline">'):page.index("</table>", page.index('<table id="headline">'))]
+    assert "<th>arm-base</th>" in headline and "<th>arm-rl (candidate)</th>" in headline  # the gate ran on arm-rl
+    assert "<td>shapes_geneval.overall</td>" in headline
+    for curve in ("tokenizer", "pretrain", "rl"):  # the stages' dvclive curves, drawn and embedded
+        assert re.search(f'<img src="data:image/png;base64,[^"]+" alt="{curve}">', page), curve
+    assert "metrics/eval_arm-rl.json" in page[page.index('id="raw"'):]
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -148,7 +195,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 def test_dvc_push_then_pull_into_a_fresh_clone_restores_artifacts(deployed_run, s3_server, tmp_path, monkeypatch):
     """A real S3 server (SeaweedFS on 127.0.0.1) as the DVC remote; byte-for-byte restore."""
-    repo, _ = deployed_run
+    repo, *_ = deployed_run
     s3_server.use(monkeypatch)
     env = tool_env()
     bucket = s3_server.new_bucket("dvc")

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from arm.config import load_config
+from arm.config import load_config, parse_overrides
 from arm.data.curate import curate
 from arm.data.validate import DataValidationError, validate
 
@@ -121,12 +121,26 @@ def test_flows_and_cli_run_the_stages(tmp_path):
 
 def _flows_then_cli(tmp_path, curate_flow, validate_flow):
 
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
     store = tmp_path / "store"
-    ov = overrides(tmp_path, store)
+    ov = parse_overrides(overrides(tmp_path, store))
     metrics = curate_flow(params=str(REPO / "params.yaml"), preset="micro", overrides=ov)
     assert metrics["n_kept"] > 0 and (store / "store.duckdb").is_file()
     report = validate_flow(params=str(REPO / "params.yaml"), preset="micro", overrides=ov)
     assert report["success"]
+    # a failing suite fails the flow; its failed expectations are the run's table artifact
+    state = validate_flow(params=str(REPO / "params.yaml"), preset="micro", return_state=True,
+                          overrides={**ov, "validation.min_per_task.edit": 999999})
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-validation-failures"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    (failed,) = json.loads(artifact.data)
+    assert failed["column"] == "n_edit" and failed["expectation"] == "expect_column_min_to_be_between"
+    assert "1 failed" in artifact.description
 
     cmd = [sys.executable, "-m", "arm.cli", "validate", "--params", str(REPO / "params.yaml"), "--preset", "micro"]
     for o in overrides(tmp_path, store, "validation.min_per_task.edit=999999"):

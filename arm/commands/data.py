@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_config
+from arm.config import parse_overrides
 
 
 def _curate_table(m: dict[str, Any]) -> Table:
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             with _prefect_settings():
-                metrics = curate_flow(params=str(params), preset=preset, overrides=list(set_ or []))
+                metrics = curate_flow(params=str(params), preset=preset, overrides=parse_overrides(set_))
         except CurateError as e:
             console.print(f"[red]curate failed: {e}[/red]", highlight=False)
             raise typer.Exit(1) from None
@@ -81,7 +82,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             with _prefect_settings():
-                report = validate_flow(params=str(params), preset=preset, overrides=list(set_ or []))
+                report = validate_flow(params=str(params), preset=preset, overrides=parse_overrides(set_))
         except DataValidationError as e:
             console.print(_validation_table(e.result["results"], only_failed=True))
             console.print(f"[red]{e.result['n_failed']} of {e.result['n_expectations']} expectations failed "

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_config
+from arm.config import parse_overrides
 
 
 def _scores_table(metrics: dict) -> Table:
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
         from flows.evaluate import eval_prompts_flow
 
         try:
-            out = eval_prompts_flow(params=str(params), preset=preset, overrides=list(set_ or []))
+            out = eval_prompts_flow(params=str(params), preset=preset, overrides=parse_overrides(set_))
         except (SourceError, ValueError) as e:
             console.print(f"[red]eval-prompts failed: {e}[/red]", highlight=False)
             raise typer.Exit(1) from None
@@ -63,7 +64,7 @@ def register(app: typer.Typer) -> None:
         from flows.evaluate import evaluate_flow
 
         try:
-            metrics = evaluate_flow(str(model_dir), params=str(params), preset=preset, overrides=list(set_ or []))
+            metrics = evaluate_flow(str(model_dir), params=str(params), preset=preset, overrides=parse_overrides(set_))
         except (EvalError, PromptSetError, FileNotFoundError) as e:
             console.print(f"[red]evaluate failed: {e}[/red]", highlight=False)
             raise typer.Exit(1) from None
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
                 record = rescore_promoted(cfg, candidate, promoted)
                 console.print(f"re-scored promoted model {record['model']} from {candidate}", highlight=False)
                 return
-            state = gate_flow(str(candidate), params=str(params), preset=preset, overrides=list(set_ or []),
+            state = gate_flow(str(candidate), params=str(params), preset=preset, overrides=parse_overrides(set_),
                               promoted=str(promoted) if promoted else None, promote=promote, return_state=True)
             state.result()  # the gate's own error, or FailedRun for a rejected candidate
         except FailedRun as e:  # rejected: the table is printed and metrics/gate.json written

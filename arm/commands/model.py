@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_config
+from arm.config import parse_overrides
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -49,7 +50,7 @@ def register_pretrain(app: typer.Typer) -> None:
         from flows.pretrain import pretrain_flow
 
         try:
-            metrics = pretrain_flow(params=str(params), preset=preset, overrides=list(set_ or []),
+            metrics = pretrain_flow(params=str(params), preset=preset, overrides=parse_overrides(set_),
                                     nproc=nproc, stop_after=stop_after)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             console.print(f"[red]pretrain failed: {e}[/red]", highlight=False)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_config
+from arm.config import parse_overrides
 
 
 def _rewards_table(m: dict) -> Table:
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from flows.rl import rl_flow
 
         try:
-            metrics = rl_flow(params=str(params), preset=preset, overrides=list(set_ or []), stop_after=stop_after)
+            metrics = rl_flow(params=str(params), preset=preset, overrides=parse_overrides(set_), stop_after=stop_after)
         except (CodecError, RewardConfigError, FileNotFoundError, ValueError) as e:
             console.print(f"[red]rl failed: {e}[/red]", highlight=False)
             raise typer.Exit(1) from None
@@ -83,7 +84,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         from flows.rl import rl_claims_flow
 
-        result = rl_claims_flow(params=str(params), preset=preset, overrides=list(set_ or []), seeds=seed_list,
+        result = rl_claims_flow(params=str(params), preset=preset, overrides=parse_overrides(set_), seeds=seed_list,
                                 task_sets=task_sets, out_root=str(out_root), eval_seeds=eval_seed_list)
         from arm.rl.claims import render_report
 

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_config
+from arm.config import parse_overrides
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             result = package_flow(
-                params=str(params), preset=preset, overrides=list(set_ or []),
+                params=str(params), preset=preset, overrides=parse_overrides(set_),
                 model_dir=str(model_dir) if model_dir else None, version=version,
                 visual_tokenizer=str(visual_tokenizer) if visual_tokenizer else None,
                 metrics=str(metrics) if metrics else None, build=build, record=str(record) if record else None,

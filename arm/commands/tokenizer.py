@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, console, resolve_config
+from arm.config import parse_overrides
 
 # Issue 3's targets for the tiny preset: (metric, comparison, threshold).
 TARGETS = (
@@ -137,7 +138,7 @@ def register(app: typer.Typer) -> None:
         from flows.train_tokenizer import train_tokenizer_flow
 
         try:
-            metrics = train_tokenizer_flow(params=str(params), preset=preset, overrides=list(set_ or []), resume=resume)
+            metrics = train_tokenizer_flow(params=str(params), preset=preset, overrides=parse_overrides(set_), resume=resume)
         except FileNotFoundError as e:
             console.print(f"[red]{e}[/red]", highlight=False)
             raise typer.Exit(1) from None
@@ -166,7 +167,7 @@ def register(app: typer.Typer) -> None:
         from flows.tokenize import tokenize_flow
 
         try:
-            m = tokenize_flow(params=str(params), preset=preset, overrides=list(set_ or []), nproc=nproc)
+            m = tokenize_flow(params=str(params), preset=preset, overrides=parse_overrides(set_), nproc=nproc)
         except (FileNotFoundError, RuntimeError) as e:
             console.print(f"[red]tokenize failed: {e}[/red]", highlight=False)
             raise typer.Exit(1) from None

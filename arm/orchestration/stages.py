@@ -1,15 +1,18 @@
-"""The pipeline's stage order and how one stage is brought up to date.
+"""The pipeline's stage order and DVC's record of each stage.
 
 Skipping unchanged stages has exactly one mechanism: DVC's lock file (dvc.lock). A stage runs
 when `dvc status` says its deps, params or outs changed; Prefect adds retries, logs and run
 history around it but never caches stage results itself, so the two can never disagree.
+
+The pipeline flow runs a stale stage the way `dvc repro <stage>` does, in its own process: the
+stage's outputs are removed, its dvc.yaml command (`arm <stage> ...`) runs, and the stage is
+recorded in dvc.lock (`dvc commit`), so `dvc repro` right after has nothing to do.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
+import shlex
 from pathlib import Path
 
 from arm.io import atomic_write_text
@@ -36,22 +39,32 @@ def stage_is_stale(root: Path, stage: str) -> bool:
         return bool(repo.status(targets=[stage]))
 
 
-def reproduce_stage(root: Path, stage: str) -> None:
-    """Runs one stage (its command is `arm <stage>`) and records it in dvc.lock."""
+def stage_command(root: Path, stage: str) -> list[str]:
+    """The arguments of the stage's `arm` command in dvc.yaml (without `arm`)."""
     from dvc.repo import Repo
 
-    put_own_scripts_on_path()
     with Repo(str(root)) as repo:
-        repo.reproduce(stage, single_item=True)
+        cmd = repo.stage.collect(stage)[0].cmd
+    argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+    if not argv or argv[0] != "arm":
+        raise ValueError(f"dvc.yaml stage {stage!r}: command {cmd!r} is not an `arm` command")
+    return argv[1:]
 
 
-def put_own_scripts_on_path() -> None:
-    """DVC runs `arm <stage>` through the shell: make that the `arm` of this interpreter's
-    environment, so `.venv/bin/arm demo` works without an activated virtualenv."""
-    scripts = str(Path(sys.executable).parent)
-    parts = os.environ.get("PATH", "").split(os.pathsep)
-    if parts[0] != scripts:
-        os.environ["PATH"] = os.pathsep.join([scripts, *[p for p in parts if p and p != scripts]])
+def clear_outputs(root: Path, stage: str) -> None:
+    """Removes the stage's outputs, as `dvc repro` does before running its command (persistent ones stay)."""
+    from dvc.repo import Repo, lock_repo
+
+    with Repo(str(root)) as repo, lock_repo(repo):
+        repo.stage.collect(stage)[0].remove_outs(ignore_remove=False, force=False)
+
+
+def record_stage(root: Path, stage: str) -> None:
+    """Records the stage's deps, params and outs in dvc.lock and its outputs in the DVC cache (`dvc commit -f`)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        repo.commit(stage, force=True)
 
 
 def select_preset(params_path: Path, preset: str) -> None:
