@@ -164,3 +164,16 @@ def test_pil_images_given_directly_get_the_same_normalisation():
         via_float = to_pixels(torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255, 48)
         # Pillow rounds to 8 bits after each of its two passes; the float resize does not
         assert (via_float - via_pil).abs().max() <= 2 / 255 and (via_float - via_pil).abs().mean() < 0.5 / 255
+
+
+def test_arm_describe_refuses_with_curations_limits_naming_file_and_setting(tmp_path):
+    from arm.sample.images import ImageInputError, load_image
+
+    big = tmp_path / "big.png"
+    big.write_bytes(encode(Image.new("1", (5000, 5000)), "PNG"))  # 25 Mpx, a few kB on disk
+    with pytest.raises(ImageInputError, match=r"big.png: unreadable image: PNG 5000x5000 = 25000000 pixels, "
+                                              r"over the limit data.max_pixels=16777216"):
+        load_image(big)
+    small = ImageLimits(max_pixels=1 << 20, max_bytes=100, bytes_setting="data.max_file_bytes")
+    with pytest.raises(ImageInputError, match=r"big.png: .* bytes, over the limit data.max_file_bytes=100"):
+        load_image(big, small)
