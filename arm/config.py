@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from arm.configbase import Strict
+from arm.data.images import RASTER_FORMATS
 from arm.eval.config import EvalConfig, GateConfig
 from arm.model.config import ModelConfig, PretrainConfig, SamplingConfig, TextConfig
 from arm.orchestration.config import OrchestrationConfig
@@ -233,6 +234,9 @@ class DataConfig(Strict):
     splits: SplitConfig = SplitConfig()
     max_pixels: int = Field(4096 * 4096, ge=1)  # larger images are rejected before decoding
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    # Only these Pillow plugins see source bytes: others (EPS runs Ghostscript, PDF, PSD, ...) are
+    # attack surface for untrusted data and never hold training images.
+    image_formats: list[Literal["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]] = list(RASTER_FORMATS)
     shard_size: int = Field(4096, ge=1)
     workers: int = Field(2, ge=1)
     # Where the stats run (the store is the same either way): a local process pool of `workers`,

@@ -261,3 +261,21 @@ def test_samples_of_one_image_share_a_split_and_chunking_does_not_matter():
     splits = {row[cols["split"]] for row in whole.rows}
     assert len(splits) == 1  # the edit's split follows its source image
     assert len({im.sha256 for im in whole.images}) == len(whole.images) == 2
+
+
+def test_only_the_configured_raster_formats_parse_source_bytes(monkeypatch):
+    """EPS would run Ghostscript on untrusted bytes: curation names it and never opens it."""
+    from PIL import EpsImagePlugin
+
+    def opened(*a, **k):
+        raise AssertionError("the EPS plugin parsed source bytes")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", opened)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n"
+    r = reject_reason(eps)
+    assert r.reason == "unsupported_format" and "EPS images are not supported; use one of PNG" in r.detail
+    tiff = encode(photo(), "TIFF")
+    png_only = StatsParams(PARAMS.max_pixels, PARAMS.max_file_bytes, PARAMS.splits, ("PNG",))
+    with pytest.raises(Rejected, match="TIFF images are not supported"):
+        image_stats(tiff, png_only)
+    assert image_stats(tiff, PARAMS).format == "TIFF"

@@ -57,6 +57,10 @@ class ImageError(ValueError):
         self.message = message
 
 
+# What curation accepts by default (data.image_formats): raster formats with plain decoders.
+RASTER_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     max_pixels: int
@@ -69,7 +73,8 @@ class ImageLimits:
     @classmethod
     def of_data(cls, data: Any) -> "ImageLimits":
         """The curation limits (`data:` in params.yaml): what training data may be."""
-        return cls(data.max_pixels, data.max_file_bytes, None, "data.max_pixels", "data.max_file_bytes")
+        return cls(data.max_pixels, data.max_file_bytes, tuple(data.image_formats), "data.max_pixels",
+                   "data.max_file_bytes")
 
 
 class Decoded(NamedTuple):

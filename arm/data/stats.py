@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from arm.data.images import ImageError, ImageLimits, decode
+from arm.data.images import RASTER_FORMATS, ImageError, ImageLimits, decode
 from arm.data.records import RawRecord
 
 THUMB_SIDE = 8
@@ -49,15 +49,16 @@ class StatsParams:
     max_pixels: int
     max_file_bytes: int
     splits: tuple[float, float]  # (val, test) fractions
+    image_formats: tuple[str, ...] = RASTER_FORMATS
 
     @staticmethod
     def from_config(cfg: Any) -> "StatsParams":
         d = cfg.data
-        return StatsParams(d.max_pixels, d.max_file_bytes, (d.splits.val, d.splits.test))
+        return StatsParams(d.max_pixels, d.max_file_bytes, (d.splits.val, d.splits.test), tuple(d.image_formats))
 
     @property
     def limits(self) -> ImageLimits:
-        return ImageLimits.of_data(self)  # the same two settings, under the same names
+        return ImageLimits.of_data(self)  # the same settings, under the same names
 
 
 @dataclass(frozen=True)
