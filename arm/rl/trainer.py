@@ -364,8 +364,8 @@ class GRPOTrainer:
             if self.curve is not None:
                 self.curve.log(row)
             if bar is not None:
-                bar.update(1)
                 bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl']:.4f}")
+                bar.update(1)
             if self.state.step % r.log_every == 0 and self.acc.is_main_process:
                 log.info("step %d reward %.4f kl %.5f loss %.4f", self.state.step, row["reward"], row["kl"], row["loss"])
             if self.state.step >= r.steps:

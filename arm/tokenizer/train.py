@@ -430,9 +430,9 @@ def train_tokenizer(
         if log_curve is not None:
             log_curve.log(row)
         if bar is not None:
-            bar.update(1)
             if (step + 1) % t.log_every == 0:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", l2=f"{row['l2']:.4f}")
+            bar.update(1)
         if (step + 1) % t.log_every == 0:
             log.debug("step %d %s", step + 1, row)
         if (step + 1) % t.checkpoint_every == 0 or step + 1 == end:

@@ -388,9 +388,9 @@ def pretrain(cfg: ArmConfig, *, stop_after: int | None = None, progress: bool = 
         if curve is not None:
             curve.log(row)
         if bar is not None:
-            bar.update(1)
             if state.step % p.log_every == 0:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{state.tokens / max(state.train_time, 1e-9):.0f}")
+            bar.update(1)
         if state.step % p.log_every == 0 and denv.is_main:
             log.info("step %d loss %.4f lr %.2e", state.step, row["loss"], row["lr"])
         if stop_reason != "done":
