@@ -244,3 +244,21 @@ def test_clients_use_storage_settings(micro_cfg):
     settings = arrow.__reduce__()[1][0]
     assert path == "bucket/key" and (settings["scheme"], settings["endpoint_override"]) == ("http", "127.0.0.1:1")
     assert (settings["region"], settings["connect_timeout"], settings["request_timeout"]) == ("eu-west-1", 1.5, 7.0)
+
+
+def test_arrow_s3_failure_is_a_source_error(closed_port_url, micro_cfg, monkeypatch):
+    """pyarrow's S3 client (the Parquet read path) reports a dead store as an OSError; it must stop
+    the source with the URL named, never be filed as a damaged shard."""
+    from arm.data.sources.files import Files
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    storage = s3_cfg(micro_cfg, closed_port_url, max_attempts=1, connect_timeout_s=1.0).storage
+    arrow, path = arrow_fs_for("s3://bucket/p/a.parquet", storage)
+    with pytest.raises(OSError) as raised:
+        arrow.open_input_file(path)
+    err = Files("s3://bucket/p", storage).translate("s3://bucket/p/a.parquet", raised.value)
+    assert isinstance(err, SourceError) and "very-secret-value" not in str(err)
+    assert str(err).startswith(f"s3://bucket/p/a.parquet: S3 failure at {closed_port_url}: ")
+    assert "NETWORK_CONNECTION" in str(err)
+    assert Files("s3://bucket/p", storage).translate("x", OSError("Parquet magic bytes not found")) is None

@@ -27,6 +27,7 @@ from arm.data.sources import SourceError
 from arm.fs import fs_for, is_remote
 
 _WILDCARDS = "*?["
+_S3 = ("s3", "s3a")
 _DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
            "InvalidToken", "ExpiredToken"}
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
@@ -155,14 +156,17 @@ class Files:
         with self.errors():
             # find() answers {path: {}} when `path` is itself a local file
             found = {p: info or self.fs.info(p) for p, info in self.fs.find(path, detail=True).items()}
-            if not found and self.remote and self.protocol in ("s3", "s3a"):
-                self._check_bucket()  # tell a missing bucket from an empty prefix
+        if not found and self.protocol in _S3:
+            self._check_bucket()  # tell a missing bucket from an empty prefix
         return {p: int(info.get("size") or 0) for p, info in found.items()
                 if info.get("type") == "file" and not p.endswith("/")}
 
     def _check_bucket(self) -> None:
+        """SourceError if the bucket of an s3:// URL does not exist."""
         bucket = self.path.split("/", 1)[0]
-        if not self.fs.exists(bucket):
+        with self.errors():
+            exists = self.fs.exists(bucket)
+        if not exists:
             raise SourceError(f"{self.url}: bucket does not exist (endpoint {self._endpoint()})")
 
     def tree(self) -> dict[str, int]:
@@ -189,7 +193,7 @@ class Files:
                 found = self.fs.glob(self.path, detail=True)
             entries = [Entry(self.url_of(p), int(i.get("size") or 0)) for p, i in found.items()
                        if i.get("type") == "file"]
-            if not entries and self.remote:
+            if not entries and self.protocol in _S3:
                 self._check_bucket()
         elif not self.remote and not self.fs.exists(self.path):
             raise SourceError(f"{self.url}: no such file or folder")
