@@ -44,6 +44,6 @@ def iter_source(source_cfg: Any, cfg: Any) -> Iterator[RawRecord]:
 
 
 def _load_builtin() -> None:
-    # Imported lazily so that `arm config show` does not pay for boto3/pyarrow imports.
+    # Imported lazily so that `arm config show` does not pay for s3fs/pyarrow imports.
     from arm.data.sources import shapes  # noqa: F401
     from arm.data.sources import fashion_mnist, image_folder, parquet, webdataset  # noqa: F401
