@@ -1,3 +1,5 @@
 """ARM: a unified autoregressive multimodal model platform."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("arm-platform")  # one version: pyproject.toml's

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Optional
 import typer
 import yaml
 
+import arm
 from arm.commands import data as data_commands
 from arm.commands import evaluate as evaluate_commands
 from arm.commands import model as model_commands
@@ -22,15 +22,13 @@ from arm.commands import tokenizer as tokenizer_commands
 from arm.commands.common import ParamsOpt, PresetOpt, SetOpt, resolve_config
 from arm.progress import quiet_other_bars
 
-DIST = "arm-platform"
-
 app = typer.Typer(no_args_is_help=True, add_completion=True, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the run configuration.")
 
 
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"{DIST} {importlib.metadata.version(DIST)}")
+        typer.echo(f"arm-platform {arm.__version__}")
         raise typer.Exit()
 
 
