@@ -122,7 +122,8 @@ def test_one_flow_run_with_stage_subflows_artifacts_and_arm_logs(deployed_run, p
     assert json.loads(artifacts["data-validation-failures"].data) == []
     gate = json.loads((repo / "metrics" / "gate.json").read_text())
     assert artifacts["gate-decision"].data.startswith(f"## arm-rl: {'PASSED' if gate['passed'] else 'REJECTED'}")
-    assert artifacts["eval-report-arm-rl"].data == (repo / "reports" / "eval_arm-rl" / "index.html").resolve().as_uri()
+    report = (repo / "reports" / "eval_arm-rl" / "index.html").resolve()
+    assert report.is_file() and artifacts["eval-report-arm-rl"].data == f"[evaluation report of arm-rl]({report.as_uri()})"
     assert json.loads(artifacts["pipeline-stages"].data) == [
         {"stage": stage, "state": "ran"} for stage in ("curate", "validate", "train_tokenizer", "tokenize",
                                                        "eval_prompts", "pretrain", "rl", "evaluate_base",
