@@ -7,6 +7,10 @@ agrees with the learned judge on > 0.99 of scenes, metrics/eval_*.json `judge_ag
 Intervals are 95% bootstrap intervals over prompts (objects of one prompt move together), from
 the evaluation's own `summary_intervals` over its `summarize_attributes`.
 
+`attention_entropy` and `collapsed_heads` (arm/eval/attention.py, on 64 of the prompts,
+teacher-forced on their codes): how the image tokens read the caption, 0 = every head reads one
+word. A head stuck on one word carries one attribute of one object.
+
     python benchmarks/attribute_study.py --out benchmarks/results/attributes_tiny.json \\
         base-s0=models/arm-base oracle-s0=/tmp/oracle-s0 ...
 """
@@ -25,6 +29,7 @@ from arm.config import load_config
 from arm.data import holdout, shapes
 from arm.data.shapes import position_name
 from arm.data.oracle import parse
+from arm.eval import attention
 from arm.eval.answers import exact_match
 from arm.eval.checks import object_attributes
 from arm.eval.intervals import bootstrap_interval, summary_intervals
@@ -62,6 +67,12 @@ def questions_of(scene: shapes.Scene, rng: random.Random, world) -> list[tuple[s
     return out
 
 
+def attention_of(pipe: ArmPipeline, scenes: list[shapes.Scene], world) -> dict[str, float]:
+    prompts = [pipe.encode_text(shapes.caption(s, world.grid)) for s in scenes]
+    codes = pipe.encode_images([shapes.render(s, world) for s in scenes]).tolist()
+    return attention.summarize(attention.condition_entropy(pipe.model, attention.generate_docs(prompts, codes, pipe.layout)))
+
+
 def summarize(rows: list[dict]) -> dict[str, float]:
     return {**summarize_attributes(rows), "exact_scene": float(np.mean([r["exact"] for r in rows]))}
 
@@ -95,6 +106,7 @@ def study(model_dir: str, cfg, n: int, seed: int, split: str = "novel") -> dict:
         out[f"vqa_{t}"] = float(ok.mean())
         out[f"vqa_{t}_interval"] = list(bootstrap_interval(ok))
         out[f"vqa_{t}_questions"] = len(ok)
+    out.update(attention_of(pipe, scenes[:64], world))
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 

@@ -42,8 +42,9 @@ def _docs(n=4, seed=0):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_packed_row_logits_equal_separate_documents(attn, tied):
-    model = _model(attn_implementation=attn, tie_word_embeddings=tied)
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_packed_row_logits_equal_separate_documents(attn, tied, arch):
+    model = _model(attn_implementation=attn, tie_word_embeddings=tied, arch=arch)
     docs = _docs(5)
     rows = pack(docs, 64, LAYOUT.pad)
     batch = collate(rows)
@@ -101,7 +102,8 @@ def test_level_rows_get_gradient_from_every_code_of_the_level():
     assert (head_grads > 0).all()  # output side: every code's logit uses its level rows
 
 
-def test_export_reload_identity(tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_export_reload_identity(tmp_path, arch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from arm.model.io import export_model, load_model
@@ -109,7 +111,10 @@ def test_export_reload_identity(tmp_path):
 
     base = train_bpe(["a small red circle in the top left", "make the square blue"] * 20, 290)
     tok, layout = wrap(base, 60, (3, 3), (4, 5, 3))
-    model = build_model(SMALL, layout, seed=0).eval()
+    model = build_model(SMALL.model_copy(update={"arch": arch}), layout, seed=0).eval()
+    if arch == "qwen3":  # QK-norm: a stock Qwen3 checkpoint with per-head query/key RMSNorm
+        assert model.config.model_type == "qwen3" and model.config.head_dim == SMALL.hidden_size // SMALL.num_heads
+        assert hasattr(model.model.layers[0].self_attn, "q_norm")
     out = export_model(model, tok, layout, {"visual_tokenizer": {"kind": "test"}}, tmp_path / "m")
     assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
     reloaded = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()

@@ -7,7 +7,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config, Qwen3Config
 
 from arm.model import factorized
 from arm.model.config import ModelConfig
@@ -31,8 +31,10 @@ def hf_config(mcfg: ModelConfig, layout: VocabLayout) -> PretrainedConfig:
         bos_token_id=layout.bos,
         eos_token_id=layout.eos,
     )
-    cls = LlamaConfig if mcfg.arch == "llama" else Qwen2Config
-    cfg = cls(**common)
+    if mcfg.arch == "qwen3":  # RMS-normalised queries and keys per head (QK-norm)
+        cfg = Qwen3Config(**common, head_dim=mcfg.hidden_size // mcfg.num_heads)
+    else:
+        cfg = (LlamaConfig if mcfg.arch == "llama" else Qwen2Config)(**common)
     cfg._attn_implementation = mcfg.attn_implementation
     return cfg
 

@@ -35,7 +35,9 @@ class TextConfig(Strict):
 class ModelConfig(Strict):
     """The decoder-only transformer (params.yaml `model:`); vocabulary size comes from the layout."""
 
-    arch: Literal["llama", "qwen2"] = "llama"
+    # qwen3 = Llama-style blocks plus QK-norm (per-head RMSNorm of queries and keys), which keeps
+    # attention from collapsing onto single tokens early in training (Chameleon, OLMo 2, Qwen3).
+    arch: Literal["llama", "qwen2", "qwen3"] = "qwen3"
     hidden_size: int = Field(192, ge=8)
     intermediate_size: int = Field(512, ge=8)
     num_layers: int = Field(4, ge=1)
