@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 
 import torch
-import torch.nn.functional as F
 
 from arm.config import load_config
 from arm.data import shapes
@@ -24,6 +23,8 @@ from arm.model.config import ModelConfig
 from arm.text.formats import format_example
 from arm.text.sequences import collate, pack
 from arm.text.tokenizer import train_bpe, wrap
+from arm.train.pretrain import token_losses
+from arm.train.schedule import lr_multiplier
 from arm.train.perfect import PerfectTokenizer
 
 HEAD_DIM = 48  # the tiny preset's (hidden 192 / 4 heads): collapse needs wide heads
@@ -44,17 +45,16 @@ def _train(mcfg: ModelConfig, seed: int = 0):
             for c, s in zip(captions, train)]
     model = build_model(mcfg, layout, seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    for step in range(STEPS):
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier("constant", 20, STEPS, 1.0))
+    for _ in range(STEPS):
         batch = collate(pack(rng.sample(docs, 60), 256, layout.pad)[:8])
-        for group in opt.param_groups:
-            group["lr"] = 3e-3 * min(1.0, (step + 1) / 20)
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        mask = batch["loss_mask"][:, 1:].bool()
-        loss = F.cross_entropy(logits[:, :-1][mask], batch["input_ids"][:, 1:][mask])
+        loss = token_losses(logits, batch)[2]  # pretraining's own masked next-token loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
     model.eval()
     prompts = [enc(shapes.caption(s, world.grid)) for s in test]
     images = [codes_of.encode_scene(s) for s in test]

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
+from arm.text.formats import format_example, format_prompt
+
 COLLAPSED = 0.1  # normalised entropy below which a head is counted as reading one token
 
 
@@ -53,11 +55,9 @@ def summarize(per_head: torch.Tensor) -> dict[str, float]:
 def generate_docs(prompts: Sequence[list[int]], images: Sequence[Sequence[int]], layout) -> list[tuple[list[int], slice, slice]]:
     """Text-to-image documents teacher-forced on their codes: the caption is the condition, the
     positions that predict the image codes (from <boi> on) are the queries."""
-    from arm.text.formats import format_example
-
     docs = []
     for text, codes in zip(prompts, images):
         ids, _ = format_example("generate", layout, text=list(text), target_image=list(codes))
-        first = 1 + len(text)  # <bos> caption <boi>: <boi> predicts the first code
-        docs.append((ids, slice(1, first), slice(first, first + layout.tokens_per_image)))
+        first = len(format_prompt("generate", layout, text=list(text))) - 1  # <boi> predicts the first code
+        docs.append((ids, slice(1, first), slice(first, first + layout.tokens_per_image)))  # caption after <bos>
     return docs
