@@ -119,6 +119,10 @@ def build_report(root: Path = Path("."), out_dir: Path | None = None) -> Path:
     raw = [(f.relative_to(root).as_posix(), flatten_metrics(read_json(f, "metrics"))) for f in metric_files]
     samples = [(d.name, [{"src": _data_uri(p), "caption": p.relative_to(root).as_posix()} for p in sorted(d.rglob("*.png"))])
                for d in sorted((root / "reports").glob("eval_*")) if d.is_dir()]
+    tok_file = root / "metrics" / "tokenizer.json"
+    decoders = read_json(tok_file, "tokenizer metrics").get("decoders") if tok_file.is_file() else None
+    grid_png = root / "reports" / "tokenizer" / "decoders.png"
+    decoder_grid = {"src": _data_uri(grid_png), "caption": grid_png.relative_to(root).as_posix()} if grid_png.is_file() else None
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         plots = []
@@ -128,6 +132,7 @@ def build_report(root: Path = Path("."), out_dir: Path | None = None) -> Path:
                 plots.append({"name": curve_dir.name, "src": _data_uri(png)})
         page = render("run_report.html", headline=headline(evals, gate), gate=gate, splits=splits,
                       columns=[name for name, _ in HEADLINE_COLUMNS], curves=plots,
-                      samples=[(name, figs) for name, figs in samples if figs], raw=raw)
+                      samples=[(name, figs) for name, figs in samples if figs], decoders=decoders,
+                      decoder_grid=decoder_grid, raw=raw)
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return out_dir / "index.html"

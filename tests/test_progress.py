@@ -141,7 +141,7 @@ def test_curate_tokenizer_training_and_tokenize_report_lines_and_write_no_carria
     monkeypatch.delenv("RANK", raising=False)
     cfg = load_config(REPO / "params.yaml", preset="micro", overrides=[
         f"data.store={tmp_path}/curated", f"data.metrics={tmp_path}/curate.json", f"tokenizer.output={tmp_path}/model",
-        f"tokenizer.metrics={tmp_path}/tokenizer.json", f"tokenizer.plots={tmp_path}/plots",
+        f"tokenizer.metrics={tmp_path}/tokenizer.json", f"tokenizer.plots={tmp_path}/plots", f"tokenizer.report={tmp_path}/report",
         f"tokenizer.checkpoint_dir={tmp_path}/ckpt", f"tokenizer.tokens.output={tmp_path}/tokens",
         f"tokenizer.tokens.metrics={tmp_path}/tokens.json", "tokenizer.tokens.workers=0"])
     metrics = curate(cfg)

@@ -37,7 +37,7 @@ def store(tmp_path_factory):
 
 def _overrides(store: Path, out: Path, *extra: str) -> list[str]:
     return [f"data.store={store}", f"tokenizer.output={out}/model", f"tokenizer.checkpoint_dir={out}/ckpt",
-            f"tokenizer.metrics={out}/metrics.json", f"tokenizer.plots={out}/curve",
+            f"tokenizer.metrics={out}/metrics.json", f"tokenizer.plots={out}/curve", f"tokenizer.report={out}/report",
             f"tokenizer.text_cache={out.parent}/textcache", "tokenizer.eval.zeroshot_limit=20",
             "tokenizer.eval.probe_train=20", *MEAN_LOSSES, *extra]
 

@@ -25,6 +25,7 @@ def _paths(cfg_overrides: list[str], root) -> list[str]:
         f"tokenizer.checkpoint_dir={root}/ckpt",
         f"tokenizer.metrics={root}/metrics.json",
         f"tokenizer.plots={root}/curve",
+        f"tokenizer.report={root}/report",
         f"tokenizer.tokens.output={root}/tokens",
         f"tokenizer.tokens.metrics={root}/tokenize.json",
         *cfg_overrides,

@@ -93,6 +93,15 @@ class FmnistJudge:
         pred[std < self.min_pixel_std] = -1
         return pred
 
+    @torch.no_grad()
+    def features(self, images: Sequence[Image.Image] | np.ndarray, batch_size: int = 512) -> torch.Tensor:
+        """Penultimate activations [N, D] (what the last linear layer reads), after the same
+        `preprocess` as `predict`: the embedding FID/KID compare (arm/eval/fid.py)."""
+        x, _ = preprocess(images)
+        self.model.eval()
+        body = self.model[:-1]
+        return torch.cat([body(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
 
 def _key(cfg: FmnistEvalConfig) -> str:
     fields = cfg.model_dump(exclude={"cache_dir", "root", "min_pixel_std"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from arm.configbase import Strict
 
@@ -149,6 +149,45 @@ class TokenizeConfig(Strict):
     workers: int = Field(2, ge=0)
 
 
+class FlowDecoderConfig(Strict):
+    """The rectified-flow pixel decoder (arm/tokenizer/flow_decoder.py): trained by train-tokenizer
+    on the frozen codes when `train`, saved in the tokenizer's `flow_decoder/`, and the renderer of
+    every decode when tokenizer.decoder is `flow`. Unknown keys are errors."""
+
+    train: bool = False
+    eval_images: int = Field(1000, ge=100)  # Fashion-MNIST t10k images scored for both decoders (FID/KID need ~1000)
+    # The U-Net runs on patch x patch pixel blocks folded into channels (space-to-depth, as DiT
+    # patchifies): 2 cuts the convolutions' cost ~4x on CPU, and Fashion-MNIST's 28 px of detail
+    # survive at 48 / 2 = 24.
+    patch: int = Field(2, ge=1)
+    channels: tuple[int, ...] = (32, 64, 64)  # U-Net block widths; every block but the last halves the side
+    layers_per_block: int = Field(1, ge=1)
+    norm_groups: int = Field(8, ge=1)  # GroupNorm groups: must divide every width
+    mid_attention: bool = True  # self-attention at the lowest resolution (12x12 at 48 px: cheap)
+    cond_channels: int = Field(16, ge=1)  # token features projected to this many channels
+    condition_on_decoder: bool = True  # the per-token decoder's pixels as extra input (a residual to learn)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # 0: no EMA; sampling uses the averaged weights
+    max_steps: int = Field(2000, ge=1)
+    time_limit_min: float | None = Field(8.0, gt=0)  # stop early on a busy CPU (the curve says where)
+    time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"  # SD3's: more steps mid-path
+    seed: int = 0
+    sample_steps: int = Field(10, ge=1)  # Euler steps when `sample` is not told
+    encode_batch: int = Field(256, ge=1)  # images per tokenizer call while encoding the training set
+    log_every: int = Field(50, ge=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(c < 1 for c in v):
+            raise ValueError(f"channels: need at least one positive width, got {v}")
+        return v
+
+
 class TokenizerConfig(Strict):
     image_size: int = Field(48, ge=8)
     patch_size: int = Field(16, ge=1)
@@ -158,6 +197,10 @@ class TokenizerConfig(Strict):
     heads: int = Field(4, ge=1)
     decoder_hidden: int = Field(256, ge=8)
     decoder_conv_channels: int = Field(0, ge=0)  # 0 = per-patch MLP only; >0 adds a conv refiner
+    # What renders codes to pixels everywhere (sampling, RL rewards, the service): the per-token
+    # MLP (exact and instant on the shapes world) or the rectified-flow decoder (natural images).
+    decoder: Literal["per_token", "flow"] = "per_token"
+    flow: FlowDecoderConfig = FlowDecoderConfig()
     dropout: float = Field(0.0, ge=0, lt=1)
     encoder: EncoderConfig = EncoderConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -173,6 +216,7 @@ class TokenizerConfig(Strict):
     text_cache: str = ".arm-cache/text-embeddings"
     metrics: str = "metrics/tokenizer.json"
     plots: str = "plots/tokenizer"  # dvclive directory of the step curve (arm/curves.py)
+    report: str = "reports/tokenizer"  # decoders.png: originals beside each decoder's reconstructions
 
     @model_validator(mode="after")
     def _check(self) -> "TokenizerConfig":
@@ -192,6 +236,8 @@ class TokenizerConfig(Strict):
                              f"{self.image_size // self.patch_size}")
         if self.encoder.window is not None and self.encoder.pretrained:
             raise ValueError("encoder.window applies to an encoder trained from scratch, not a pretrained one")
+        if self.decoder == "flow" and not self.flow.train:
+            raise ValueError("decoder: flow renders with the flow decoder, which needs flow.train: true")
         if self.teacher.kind == "siglip" and not self.teacher.name:
             raise ValueError("teacher.kind=siglip needs teacher.name (hub id or local dir)")
         return self

@@ -32,6 +32,8 @@ FORMAT = "arm-visual-tokenizer"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+FLOW_DIR = "flow_decoder"  # the rectified-flow decoder, saved inside the tokenizer it was trained on
+DECODERS = ("per_token", "flow")
 
 # `auto` is resolved in one place (arm.device); the tokenizer stages import it from here.
 resolve_device = devices.resolve_device
@@ -205,6 +207,10 @@ class VisualTokenizer(
         if self.encoder_frozen:
             self.encoder.requires_grad_(False)
         self._text_encoder = None
+        # The flow decoder and where to find it: kept outside the module tree (a plain list), so
+        # it never enters this tokenizer's state dict, optimizer or device moves.
+        self._flow: list = []
+        self._dir: Path | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -250,6 +256,7 @@ class VisualTokenizer(
             "heads": cfg.heads,
             "decoder_hidden": cfg.decoder_hidden,
             "decoder_conv_channels": cfg.decoder_conv_channels,
+            "decoder": cfg.decoder,
             "dropout": cfg.dropout,
             "encoder_config": enc_cfg,
             "encoder_source": cfg.encoder.pretrained,
@@ -396,10 +403,36 @@ class VisualTokenizer(
         _, codes = self.quantize(x)
         return codes.view(x.shape[0], *self._grid).cpu()
 
+    @property
+    def decoder(self) -> str:
+        """What renders codes by default: `per_token` or `flow` (tokenizer.decoder at training)."""
+        return self.spec.get("decoder", "per_token")
+
+    def attach_flow(self, flow) -> None:
+        """Renders with `flow` (an arm.tokenizer.flow_decoder.FlowDecoder trained on this tokenizer)."""
+        self._flow[:] = [flow]
+
+    def flow_decoder(self):
+        """The flow decoder: attached, or loaded from this tokenizer's `flow_decoder/` on first use."""
+        if not self._flow:
+            from arm.tokenizer.flow_decoder import FlowDecoder
+
+            if self._dir is None or not (self._dir / FLOW_DIR).is_dir():
+                where = self._dir / FLOW_DIR if self._dir is not None else "an attached decoder (attach_flow)"
+                raise FileNotFoundError(f"flow decoder: {where} not found (train it with tokenizer.flow.train: true)")
+            self._flow.append(FlowDecoder.load(self._dir / FLOW_DIR, self, device=self.device))
+        return self._flow[0]
+
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """LongTensor [B, h, w] (or [B, h*w]) -> FloatTensor [B, 3, S, S] in [0, 1] (on CPU)."""
+    def decode(self, codes: torch.Tensor, decoder: str | None = None) -> torch.Tensor:
+        """LongTensor [B, h, w] (or [B, h*w]) -> FloatTensor [B, 3, S, S] in [0, 1] (on CPU), drawn
+        by `decoder` (default: the tokenizer's own); the flow decoder is deterministic (its seed)."""
+        decoder = decoder or self.decoder
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder {decoder!r}: expected one of {DECODERS}")
         q = self.codes_to_quantized(codes).to(self.device)
+        if decoder == "flow":
+            return self.flow_decoder().sample(q)
         return self.reconstruct(q).clamp(0, 1).cpu()
 
     @torch.no_grad()
@@ -527,4 +560,8 @@ class VisualTokenizer(
             cls._load_as_safetensor(model, str(weights), "cpu", strict)
         except RuntimeError as e:  # a tensor of the wrong shape, or missing/extra: saved by another version
             raise ValueError(f"{weights}: weights do not match the config: {e}") from None
-        return model.to(map_location).eval()
+        model = model.to(map_location).eval()
+        model._dir = Path(model_id)
+        if model.decoder == "flow":
+            model.flow_decoder()  # fails here, naming the path, rather than at the first render
+        return model

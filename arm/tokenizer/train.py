@@ -477,6 +477,15 @@ def train_tokenizer(
         metrics.update(run_eval(model, val, cfg))
         metrics["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
         text_encoder.save_cache(text_cache)
+    if tcfg.flow.train:
+        # After the tokenizer is saved: the decoder lives in its directory and reads its frozen codes.
+        from arm.tokenizer import flow_stage
+
+        flow_stage.train_flow(model, train, cfg, say)
+        if evaluate:
+            metrics["decoders"] = flow_stage.compare_decoders(model, val, cfg)
+    elif evaluate:
+        Path(tcfg.report).mkdir(parents=True, exist_ok=True)  # a DVC out: there, if empty, without a flow decoder
     atomic_write_json(tcfg.metrics, metrics)
     acc.wait_for_everyone()  # the others return once the outputs are written
     return metrics
