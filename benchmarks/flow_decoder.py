@@ -37,23 +37,18 @@ def to_u8(pixels01):
     return (pixels01.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def grid_png(path: Path, columns: dict[str, "torch.Tensor"], rows: list[int], scale: int = 2) -> None:
-    """One row per example, one column per decoder (uint8 [N, 3, S, S] each), with a header."""
-    from PIL import Image, ImageDraw
+def grid_png(path: Path, columns: dict, rows: list[int]) -> None:
+    """One row per example, one column per decoder (uint8 [N, 3, S, S] each): the eval report's grid."""
+    from PIL import Image
 
-    names = list(columns)
-    side = next(iter(columns.values())).shape[-1] * scale
-    pad, head = 4, 14
-    width = len(names) * (side + pad) + pad
-    canvas = Image.new("RGB", (width, head + len(rows) * (side + pad) + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for c, name in enumerate(names):
-        draw.text((pad + c * (side + pad), 2), name[: side // 6], fill=(0, 0, 0))
-        for r, i in enumerate(rows):
-            tile = Image.fromarray(columns[name][i].permute(1, 2, 0).numpy()).resize((side, side), Image.NEAREST)
-            canvas.paste(tile, (pad + c * (side + pad), head + pad + r * (side + pad)))
+    from arm.eval.report import grid_image
+    from arm.eval.run import Grid
+
+    grid = Grid("decoders", list(columns))
+    for i in rows:
+        grid.rows.append([(Image.fromarray(c[i].permute(1, 2, 0).numpy()), None) for c in columns.values()])
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    grid_image(grid).save(path)
 
 
 def main() -> None:
@@ -85,7 +80,8 @@ def main() -> None:
     from arm.eval.fmnist import load_or_train, load_split
     from arm.eval.image_metrics import reconstruction_metrics
     from arm.io import atomic_write_json
-    from arm.tokenizer.flow_decoder import FlowDecoderConfig, encode_images, tokenizer_fingerprint, train_flow_decoder
+    from arm.tokenizer.config import FlowDecoderConfig
+    from arm.tokenizer.flow_decoder import encode_images, tokenizer_fingerprint, train_flow_decoder
     from arm.tokenizer.model import VisualTokenizer
 
     torch.set_num_threads(args.threads)

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from arm.eval.config import FmnistEvalConfig
 from arm.eval.fmnist import load_split
 from arm.eval.image_metrics import reconstruction_metrics
-from arm.tokenizer.flow_decoder import FlowDecoder, FlowDecoderConfig, encode_images, train_flow_decoder
+from arm.tokenizer.config import FlowDecoderConfig
+from arm.tokenizer.flow_decoder import FlowDecoder, encode_images, train_flow_decoder
 from arm.tokenizer.model import VisualTokenizer
 from arm.tokenizer.vocab import CaptionVocab
 
