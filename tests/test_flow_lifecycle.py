@@ -78,3 +78,18 @@ def test_missing_flow_decoder_is_an_error_naming_it(trained, tmp_path):
 def test_flow_decoder_needs_training_to_render():
     with pytest.raises(Exception, match="flow.train"):
         load_config(REPO / "params.yaml", preset="micro", overrides=["tokenizer.decoder=flow", "tokenizer.flow.train=false"])
+
+
+def test_sampling_from_the_noised_per_token_rendering_keeps_it(trained):
+    """flow.sample_start < 1 starts from the per-token pixels noised to that level (SDEdit): what
+    the per-token decoder draws exactly stays close; from pure noise (1) it does not."""
+    _, _, root = trained
+    vt = VisualTokenizer.from_pretrained(root / "model")
+    codes = torch.randint(0, vt.codebook_size, (4, *vt.grid))
+    per_token = vt.decode(codes, decoder="per_token")
+    flow = vt.flow_decoder()
+    near = (flow.sample(codes, start=0.05) - per_token).abs().mean()
+    far = (flow.sample(codes, start=1.0) - per_token).abs().mean()
+    assert near < 0.05 < far, (near, far)
+    with pytest.raises(ValueError, match="start"):
+        flow.sample(codes, start=0.0)

@@ -177,6 +177,9 @@ class FlowDecoderConfig(Strict):
     time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"  # SD3's: more steps mid-path
     seed: int = 0
     sample_steps: int = Field(10, ge=1)  # Euler steps when `sample` is not told
+    # The noise level sampling starts from: 1 = pure noise; below 1 the per-token rendering noised
+    # to that level (SDEdit), so what the per-token decoder draws exactly (flat shapes) stays.
+    sample_start: float = Field(1.0, gt=0, le=1)
     encode_batch: int = Field(256, ge=1)  # images per tokenizer call while encoding the training set
     log_every: int = Field(50, ge=1)
 

@@ -146,14 +146,17 @@ class FlowDecoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, codes_or_q: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None,
-               batch_size: int = 256) -> torch.Tensor:
+               batch_size: int = 256, start: float | None = None) -> torch.Tensor:
         """Codes [B, h, w] / [B, h*w] (or quantized [B, N, L]) -> pixels [B, 3, S, S] in [0, 1], on CPU.
 
         Deterministic for a given generator state (the only randomness is the starting noise,
         drawn on CPU so a seed means the same thing on any device)."""
         steps = steps or self.cfg.sample_steps
+        start = self.cfg.sample_start if start is None else start
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if not 0 < start <= 1:
+            raise ValueError(f"start must be in (0, 1], got {start}")
         if generator is None:
             generator = torch.Generator().manual_seed(self.cfg.seed)
         q = self._quantized(codes_or_q)
@@ -168,7 +171,12 @@ class FlowDecoder(nn.Module):
             feats, base = self.condition(qb)
             x = noise[i : i + batch_size].to(self.device)
             scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=TRAIN_TIMESTEPS, shift=1.0)
-            scheduler.set_timesteps(steps, device=self.device)
+            if start < 1:  # the point of the straight path at `start` between the per-token pixels and noise
+                drawn = base if base is not None else self.tokenizer.reconstruct(qb.to(self.tokenizer.device)).clamp(0, 1).to(self.device) * 2 - 1
+                x = (1 - start) * drawn + start * x
+                scheduler.set_timesteps(sigmas=np.linspace(start, 1.0 / TRAIN_TIMESTEPS, steps).tolist(), device=self.device)
+            else:
+                scheduler.set_timesteps(steps, device=self.device)
             for t in scheduler.timesteps:
                 v = self.velocity(x, t.expand(x.shape[0]), feats, base)
                 x = scheduler.step(v, t, x).prev_sample
