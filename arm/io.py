@@ -85,3 +85,23 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_saved_config(directory: str | Path, what: str, fmt: str, version: int,
+                      config_file: str = "config.json", weights_file: str = "model.safetensors") -> dict:
+    """The config.json of a saved model dir of format `fmt`, checked: both files there, valid JSON,
+    the right format, a version this code reads; every failure names the path."""
+    directory = Path(directory)
+    cfg_path, weights = directory / config_file, directory / weights_file
+    if not cfg_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{directory}: not a saved {what} (need {config_file} and {weights_file})")
+    try:
+        spec = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: invalid JSON: {e}") from None
+    if not isinstance(spec, dict) or spec.get("format") != fmt:
+        found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
+        raise ValueError(f"{cfg_path}: not an {fmt} config (format={found!r})")
+    if int(spec.get("version", 0)) > version:
+        raise ValueError(f"{cfg_path}: format version {spec['version']} is newer than this code ({version})")
+    return spec

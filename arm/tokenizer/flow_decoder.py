@@ -19,7 +19,6 @@ what FlowMatchEulerDiscreteScheduler.step integrates (x += (sigma_next - sigma) 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from arm.io import atomic_path, atomic_write_json
+from arm.io import atomic_path, atomic_write_json, read_saved_config
 from arm.tokenizer.config import FlowDecoderConfig
 from arm.tokenizer.images import to_pixels
 
@@ -203,18 +202,8 @@ class FlowDecoder(nn.Module):
     def load(cls, directory: str | Path, tokenizer, *, device: str | torch.device = "cpu") -> "FlowDecoder":
         """A saved decoder on top of `tokenizer` (the one it was trained with: checked), in eval mode."""
         directory = Path(directory)
-        cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not cfg_path.is_file() or not weights.is_file():
-            raise FileNotFoundError(f"{directory}: not a saved flow decoder (need {CONFIG_FILE} and {WEIGHTS_FILE})")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: invalid JSON: {e}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise ValueError(f"{cfg_path}: not an {FORMAT} config (format={found!r})")
-        if int(meta.get("version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{cfg_path}: format version {meta['version']} is newer than this code ({FORMAT_VERSION})")
+        weights = directory / WEIGHTS_FILE
+        meta = read_saved_config(directory, "flow decoder", FORMAT, FORMAT_VERSION, CONFIG_FILE, WEIGHTS_FILE)
         model = cls(FlowDecoderConfig(**meta["config"]), tokenizer)
         saved, have = meta.get("tokenizer", {}), model.spec
         if saved != have:

@@ -23,7 +23,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ
 
 from arm import device as devices
-from arm.io import atomic_path
+from arm.io import atomic_path, read_saved_config
 from arm.tokenizer.config import TokenizerConfig
 from arm.tokenizer.images import to_pixels
 from arm.tokenizer.vocab import PAD, CaptionVocab
@@ -536,18 +536,7 @@ class VisualTokenizer(
                         **kwargs: Any) -> "VisualTokenizer":
         """A saved tokenizer from a local dir (never the hub), on `device`, in eval mode."""
         directory = Path(pretrained_model_name_or_path)
-        cfg_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not cfg_path.is_file() or not weights.is_file():
-            raise FileNotFoundError(f"{directory}: not a saved tokenizer (need {CONFIG_FILE} and {WEIGHTS_FILE})")
-        try:
-            spec = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: invalid JSON: {e}") from None
-        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-            found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
-            raise ValueError(f"{cfg_path}: not an {FORMAT} config (format={found!r})")
-        if int(spec.get("version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{cfg_path}: format version {spec['version']} is newer than this code ({FORMAT_VERSION})")
+        read_saved_config(directory, "tokenizer", FORMAT, FORMAT_VERSION, CONFIG_FILE, WEIGHTS_FILE)
         return super().from_pretrained(directory, local_files_only=True, map_location=str(torch.device(device)), **kwargs)
 
     @classmethod
