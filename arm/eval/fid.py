@@ -58,9 +58,11 @@ class FidKid:
         from torchmetrics.image.kid import KernelInceptionDistance
 
         features = JudgeFeatures(judge)
-        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False)
+        # One process scores: inside a torchrun world (rank 0 of train-tokenizer) torchmetrics would
+        # otherwise all-gather the features from ranks that never call compute, and hang or crash.
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False, sync_on_compute=False)
         self.kid = KernelInceptionDistance(feature=features, subsets=kid_subsets, subset_size=kid_subset_size,
-                                           reset_real_features=False)
+                                           reset_real_features=False, sync_on_compute=False)
         self.kid_subset_size, self.seed, self.n_real = kid_subset_size, seed, 0
 
     def set_real(self, images: torch.Tensor, batch_size: int = 512) -> None:
