@@ -31,12 +31,6 @@ sys.path.insert(0, str(REPO))
 VARIANTS = {"residual": {"condition_on_decoder": True}, "features": {"condition_on_decoder": False}}
 
 
-def to_u8(pixels01):
-    import torch
-
-    return (pixels01.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def grid_png(path: Path, columns: dict, rows: list[int]) -> None:
     """One row per example, one column per decoder (uint8 [N, 3, S, S] each): the eval report's grid."""
     from PIL import Image
@@ -82,6 +76,7 @@ def main() -> None:
     from arm.io import atomic_write_json
     from arm.tokenizer.config import FlowDecoderConfig
     from arm.tokenizer.flow_decoder import encode_images, tokenizer_fingerprint, train_flow_decoder
+    from arm.tokenizer.images import pixels_to_uint8
     from arm.tokenizer.model import VisualTokenizer
 
     torch.set_num_threads(args.threads)
@@ -127,7 +122,7 @@ def main() -> None:
         probe = LogisticRegression(max_iter=2000, random_state=0).fit(flat(probe_codes), yall[: args.probe_images])
         results["originals"]["code_probe_accuracy"] = float((probe.predict(flat(codes)) == labels).mean())
     t = time.perf_counter()
-    per_token = to_u8(tok.decode(codes))
+    per_token = pixels_to_uint8(tok.decode(codes))
     results["per_token"] = {**score(per_token), "sample_seconds_per_image": (time.perf_counter() - t) / n}
     print("per_token", json.dumps(results["per_token"]), flush=True)
     columns = {"original": originals, "per-token": per_token}
@@ -143,7 +138,7 @@ def main() -> None:
                "loss_curve": [[r["step"], round(r["loss"], 5)] for r in model.history], "by_steps": {}}
         for steps in args.sample_steps:
             t = time.perf_counter()
-            flow = to_u8(model.sample(codes, steps=steps, generator=torch.Generator().manual_seed(args.seed)))
+            flow = pixels_to_uint8(model.sample(codes, steps=steps, generator=torch.Generator().manual_seed(args.seed)))
             seconds = (time.perf_counter() - t) / n
             row["by_steps"][str(steps)] = {**score(flow), "sample_seconds_per_image": seconds}
             print(f"{variant} {steps} steps", json.dumps(row["by_steps"][str(steps)]), flush=True)

@@ -40,7 +40,7 @@ def main() -> None:
     from arm.io import atomic_write_json
     from arm.sample.pipeline import ArmPipeline
     from arm.text.formats import format_prompt
-    from arm.tokenizer.images import to_pixels
+    from arm.tokenizer.images import pixels_to_uint8, to_pixels
 
     torch.set_num_threads(1)
     cfg = load_config(args.params)
@@ -55,15 +55,12 @@ def main() -> None:
     judge = load_or_train(cfg.eval.fmnist)
     x, _ = load_split(cfg.eval.fmnist.root, "t10k", len(prompts))
 
-    def u8(p: torch.Tensor) -> torch.Tensor:
-        return (p.clamp(0, 1) * 255).round().to(torch.uint8)
-
     metric = FidKid(judge, kid_subset_size=min(100, len(prompts)), seed=0)
-    metric.set_real(u8(to_pixels(torch.from_numpy(np.array(x)).unsqueeze(1), vt.image_size)))
+    metric.set_real(pixels_to_uint8(to_pixels(torch.from_numpy(np.array(x)).unsqueeze(1), vt.image_size)))
     grid = codes.view(len(codes), *vt.grid)
     rows = {}
     for name in ("per_token", "flow"):
-        images = u8(vt.decode(grid, decoder=name))
+        images = pixels_to_uint8(vt.decode(grid, decoder=name))
         rows[name] = {**metric.score(images), "recognised": float((judge.predict(JudgeFeatures.to_pil(images)) == labels).mean())}
         print(name, rows[name], flush=True)
     rows["flow"]["fid_ratio_vs_per_token"] = rows["flow"]["fid"] / rows["per_token"]["fid"]

@@ -39,7 +39,7 @@ def main() -> None:
     from arm.eval.image_metrics import reconstruction_metrics
     from arm.io import atomic_write_json
     from arm.tokenizer.data import store_sets
-    from arm.tokenizer.images import to_pixels
+    from arm.tokenizer.images import pixels_to_uint8, to_pixels
     from arm.tokenizer.metrics import oracle_accuracy
     from arm.tokenizer.model import VisualTokenizer
 
@@ -50,10 +50,7 @@ def main() -> None:
     judge = load_or_train(cfg.eval.fmnist)
     x, labels = load_split(cfg.eval.fmnist.root, "t10k", args.images)
 
-    def u8(p: torch.Tensor) -> torch.Tensor:
-        return (p.clamp(0, 1) * 255).round().to(torch.uint8)
-
-    originals = u8(to_pixels(torch.from_numpy(np.array(x)).unsqueeze(1), vt.image_size))
+    originals = pixels_to_uint8(to_pixels(torch.from_numpy(np.array(x)).unsqueeze(1), vt.image_size))
     codes = vt.encode(originals)
     metric = FidKid(judge, seed=0)
     metric.set_real(originals)
@@ -63,7 +60,7 @@ def main() -> None:
     rows = {}
     for start in args.starts:
         t = time.perf_counter()
-        garments, scenes = u8(flow.sample(codes, start=start)), u8(flow.sample(shape_codes, start=start))
+        garments, scenes = pixels_to_uint8(flow.sample(codes, start=start)), pixels_to_uint8(flow.sample(shape_codes, start=start))
         rows[str(start)] = {
             **metric.score(garments), **reconstruction_metrics(garments, originals),
             "accuracy": float((judge.predict(JudgeFeatures.to_pil(garments)) == labels).mean()),
@@ -74,7 +71,7 @@ def main() -> None:
     for row in rows.values():
         if base:
             row["fid_ratio_vs_start_1"] = row["fid"] / base["fid"]
-    per_token = u8(vt.decode(codes, decoder="per_token"))
+    per_token = pixels_to_uint8(vt.decode(codes, decoder="per_token"))
     atomic_write_json(args.out, {
         "benchmark": "flow_decoder_start",
         "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from arm.eval.fmnist import SIDE, FmnistJudge
+from arm.tokenizer.images import pixels_to_uint8
 
 
 class JudgeFeatures(nn.Module):
@@ -34,9 +35,7 @@ class JudgeFeatures(nn.Module):
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"images: expected [N, 1 or 3, H, W], got {tuple(images.shape)}")
         x = images.detach().cpu()
-        if x.is_floating_point():
-            x = (x.clamp(0, 1) * 255).round()
-        arr = x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        arr = (pixels_to_uint8(x) if x.is_floating_point() else x.to(torch.uint8)).permute(0, 2, 3, 1).numpy()
         return [Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a)) for a in arr]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

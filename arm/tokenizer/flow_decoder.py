@@ -35,7 +35,7 @@ from torch import nn
 
 from arm.io import atomic_path, atomic_write_json, read_saved_config
 from arm.tokenizer.config import FlowDecoderConfig
-from arm.tokenizer.images import to_pixels
+from arm.tokenizer.images import pixels_to_uint8, to_pixels
 
 FORMAT = "arm-flow-decoder"
 FORMAT_VERSION = 1
@@ -251,7 +251,7 @@ def encode_images(tokenizer, images: Any, batch: int = 256) -> tuple[torch.Tenso
     for chunk in _batches(images, batch):
         x = to_pixels(chunk, tokenizer.image_size)
         codes.append(tokenizer.encode(x))
-        targets.append((x * 255).round().to(torch.uint8))
+        targets.append(pixels_to_uint8(x))
     if not codes:
         raise ValueError("images: empty training set")
     return torch.cat(codes), torch.cat(targets)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from arm.tokenizer.data import ImageTextSet
+from arm.tokenizer.images import pixels_to_uint8, to_pixels
 from arm.tokenizer.model import FLOW_DIR, VisualTokenizer
 
 GRID_FILE = "decoders.png"
@@ -37,10 +38,6 @@ def train_flow(model: VisualTokenizer, train: ImageTextSet, cfg, say: Callable[[
     return flow
 
 
-def _u8(pixels01: torch.Tensor) -> torch.Tensor:
-    return (pixels01.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def compare_decoders(model: VisualTokenizer, val: ImageTextSet | None, cfg) -> dict[str, Any]:
     """Both decoders from the same codes; returns the metrics and writes the grid."""
     from arm.eval.fid import FidKid, JudgeFeatures
@@ -51,7 +48,7 @@ def compare_decoders(model: VisualTokenizer, val: ImageTextSet | None, cfg) -> d
     fcfg, jcfg = cfg.tokenizer.flow, cfg.eval.fmnist
     judge = load_or_train(jcfg)
     x, labels = load_split(jcfg.root, "t10k", fcfg.eval_images)
-    originals = _u8(_to01(model, torch.from_numpy(np.array(x)).unsqueeze(1)))
+    originals = pixels_to_uint8(to_pixels(torch.from_numpy(np.array(x)).unsqueeze(1), model.image_size))
     codes = model.encode(originals)
     metric = FidKid(judge, kid_subset_size=min(100, len(originals)), seed=cfg.seed)
     metric.set_real(originals)
@@ -63,7 +60,7 @@ def compare_decoders(model: VisualTokenizer, val: ImageTextSet | None, cfg) -> d
     renders: dict[str, torch.Tensor] = {}
     for name in ("per_token", "flow"):
         t = time.perf_counter()
-        renders[name] = _u8(model.decode(codes, decoder=name))
+        renders[name] = pixels_to_uint8(model.decode(codes, decoder=name))
         seconds = (time.perf_counter() - t) / len(codes)
         out[name] = {**metric.score(renders[name]), **reconstruction_metrics(renders[name], originals),
                      "accuracy": accuracy(renders[name]), "seconds_per_image": seconds}
@@ -75,19 +72,13 @@ def compare_decoders(model: VisualTokenizer, val: ImageTextSet | None, cfg) -> d
         pixels = shapes.pixels(range(len(shapes)))
         shape_codes = model.encode(pixels)
         for name in ("per_token", "flow"):
-            shape_rows[name] = _u8(model.decode(shape_codes, decoder=name))
+            shape_rows[name] = pixels_to_uint8(model.decode(shape_codes, decoder=name))
             out[name]["shapes_oracle_scene_accuracy"] = oracle_accuracy(
                 shape_rows[name], shapes.scenes, cfg.world)["oracle_scene_accuracy"]
         shape_rows["original"] = pixels
     out["flow_training"] = dict(model.flow_decoder().train_info)
     _write_grid(Path(cfg.tokenizer.report) / GRID_FILE, originals, renders, labels, shape_rows)
     return out
-
-
-def _to01(model: VisualTokenizer, images: torch.Tensor) -> torch.Tensor:
-    from arm.tokenizer.images import to_pixels
-
-    return to_pixels(images, model.image_size)
 
 
 def _write_grid(path: Path, originals, renders, labels, shape_rows, shapes_shown: int = 3) -> None:

@@ -51,6 +51,11 @@ def to_pixels(images: Sequence[Image.Image] | torch.Tensor | np.ndarray, size: i
     return torch.from_numpy(np.stack(arrays)).float().div_(255.0)
 
 
+def pixels_to_uint8(pixels01: torch.Tensor) -> torch.Tensor:
+    """The inverse of `to_pixels`: float [B, 3, S, S] in [0, 1] (clamped) -> 8-bit uint8, rounded."""
+    return (pixels01.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def _tensor_to_pixels(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.ndim == 3:
         raise ValueError(f"images: expected a batch [B, C, H, W], got shape {tuple(x.shape)} (add a batch dim)")
