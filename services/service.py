@@ -87,6 +87,7 @@ class ArmModel:
             **store.model_info(stored),
             batching=SERVE.batching.enabled,
             max_batch_size=SERVE.batching.max_batch_size,
+            grids=[list(g) for g in self.runner.pipeline.layout.grids],
         )
         model = self.runner.pipeline.model
         log.info("loaded %s on %s in %s in %.1fs (batching %s)", stored.tag, model.device, model.dtype,
@@ -191,12 +192,17 @@ class ArmService:
         top_k: T.TopK = SAMPLING.top_k,
         top_p: T.TopP = SAMPLING.top_p,
         seed: T.Seed = None,
+        aspect_ratio: T.AspectRatio = None,
     ) -> GenerateResponse:
-        """Text to image: n PNG images (base64); image k uses seed + k."""
+        """Text to image: n PNG images (base64); image k uses seed + k. `aspect_ratio` (width:height)
+        draws at the model's nearest aspect bucket; a model without buckets refuses it."""
         seed = _seed(seed)
+        if aspect_ratio is not None and len((await self._model_info()).get("grids") or [[]]) < 2:
+            return _server_error(400, f"aspect_ratio {aspect_ratio!r}: this model draws square images only "
+                                      "(its tokenizer has no aspect buckets)")  # type: ignore[return-value]
         items = [
             GenerateItem(prompt=prompt, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-                         seed=(seed + k) % (SEED_MAX + 1))
+                         seed=(seed + k) % (SEED_MAX + 1), aspect_ratio=aspect_ratio)
             for k in range(n)
         ]
         out = await self._run("/generate_batch", items)

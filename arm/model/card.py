@@ -20,7 +20,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from arm.io import atomic_write_text
-from arm.text.vocab import SPECIAL_TOKENS, VocabLayout
+from arm.text.vocab import VocabLayout
 
 CARD_FILE = "README.md"
 MANIFEST_FILE = "manifest.json"
@@ -177,7 +177,7 @@ def render_model_card(directory: str | Path, *, model_ref: str | None = None,
     return ModelCard.from_template(
         data, template_str=TEMPLATE, name=name, arch=config.get("model_type", "transformer"), model_ref=model_ref,
         grid=list(layout.grid), levels=list(layout.levels), n_text=layout.n_text,
-        specials=[(s, layout.special(s)) for s in SPECIAL_TOKENS], image_offset=layout.image_offset,
+        specials=[(s, layout.special(s)) for s in layout.specials], image_offset=layout.image_offset,
         vocab_size=layout.vocab_size, codebook_size=layout.codebook_size, tokens_per_image=layout.tokens_per_image,
         text_tokenizer=manifest.get("text_tokenizer", "text"), visual_tokenizer=vt_ref, training=training,
         results=results, eval_preset=(eval_metrics or {}).get("preset"),

@@ -63,10 +63,10 @@ def planned_layout(cfg: ArmConfig) -> VocabLayout:
         from arm.train.perfect import PerfectTokenizer
 
         v = PerfectTokenizer(cfg.world)
-        codebook, grid, levels = v.codebook_size, v.grid, v.levels
+        codebook, grid, levels, grids = v.codebook_size, v.grid, v.levels, ()
     else:
         t = cfg.tokenizer
-        codebook, grid, levels = t.codebook_size, tuple(t.grid), tuple(t.levels)
+        codebook, grid, levels, grids = t.codebook_size, tuple(t.grid), tuple(t.levels), tuple(t.grids)
     n_text = cfg.text.vocab_size
     if cfg.text.tokenizer != "bpe":
         try:
@@ -75,12 +75,12 @@ def planned_layout(cfg: ArmConfig) -> VocabLayout:
             n_text = hub_text_tokenizer(cfg.text.tokenizer).get_vocab_size(with_added_tokens=True)
         except FileNotFoundError:
             pass  # offline without the hub files: plan with the configured size
-    return VocabLayout(n_text=n_text, codebook_size=codebook, grid=grid, levels=levels)
+    return VocabLayout(n_text=n_text, codebook_size=codebook, grid=grid, levels=levels, grids=grids)
 
 
 def edit_document_tokens(layout: VocabLayout) -> int:
-    """<bos> <boi> SRC <eoi> instruction <boi> TGT <eoi> <eos> (DESIGN §4)."""
-    return 2 * layout.tokens_per_image + INSTRUCTION_TOKENS + 6
+    """<bos> <boi> SRC <eoi> instruction <boi> TGT <eoi> <eos> (DESIGN §4), at the largest bucket."""
+    return 2 * layout.image_span_tokens + INSTRUCTION_TOKENS + 2
 
 
 # ----------------------------------------------------------------------------- hub shapes
@@ -596,7 +596,7 @@ def plan_rl(cfg: ArmConfig, layout: VocabLayout) -> StagePlan:
     seq = edit_document_tokens(layout)
     sample_rows = min(r.sample_batch, r.prompts_per_step * r.group_size // gpus) * guided
     kv = sample_rows * seq * _kv_bytes_per_token(cfg, dtype)
-    prompt = seq - layout.tokens_per_image - 2  # the edit prompt: everything before the target image
+    prompt = seq - layout.max_tokens_per_image - 2  # the edit prompt: everything before the target image
     prefill = lm_transient_bytes(cfg, layout, rows=sample_rows, seq=prompt, dtype=dtype, mode="prefill")
     rollout = (n * w if zero3 else 0) + kv + max(0, prefill - sample_rows * prompt * _kv_bytes_per_token(cfg, dtype))
     rows = r.minibatch_size // gpus * guided
@@ -624,7 +624,7 @@ def _plan_sampling(stage: str, cfg: ArmConfig, layout: VocabLayout, batch: int, 
     rows = batch * (2 if cfg_scale != 1 else 1)
     seq = edit_document_tokens(layout)
     kv_per_token = _kv_bytes_per_token(cfg, dtype)
-    prompt = seq - layout.tokens_per_image - 2  # the edit prompt: everything before the target image
+    prompt = seq - layout.max_tokens_per_image - 2  # the edit prompt: everything before the target image
     prefill = lm_transient_bytes(cfg, layout, rows=rows, seq=prompt, dtype=dtype, mode="prefill")
     return StagePlan(stage, 1, {f"weights ({cfg.sampling.dtype})": n * BYTES[dtype],
                                 f"KV cache ({rows} rows x {seq} tokens)": rows * seq * kv_per_token,

@@ -1,10 +1,12 @@
 """Which tokens may come next: the grammar of the unified vocabulary, as boolean masks.
 
-A request continues either an image span (its context ends with <boi>) or text. Inside an image
-span only image-code tokens are allowed for exactly h*w positions, then <eoi> is the only choice,
-so every image span decodes to a valid h x w grid. Text allows text tokens and <eos>.
-The allowed set at an output position depends only on the request's mode and the position, not
-on the tokens drawn, which lets a speculative window know every position's grammar in advance.
+A request continues either an image span (its context ends with the image head: <boi>, or
+<boi> <grid_HxW> when the model has several aspect buckets) or text. Inside an image span only
+image-code tokens are allowed for exactly h*w positions of the head's grid, then <eoi> is the
+only choice, so every image span decodes to a valid h x w grid. Text allows text tokens and <eos>.
+The allowed set at an output position depends only on the request's mode, its grid and the
+position, not on the tokens drawn, which lets a speculative window know every position's grammar
+in advance.
 
 Each allowed set lies inside a contiguous id span (`Span`): the sampler reads logits, draws
 noise and takes the argmax over that span only, not over the whole vocabulary (at 7b the image
@@ -48,25 +50,33 @@ class Grammar:
         self.end_image_span = Span(layout.eoi, layout.eoi + 1, None)
 
     def mode_of(self, prompt: list[int]) -> Mode:
-        return "image" if prompt and prompt[-1] == self.layout.boi else "text"
+        last = prompt[-1] if prompt else None
+        return "image" if last == self.layout.boi or (last is not None and self.layout.grid_of_token(last)) else "text"
 
-    def length(self, mode: Mode, max_new_tokens: int) -> int:
-        """Output positions a request may produce (an image: h*w codes + <eoi>)."""
-        return self.layout.tokens_per_image + 1 if mode == "image" else max_new_tokens
+    def image_codes(self, prompt: list[int]) -> int:
+        """Codes an image request draws: h*w of the grid its prompt's image head names."""
+        grid = self.layout.grid_of_token(prompt[-1]) if prompt else None
+        if grid is None and self.layout.multi_grid:
+            raise ValueError("an image prompt of a model with several grids must end with <boi> <grid_HxW>")
+        return self.layout.n_codes(grid)
 
-    def span(self, mode: Mode, position: int) -> Span:
-        """The ids allowed at output `position` of a request of `mode`."""
+    def length(self, mode: Mode, max_new_tokens: int, n_codes: int) -> int:
+        """Output positions a request may produce (an image: n_codes codes + <eoi>)."""
+        return n_codes + 1 if mode == "image" else max_new_tokens
+
+    def span(self, mode: Mode, position: int, n_codes: int) -> Span:
+        """The ids allowed at output `position` of a request of `mode` (an image of n_codes codes)."""
         if mode == "image":
-            return self.image_span if position < self.layout.tokens_per_image else self.end_image_span
+            return self.image_span if position < n_codes else self.end_image_span
         return self.text_span
 
     def widest(self, mode: Mode) -> int:
         """The widest span a request of this mode draws from (the width of its noise rows)."""
         return self.image_span.width if mode == "image" else self.text_span.width
 
-    def forced(self, mode: Mode, position: int) -> int | None:
+    def forced(self, mode: Mode, position: int, n_codes: int) -> int | None:
         """The token at `position` when the grammar leaves exactly one choice (no forward needed)."""
-        if mode == "image" and position == self.layout.tokens_per_image:
+        if mode == "image" and position == n_codes:
             return self.layout.eoi
         return None
 

@@ -48,7 +48,7 @@ class Request:
     top_p: float = 1.0
     max_new_tokens: int = 32  # text requests; an image request always yields h*w codes + <eoi>
     seed: int = 0
-    mode: Mode | None = None  # default: "image" when the prompt ends with <boi>, else "text"
+    mode: Mode | None = None  # default: "image" when the prompt ends with an image head, else "text"
 
 
 @dataclass
@@ -56,12 +56,13 @@ class Result:
     tokens: list[int]  # generated tokens, including the closing <eoi> / <eos> when reached
     mode: Mode
     finished: bool  # the closing token was produced (a text answer can hit max_new_tokens)
+    grid: tuple[int, int] | None = None  # an image request's (h, w), from its prompt's image head
 
     def codes(self, layout: VocabLayout) -> torch.Tensor:
         """The h x w grid of image codes of an image request."""
         if self.mode != "image":
             raise ValueError("a text result has no image codes")
-        h, w = layout.grid
+        h, w = self.grid or layout.grid
         return layout.codes(torch.tensor(self.tokens[: h * w])).view(h, w)
 
     def text_ids(self, layout: VocabLayout) -> list[int]:
@@ -89,6 +90,7 @@ NOISE_BLOCK = 16  # noise rows drawn per call; part of a request's stream, so ch
 class _State:
     req: Request
     mode: Mode
+    n_codes: int  # an image request's codes (h*w of its grid)
     length: int  # output positions it may produce
     last_needed: int  # last position whose token needs a forward
     generator: torch.Generator
@@ -177,8 +179,8 @@ class Engine:
         if not r.prompt:
             raise ValueError(f"request {i}: empty prompt")
         mode = r.mode or self.grammar.mode_of(r.prompt)
-        if mode == "image" and r.prompt[-1] != self.layout.boi:
-            raise ValueError(f"request {i}: an image request's prompt must end with <boi>")
+        if mode == "image" and self.grammar.mode_of(r.prompt) != "image":
+            raise ValueError(f"request {i}: an image request's prompt must end with <boi> (and its grid token)")
         for name, ids in (("prompt", r.prompt), ("uncond_prompt", r.uncond_prompt or [])):
             if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
                 raise ValueError(f"request {i}: {name} has token ids outside [0, {self.vocab_size})")
@@ -186,17 +188,21 @@ class Engine:
             raise ValueError(f"request {i}: invalid sampling settings {r}")
         if mode == "image" and r.cfg_scale != 1 and r.uncond_prompt is None:
             raise ValueError(f"request {i}: cfg_scale {r.cfg_scale} needs an uncond_prompt")
-        if r.uncond_prompt is not None and mode == "image" and r.uncond_prompt[-1] != self.layout.boi:
-            raise ValueError(f"request {i}: the uncond_prompt must end with <boi> too")
+        if r.uncond_prompt is not None and mode == "image" and r.uncond_prompt[-1] != r.prompt[-1]:
+            raise ValueError(f"request {i}: the uncond_prompt must end with the same image head")
         return mode
 
     def _state(self, i: int, r: Request) -> _State:
         mode = self._check(i, r)
-        length = self.grammar.length(mode, r.max_new_tokens)
-        last_needed = self.layout.tokens_per_image - 1 if mode == "image" else length - 1
+        try:
+            n_codes = self.grammar.image_codes(r.prompt) if mode == "image" else 0
+        except ValueError as err:
+            raise ValueError(f"request {i}: {err}") from None
+        length = self.grammar.length(mode, r.max_new_tokens, n_codes)
+        last_needed = n_codes - 1 if mode == "image" else length - 1
         gen = torch.Generator(device=self.device).manual_seed(int(r.seed))
         guided = mode == "image" and r.cfg_scale != 1 and r.uncond_prompt is not None
-        return _State(r, mode, length, last_needed, gen, guided, self.grammar.widest(mode))
+        return _State(r, mode, n_codes, length, last_needed, gen, guided, self.grammar.widest(mode))
 
     def _run_batch(self, requests: list[Request]) -> list[Result]:
         states = [self._state(i, r) for i, r in enumerate(requests)]
@@ -248,7 +254,10 @@ class Engine:
 
         self.stats.add(stats)
         self.last_stats = stats
-        return [Result(s.out, s.mode, s.done and self._closed(s)) for s in states]
+        return [Result(s.out, s.mode, s.done and self._closed(s), self._grid(s)) for s in states]
+
+    def _grid(self, s: _State) -> tuple[int, int] | None:
+        return (self.layout.grid_of_token(s.req.prompt[-1]) or self.layout.grid) if s.mode == "image" else None
 
     def _rows(self, prompts: list[list[int]], states: list[_State]) -> Rows:
         if not (self.compile and self.use_cache):
@@ -333,7 +342,7 @@ class Engine:
         by_span: dict[tuple[int, int], list[int]] = {}
         spans = {}
         for n, (i, t) in enumerate(zip(flat_req, positions)):
-            span = self.grammar.span(states[i].mode, t)
+            span = self.grammar.span(states[i].mode, t, states[i].n_codes)
             by_span.setdefault((span.lo, span.hi), []).append(n)
             spans[(span.lo, span.hi)] = span
         drawn = [0] * len(flat_req)
@@ -367,7 +376,7 @@ class Engine:
     def _force(self, s: _State) -> None:
         """Append tokens the grammar leaves no choice about; they need no forward."""
         while not s.done:
-            tok = self.grammar.forced(s.mode, len(s.out))
+            tok = self.grammar.forced(s.mode, len(s.out), s.n_codes)
             if tok is None:
                 return
             t = len(s.out)

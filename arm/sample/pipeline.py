@@ -1,7 +1,7 @@
 """The ARM pipeline: text-to-image, image understanding and editing from one model dir.
 
     pipe = ArmPipeline.from_pretrained("models/arm-base")
-    images = pipe.generate(["a red circle"], n=4, cfg_scale=3.0, seed=0)
+    images = pipe.generate(["a red circle"], n=4, cfg_scale=3.0, seed=0)  # aspect_ratio="4:3" with buckets
     answers = pipe.describe(images, questions=["what colour is the circle?"] * 4)
     edited = pipe.edit(images, ["make the circle blue"] * 4)
 
@@ -47,6 +47,7 @@ class Task:
     top_k: int | None = None
     top_p: float | None = None
     max_new_tokens: int | None = None
+    aspect_ratio: str | None = None  # generate: width:height, drawn at the visual tokenizer's nearest bucket
 
 
 def read_manifest(model_dir: str | Path) -> dict:
@@ -113,12 +114,19 @@ def uncond_prompt(prompt: list[int], layout: VocabLayout) -> list[int]:
     An edit prompt keeps its source image (guidance then pushes towards the instruction, not away
     from the source), as in the training format's condition dropout.
     """
-    if not prompt or prompt[-1] != layout.boi:
-        raise ValueError("an image prompt must end with <boi>")
+    head = prompt[-2:] if prompt and layout.grid_of_token(prompt[-1]) else prompt[-1:]
+    if not head or head[0] != layout.boi:
+        raise ValueError("an image prompt must end with <boi> (and, with several grids, its grid token)")
     if len(prompt) > 1 and prompt[1] == layout.boi:  # edit: <bos> <boi> SRC <eoi> instruction <boi>
         end = prompt.index(layout.eoi, 2)
-        return [*prompt[: end + 1], layout.uncond, layout.boi]
-    return [layout.bos, layout.uncond, layout.boi]
+        return [*prompt[: end + 1], layout.uncond, *head]
+    return [layout.bos, layout.uncond, *head]
+
+
+def _grids(visual_tokenizer) -> tuple[tuple[int, int], ...]:
+    """A visual tokenizer's grids; one without aspect buckets (the oracle) has its one grid."""
+    grids = getattr(visual_tokenizer, "grids", None) or [visual_tokenizer.grid]
+    return tuple(tuple(int(v) for v in g) for g in grids)
 
 
 class ArmPipeline:
@@ -131,11 +139,11 @@ class ArmPipeline:
         if int(model.config.vocab_size) < layout.vocab_size:
             raise ValueError(f"model vocabulary {model.config.vocab_size} < layout vocabulary {layout.vocab_size}")
         if visual_tokenizer is not None:
-            grid = tuple(visual_tokenizer.grid)
-            if visual_tokenizer.codebook_size != layout.codebook_size or grid != tuple(layout.grid):
+            grids = _grids(visual_tokenizer)
+            if visual_tokenizer.codebook_size != layout.codebook_size or grids != layout.grids:
                 raise ValueError(
-                    f"visual tokenizer ({visual_tokenizer.codebook_size} codes, grid {grid}) does not match the "
-                    f"model's layout ({layout.codebook_size} codes, grid {tuple(layout.grid)})"
+                    f"visual tokenizer ({visual_tokenizer.codebook_size} codes, grids {grids}) does not match the "
+                    f"model's layout ({layout.codebook_size} codes, grids {layout.grids})"
                 )
         self.engine = Engine(model, layout, jacobi_window=self.config.jacobi_window, max_batch=self.config.batch_size,
                              compile=self.config.compile)
@@ -184,17 +192,37 @@ class ArmPipeline:
             raise ValueError(f"{what} {text!r} encodes to non-text token ids {bad[:5]}")
         return ids
 
-    def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
-        """LongTensor [B, h*w] of image codes."""
+    def encode_images(self, images: Sequence[Any]) -> list[torch.Tensor]:
+        """Each image's codes, LongTensor [h, w] at its grid (its aspect bucket, with several)."""
         vt = self._visual()
         pil = [as_pil(im) for im in images]
-        return vt.encode(pil).reshape(len(pil), -1).long()
+        if self.layout.multi_grid:
+            return [c.long() for c in vt.encode_each(pil)]
+        return list(vt.encode(pil).long()) if pil else []
 
-    def decode_codes(self, codes: torch.Tensor) -> list[Image.Image]:
+    def decode_codes(self, codes: Sequence[torch.Tensor] | torch.Tensor) -> list[Image.Image]:
+        """Images of code grids ([h, w] each, or one [B, h*w] tensor at the default grid)."""
         vt = self._visual()
-        h, w = self.layout.grid
-        pixels = vt.decode(codes.reshape(-1, h, w).long())
-        return [to_pil(p) for p in pixels]
+        if isinstance(codes, torch.Tensor) and codes.dim() == 2:
+            codes = list(codes.reshape(-1, *self.layout.grid))
+        out: list[Image.Image | None] = [None] * len(codes)
+        by_grid: dict[tuple[int, int], list[int]] = {}
+        for i, c in enumerate(codes):
+            by_grid.setdefault(self.layout.check_grid(tuple(c.shape)), []).append(i)
+        for members in by_grid.values():  # one decoder batch per grid
+            pixels = vt.decode(torch.stack([codes[i] for i in members]).long())
+            for i, p in zip(members, pixels):
+                out[i] = to_pil(p)
+        return out  # type: ignore[return-value]
+
+    def grid_for(self, aspect_ratio: str | None) -> tuple[int, int]:
+        """The (h, w) grid an image of `aspect_ratio` (width:height, e.g. "4:3") is drawn at."""
+        if aspect_ratio is None:
+            return self.layout.grid
+        if not self.layout.multi_grid:
+            raise ValueError(f"aspect_ratio {aspect_ratio!r}: this model draws only {self.layout.grid[1]}x"
+                             f"{self.layout.grid[0]} token grids (its tokenizer has no aspect buckets)")
+        return self.layout.check_grid(self._visual().buckets.for_ratio(aspect_ratio))
 
     def sample(self, requests: list[Request]) -> list[Result]:
         return self.engine.run(requests)
@@ -274,14 +302,17 @@ class ArmPipeline:
         for i in needs_image:
             if tasks[i].image is None:
                 raise ValueError(f"task {i} ({tasks[i].kind}) needs an image")
-        codes = self.encode_images([tasks[i].image for i in needs_image]) if needs_image else None
-        code_of = {i: codes[n].tolist() for n, i in enumerate(needs_image)}
+        for i, t in enumerate(tasks):
+            if t.aspect_ratio is not None and t.kind != "generate":
+                raise ValueError(f"task {i} ({t.kind}): aspect_ratio applies to generate only (an edit keeps its source's)")
+        codes = self.encode_images([tasks[i].image for i in needs_image]) if needs_image else []
+        code_of = dict(zip(needs_image, codes))
         reqs = [self._request(i, t, code_of.get(i), base + i if t.seed is None else t.seed) for i, t in enumerate(tasks)]
         results = self.engine.run(reqs)
         out: list[Image.Image | str] = [None] * len(tasks)  # type: ignore[list-item]
         image_rows = [i for i, t in enumerate(tasks) if t.kind != "describe"]
         if image_rows:
-            images = self.decode_codes(torch.stack([results[i].codes(self.layout) for i in image_rows]))
+            images = self.decode_codes([results[i].codes(self.layout) for i in image_rows])
             for i, im in zip(image_rows, images):
                 out[i] = im
         for i, t in enumerate(tasks):
@@ -291,12 +322,13 @@ class ArmPipeline:
 
     def generate(self, prompts: str | Sequence[str], n: int = 1, *, cfg_scale: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None) -> list[Image.Image]:
-        """n images per prompt, prompt-major."""
+                 seed: int | None = None, aspect_ratio: str | None = None) -> list[Image.Image]:
+        """n images per prompt, prompt-major; `aspect_ratio` (width:height) picks the nearest bucket."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        tasks = [Task("generate", p, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        tasks = [Task("generate", p, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                      aspect_ratio=aspect_ratio)
                  for p in prompts for _ in range(n)]
         return self.run(tasks, seed=seed)  # type: ignore[return-value]
 
@@ -340,16 +372,22 @@ class ArmPipeline:
             raise ValueError(f"{n} prompts but {len(seeds)} seeds")
         return seeds
 
-    def _request(self, i: int, t: Task, codes: list[int] | None, seed: int) -> Request:
+    def _request(self, i: int, t: Task, codes: torch.Tensor | None, seed: int) -> Request:
         c, lay = self.config, self.layout
+        flat, grid = (codes.flatten().tolist(), tuple(codes.shape)) if codes is not None else (None, None)
         if t.kind == "generate":
-            prompt = format_prompt("generate", lay, text=self.encode_text(t.text or "", f"task {i}: prompt"))
+            try:
+                target = self.grid_for(t.aspect_ratio)
+            except ValueError as err:
+                raise ValueError(f"task {i}: {err}") from None
+            prompt = format_prompt("generate", lay, text=self.encode_text(t.text or "", f"task {i}: prompt"),
+                                   target_grid=target)
         elif t.kind == "edit":
             text = self.encode_text(t.text or "", f"task {i}: instruction")
-            prompt = format_prompt("edit", lay, image=codes, text=text)
+            prompt = format_prompt("edit", lay, image=flat, text=text, image_grid=grid, target_grid=grid)
         elif t.kind == "describe":
             question = self.encode_text(t.text, f"task {i}: question") if t.text is not None else None
-            prompt = format_prompt("understand", lay, image=codes, text=question)
+            prompt = format_prompt("understand", lay, image=flat, text=question, image_grid=grid)
         else:
             raise ValueError(f"task {i}: unknown kind {t.kind!r}")
         if t.kind == "describe":

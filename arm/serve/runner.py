@@ -48,7 +48,8 @@ class BatchRunner:
 
         if kind == "generate":
             return Task("generate", item.prompt, seed=item.seed, cfg_scale=item.cfg_scale,
-                        temperature=item.temperature, top_k=item.top_k, top_p=item.top_p)
+                        temperature=item.temperature, top_k=item.top_k, top_p=item.top_p,
+                        aspect_ratio=item.aspect_ratio)
         if kind == "edit":
             return Task("edit", item.instruction, self._image(item.image), seed=item.seed, cfg_scale=item.cfg_scale,
                         temperature=item.temperature, top_k=item.top_k, top_p=item.top_p)

@@ -30,6 +30,10 @@ def _no_control_chars(value: str) -> str:
     return value
 
 
+# Syntax only; the model maps a ratio to its nearest aspect bucket (arm.tokenizer.buckets).
+ASPECT_RATIO_PATTERN = r"^[0-9]{1,4}(\.[0-9]{1,3})?:[0-9]{1,4}(\.[0-9]{1,3})?$"
+
+
 @dataclass(frozen=True)
 class RequestTypes:
     """Annotated field types for one set of limits (use as parameter annotations)."""
@@ -44,6 +48,7 @@ class RequestTypes:
     TopP: Any
     Seed: Any
     MaxNewTokens: Any
+    AspectRatio: Any  # width:height, e.g. "4:3"; None: the model's default (square) grid
 
 
 def request_types(limits: LimitsConfig) -> RequestTypes:
@@ -69,6 +74,8 @@ def request_types(limits: LimitsConfig) -> RequestTypes:
         TopP=Annotated[float, Field(strict=True, gt=0.0, le=1.0, allow_inf_nan=False)],
         Seed=Optional[Annotated[int, Field(strict=True, ge=0, le=SEED_MAX)]],
         MaxNewTokens=Annotated[int, Field(strict=True, ge=1, le=limits.max_new_tokens)],
+        AspectRatio=Optional[Annotated[str, Field(strict=True, max_length=16, pattern=ASPECT_RATIO_PATTERN,
+                                                  description="width:height, e.g. 4:3")]],
     )
 
 
@@ -91,6 +98,7 @@ class GenerateItem(Sampling):
     """One image to generate (a request for n images is n items with seeds seed..seed+n-1)."""
 
     prompt: str
+    aspect_ratio: Optional[str] = None
 
 
 class EditItem(Sampling):
@@ -127,6 +135,7 @@ class ModelInfo(BaseModel):
     manifest: dict[str, Any] = {}
     batching: bool
     max_batch_size: int
+    grids: list[list[int]] = []  # the (h, w) token grids it draws; more than one: it takes aspect_ratio
 
 
 # ----------------------------------------------------------------------------- public responses

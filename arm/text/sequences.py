@@ -38,6 +38,8 @@ class Example:
     answer: str | None = None  # understand target
     image: tuple[int, ...] | None = None  # understand input, edit source
     target_image: tuple[int, ...] | None = None  # generate / edit target
+    image_grid: tuple[int, int] | None = None  # (h, w) of `image`; None = the layout's default grid
+    target_grid: tuple[int, int] | None = None  # (h, w) of `target_image`; None = the default grid
     meta: Mapping = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -66,14 +68,18 @@ def tokenize_examples(examples: Sequence[Example], encode) -> list[TokExample]:
 def document(ex: TokExample, layout: VocabLayout, uncond: bool = False) -> tuple[list[int], list[int]]:
     """Token ids and loss mask of one example (uncond: the CFG-dropped condition)."""
     e = ex.example
+    grids = {"image_grid": e.image_grid, "target_grid": e.target_grid}
     try:
         if e.task == "understand":
-            return format_example("understand", layout, text=list(ex.text_ids), image=e.image, target_text=list(ex.answer_ids))
+            return format_example("understand", layout, text=list(ex.text_ids), image=e.image,
+                                  target_text=list(ex.answer_ids), **grids)
         if e.task == "generate":
-            return format_example("generate", layout, text=list(ex.text_ids), target_image=e.target_image, uncond=uncond)
+            return format_example("generate", layout, text=list(ex.text_ids), target_image=e.target_image,
+                                  uncond=uncond, **grids)
         if e.task == "edit":
             return format_example(
-                "edit", layout, text=list(ex.text_ids), image=e.image, target_image=e.target_image, uncond=uncond
+                "edit", layout, text=list(ex.text_ids), image=e.image, target_image=e.target_image, uncond=uncond,
+                **grids,
             )
         if e.task == "text":
             return format_example("text", layout, text=list(ex.text_ids))

@@ -1,7 +1,8 @@
 """The text tokenizer of the unified vocabulary, as a transformers fast tokenizer.
 
 Ids follow `VocabLayout`: the text tokenizer's own ids [0, n_text), then the special tokens in
-`SPECIAL_TOKENS` order, then one added token `<img_{c}>` per image code. Saved into the model
+`SPECIAL_TOKENS` order (then one `<grid_HxW>` per grid when there are several), then one added
+token `<img_{c}>` per image code. Saved into the model
 dir, so `PreTrainedTokenizerFast.from_pretrained(model_dir)` returns ids that agree with
 `vocab_layout.json` (AutoTokenizer would pick the class of config.json's model_type instead).
 
@@ -18,7 +19,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from arm.model.config import TextConfig
-from arm.text.vocab import SPECIAL_TOKENS, VocabLayout
+from arm.text.vocab import VocabLayout
 
 EXTRA_SPECIALS = ("<boi>", "<eoi>", "<uncond>")  # the specials transformers has no named slot for
 
@@ -54,17 +55,19 @@ def hub_text_tokenizer(name: str) -> Tokenizer:
     return Tokenizer.from_str(hub.backend_tokenizer.to_str())
 
 
-def wrap(text_tok: Tokenizer, codebook_size: int, grid: tuple[int, int], levels: tuple[int, ...]) -> tuple[PreTrainedTokenizerFast, VocabLayout]:
+def wrap(text_tok: Tokenizer, codebook_size: int, grid: tuple[int, int], levels: tuple[int, ...],
+         grids: tuple[tuple[int, int], ...] = ()) -> tuple[PreTrainedTokenizerFast, VocabLayout]:
     """Append the specials and image tokens to a text tokenizer; returns the HF tokenizer and layout."""
     tok = Tokenizer.from_str(text_tok.to_str())  # leave the caller's tokenizer untouched
-    clash = [s for s in SPECIAL_TOKENS if tok.token_to_id(s) is not None]
+    n_text = tok.get_vocab_size(with_added_tokens=True)
+    layout = VocabLayout(n_text=n_text, codebook_size=codebook_size, grid=tuple(grid), levels=tuple(levels),
+                         grids=tuple(tuple(g) for g in grids))
+    clash = [s for s in layout.specials if tok.token_to_id(s) is not None]
     if clash:
         # the layout puts every special after the text rows: a token the text vocabulary already
         # has would not be added again, and every id after it would shift by one
         raise ValueError(f"the text tokenizer already has the token(s) {clash} that ARM appends as specials")
-    n_text = tok.get_vocab_size(with_added_tokens=True)
-    layout = VocabLayout(n_text=n_text, codebook_size=codebook_size, grid=tuple(grid), levels=tuple(levels))
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKENS])
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in layout.specials])
     # special=True: decode(skip_special_tokens=True) drops image tokens from text output
     tok.add_tokens([AddedToken(image_token(c), special=True, normalized=False) for c in range(codebook_size)])
     hf = PreTrainedTokenizerFast(
@@ -85,6 +88,7 @@ def build_tokenizer(
     codebook_size: int,
     grid: tuple[int, int],
     levels: tuple[int, ...],
+    grids: tuple[tuple[int, int], ...] = (),
 ) -> tuple[PreTrainedTokenizerFast, VocabLayout]:
     if cfg.tokenizer == "bpe":
         if texts is None:
@@ -92,14 +96,14 @@ def build_tokenizer(
         base = train_bpe(texts, cfg.vocab_size, cfg.min_frequency)
     else:
         base = hub_text_tokenizer(cfg.tokenizer)
-    return wrap(base, codebook_size, grid, levels)
+    return wrap(base, codebook_size, grid, levels, grids)
 
 
 def check_layout(tok: PreTrainedTokenizerFast, layout: VocabLayout) -> None:
     """Raise if any special or image token id disagrees with the layout."""
     if len(tok) != layout.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens, layout says {layout.vocab_size}")
-    for name in SPECIAL_TOKENS:
+    for name in layout.specials:
         got = tok.convert_tokens_to_ids(name)
         if got != layout.special(name):
             raise ValueError(f"special token {name} has id {got}, layout says {layout.special(name)}")

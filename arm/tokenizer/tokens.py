@@ -2,7 +2,9 @@
 
 Layout under `tokenizer.tokens.output` (default `data/tokens/`):
 
-    shards/codes-00000.parquet   image_sha, codes (fixed-size list of h*w int32), in sha order
+    shards/codes-00000.parquet   image_sha, codes (fixed-size list of h*w int32), in sha order;
+                                 a tokenizer with several aspect buckets writes each image at its
+                                 own bucket: codes (list of int32) and grid ([h, w])
     index.parquet                one row per curated sample: id, split, task, image_sha,
                                  source_image_sha, image_row, source_image_row (global code rows)
     manifest.json                tokenizer fingerprint, grid, levels, counts per split/task, speed,
@@ -67,46 +69,64 @@ def tokenizer_fingerprint(model_dir: str | Path) -> str:
     return hashlib.sha256((sha256_file(d / "config.json") + sha256_file(d / "model.safetensors")).encode()).hexdigest()[:20]
 
 
-def _shard_table(shas: list[str], codes: np.ndarray) -> pa.Table:
-    n, width = codes.shape
-    flat = pa.array(codes.reshape(-1).astype(np.int32), type=pa.int32())
+def _shard_table(shas: list[str], codes: np.ndarray | list[torch.Tensor]) -> pa.Table:
+    """One grid: `codes` is [n, h*w]. Several: a [h, w] tensor per image, each at its own bucket."""
+    if isinstance(codes, np.ndarray):
+        n, width = codes.shape
+        flat = pa.array(codes.reshape(-1).astype(np.int32), type=pa.int32())
+        return pa.table({
+            "image_sha": pa.array(shas, type=pa.string()),
+            "codes": pa.FixedSizeListArray.from_arrays(flat, width),
+        })
     return pa.table({
         "image_sha": pa.array(shas, type=pa.string()),
-        "codes": pa.FixedSizeListArray.from_arrays(flat, width),
+        "codes": pa.array([c.reshape(-1).tolist() for c in codes], type=pa.list_(pa.int32())),
+        "grid": pa.array([list(c.shape) for c in codes], type=pa.list_(pa.int32(), 2)),
     })
 
 
-def _shard_ok(path: Path, shas: list[str], width: int) -> bool:
-    """A shard counts as done only if it holds exactly the expected images and code width."""
+def _shard_ok(path: Path, shas: list[str], width: int | None) -> bool:
+    """A shard counts as done only if it holds exactly the expected images and code layout
+    (`width` h*w for one grid; None for per-image grids)."""
     try:
-        t = pq.read_table(path, columns=["image_sha", "codes"])
+        t = pq.read_table(path)
     except Exception:
         return False
-    return t.column("image_sha").to_pylist() == shas and t.schema.field("codes").type.list_size == width
+    if t.column("image_sha").to_pylist() != shas:
+        return False
+    if width is None:
+        return "grid" in t.column_names
+    return "grid" not in t.column_names and t.schema.field("codes").type.list_size == width
 
 
 class ShardBatches(Dataset):
     """Item i: (shard, offset, uint8 [b, 3, S, S]), one batch of one shard, decoded and resized
     wherever the item is loaded (a DataLoader worker), so PNG decode overlaps the encoder.
+    `size` None (a tokenizer with aspect buckets): the RGB images at their own size instead; the
+    tokenizer fits each to its bucket.
 
     Holds the store's path, not the store: each worker opens its own read-only connection.
     """
 
-    def __init__(self, store_root: str | Path, batches: list[tuple[int, int, list[str]]], size: int):
+    def __init__(self, store_root: str | Path, batches: list[tuple[int, int, list[str]]], size: int | None):
         self.store_root, self.batches, self.size = Path(store_root), batches, size
         self._store = None
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[int, int, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[int, int, torch.Tensor | list]:
+        from arm.data.images import to_rgb
         from arm.data.store import CuratedStore
         from arm.tokenizer.images import pil_to_uint8
 
         if self._store is None:
             self._store = CuratedStore(self.store_root)
         shard, offset, shas = self.batches[i]
-        pixels = np.stack([pil_to_uint8(im, self.size) for im in self._store.load_images(shas)])
+        images = self._store.load_images(shas)
+        if self.size is None:
+            return shard, offset, [to_rgb(im) for im in images]
+        pixels = np.stack([pil_to_uint8(im, self.size) for im in images])
         return shard, offset, torch.from_numpy(pixels)
 
 
@@ -156,13 +176,14 @@ def _gather(obj: Any, world: int) -> list[Any]:
     return out
 
 
-def _encode_shards(model, loader: DataLoader, shas: list[str], shard_size: int, width: int, shards_dir: Path,
+def _encode_shards(model, loader: DataLoader, shas: list[str], shard_size: int, width: int | None, shards_dir: Path,
                    device: torch.device, bar) -> tuple[int, float]:
     """Encodes the loader's batches and writes each shard (atomically) as soon as it is complete.
 
     Only the shards in flight are held in memory. bf16 autocast on CUDA; fp32 on CPU, where codes
-    must be exact and reproducible. Returns (images encoded, seconds inside the encoder)."""
-    pending: dict[int, np.ndarray] = {}
+    must be exact and reproducible. `width` None: each image at its own aspect bucket.
+    Returns (images encoded, seconds inside the encoder)."""
+    pending: dict[int, np.ndarray | list] = {}
     left: dict[int, int] = {}
     encoded, t_encode = 0, 0.0
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
@@ -171,13 +192,17 @@ def _encode_shards(model, loader: DataLoader, shas: list[str], shard_size: int, 
             shard, offset = int(shard), int(offset)
             if shard not in pending:
                 n = len(shas[shard * shard_size : (shard + 1) * shard_size])
-                pending[shard], left[shard] = np.zeros((n, width), dtype=np.int32), n
-            b = pixels.shape[0]
+                pending[shard] = np.zeros((n, width), dtype=np.int32) if width is not None else [None] * n
+                left[shard] = n
+            b = len(pixels)
             t0 = time.perf_counter()
             with amp:
-                c = model.encode(pixels.to(device, non_blocking=True))
+                if width is None:
+                    c = model.encode_each(pixels)
+                else:
+                    c = model.encode(pixels.to(device, non_blocking=True))
             t_encode += time.perf_counter() - t0  # encode() returns on the CPU: the GPU work is done
-            pending[shard][offset : offset + b] = c.reshape(b, -1).numpy()
+            pending[shard][offset : offset + b] = c if width is None else c.reshape(b, -1).numpy()
             left[shard] -= b
             encoded += b
             if bar is not None:
@@ -217,7 +242,7 @@ def tokenize(cfg, *, tokenizer_dir: str | Path | None = None, store_root: str | 
     df = store.samples(columns=["id", "split", "task", "image_sha", "source_image_sha"])
     store.close()
     shas = sorted(set(df["image_sha"].dropna()) | set(df["source_image_sha"].dropna()))
-    width = model.grid[0] * model.grid[1]
+    width = None if len(model.grids) > 1 else model.grid[0] * model.grid[1]
 
     tok_fp = tokenizer_fingerprint(model_dir)
     run_fp = hashlib.sha256("\n".join([tok_fp, str(shard_size), *shas]).encode()).hexdigest()[:20]
@@ -238,9 +263,9 @@ def tokenize(cfg, *, tokenizer_dir: str | Path | None = None, store_root: str | 
     todo = [k for k in mine if not _shard_ok(shards_dir / shard_name(k), shas[k * shard_size : (k + 1) * shard_size], width)]
     if not shas and todo:  # an empty store still gets its one (empty) shard, as readers expect
         with atomic_path(shards_dir / shard_name(0)) as tmp:
-            pq.write_table(_shard_table([], np.zeros((0, width), dtype=np.int32)), tmp)
+            pq.write_table(_shard_table([], np.zeros((0, width), dtype=np.int32) if width else []), tmp)
     batches = shard_batches(shas, todo, shard_size, batch)
-    loader = DataLoader(ShardBatches(root, batches, model.image_size), batch_size=None, shuffle=False,
+    loader = DataLoader(ShardBatches(root, batches, model.image_size if width else None), batch_size=None, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     bar = None
@@ -268,6 +293,8 @@ def tokenize(cfg, *, tokenizer_dir: str | Path | None = None, store_root: str | 
 
 def _write_index_and_manifest(cfg, df: pd.DataFrame, shas: list[str], out: Path, model, model_dir: Path, tok_fp: str,
                               run_fp: str, n_shards: int, ranks: list[dict], device: torch.device, workers: int) -> None:
+    grids = [tuple(g) for g in model.grids]
+    tokens_of = _tokens_per_image(out, n_shards) if len(grids) > 1 else None
     width = model.grid[0] * model.grid[1]
     row = {s: i for i, s in enumerate(shas)}
     index = pd.DataFrame({
@@ -285,7 +312,12 @@ def _write_index_and_manifest(cfg, df: pd.DataFrame, shas: list[str], out: Path,
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for (split, task), g in index.groupby(["split", "task"], sort=True):
         n_img = int(g["image_row"].notna().sum() + g["source_image_row"].notna().sum())
-        counts.setdefault(split, {})[task] = {"samples": len(g), "images": n_img, "image_tokens": n_img * width}
+        if tokens_of is None:
+            n_tok = n_img * width
+        else:
+            used = pd.concat([g["image_row"], g["source_image_row"]]).dropna().astype(int)
+            n_tok = int(tokens_of[used.to_numpy()].sum())
+        counts.setdefault(split, {})[task] = {"samples": len(g), "images": n_img, "image_tokens": n_tok}
     encoded = sum(r["images_encoded"] for r in ranks)
     # The stage's speed: every rank's images over the slowest rank's loop (decode included).
     wall = max(r["wall_seconds"] for r in ranks)
@@ -295,9 +327,10 @@ def _write_index_and_manifest(cfg, df: pd.DataFrame, shas: list[str], out: Path,
         "tokenizer_fingerprint": tok_fp,
         "run_fingerprint": run_fp,
         "grid": list(model.grid),
+        **({"grids": [list(g) for g in grids]} if len(grids) > 1 else {}),
         "levels": model.levels,
         "codebook_size": model.codebook_size,
-        "tokens_per_image": width,
+        "tokens_per_image": width,  # at the default grid
         "images": len(shas),
         "samples": len(index),
         "shards": n_shards,
@@ -318,6 +351,13 @@ def _write_index_and_manifest(cfg, df: pd.DataFrame, shas: list[str], out: Path,
     atomic_write_json(cfg.tokenizer.tokens.metrics, {k: v for k, v in manifest.items() if k not in ("tokenizer_dir",)})
 
 
+def _tokens_per_image(out: Path, n_shards: int) -> np.ndarray:
+    """Codes per image in row order, read off the shards' grid column (per-image grids only)."""
+    parts = [pq.read_table(out / SHARDS_DIR / shard_name(k), columns=["grid"]).column("grid") for k in range(n_shards)]
+    grids = np.concatenate([c.combine_chunks().flatten().to_numpy().reshape(-1, 2) for c in parts])
+    return grids[:, 0].astype(np.int64) * grids[:, 1]
+
+
 class TokenStore:
     """Read access to the tokenize stage's output (for pretraining, RL and evaluation)."""
 
@@ -328,6 +368,7 @@ class TokenStore:
             raise FileNotFoundError(f"no image tokens at {self.root} ({MANIFEST_FILE} missing; run `arm tokenize`)")
         self.manifest = json.loads(mpath.read_text())
         self.grid = tuple(self.manifest["grid"])
+        self.grids = [tuple(g) for g in self.manifest.get("grids", [self.grid])]
         self._codes: torch.Tensor | None = None
         self._shas: list[str] | None = None
 
@@ -339,9 +380,29 @@ class TokenStore:
             df = df[df["task"] == task]
         return df.reset_index(drop=True)
 
+    def image_codes(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """Every image at its own grid: (shas, flat int32 codes, offsets [n + 1], grids [n, 2]);
+        image i's codes are flat[offsets[i]:offsets[i + 1]], row-major over grids[i]."""
+        if len(self.grids) == 1:
+            shas, codes = self.all_codes()
+            n, (h, w) = len(shas), self.grid
+            return (shas, codes.reshape(-1).numpy().astype(np.int32), np.arange(n + 1, dtype=np.int64) * h * w,
+                    np.tile(np.array([h, w], dtype=np.int64), (n, 1)))
+        shas, flats, grids = [], [], []
+        for k in range(self.manifest["shards"]):
+            t = pq.read_table(self.root / SHARDS_DIR / shard_name(k))
+            shas += t.column("image_sha").to_pylist()
+            flats.append(t.column("codes").combine_chunks().flatten().to_numpy().astype(np.int32))
+            grids.append(t.column("grid").combine_chunks().flatten().to_numpy().astype(np.int64).reshape(-1, 2))
+        grid = np.concatenate(grids) if grids else np.zeros((0, 2), dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(grid[:, 0] * grid[:, 1])])
+        return shas, np.concatenate(flats) if flats else np.zeros(0, dtype=np.int32), offsets, grid
+
     def _load(self) -> None:
         if self._codes is not None:
             return
+        if len(self.grids) > 1:
+            raise ValueError(f"{self.root}: images have per-image grids {self.grids}; read them with image_codes()")
         shas, parts = [], []
         for k in range(self.manifest["shards"]):
             t = pq.read_table(self.root / SHARDS_DIR / shard_name(k))

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from arm.config import ArmConfig, ShapesSourceConfig
 from arm.data.shapes import Scene
@@ -19,6 +20,14 @@ from arm.text.sequences import Example
 from arm.train.perfect import PerfectTokenizer
 
 Codes = tuple[int, ...]
+Grid = tuple[int, int]
+
+
+class ImageCodes(NamedTuple):
+    """An image's codes in row-major order and its (h, w) grid (None: the tokenizer's default grid)."""
+
+    codes: Codes
+    grid: Grid | None = None
 
 
 @dataclass(frozen=True)
@@ -26,9 +35,10 @@ class ImageSpec:
     """What the vocabulary needs to know about the visual tokenizer."""
 
     codebook_size: int
-    grid: tuple[int, int]
+    grid: Grid
     levels: tuple[int, ...]
     reference: dict  # manifest entry: which tokenizer, with a hash of its files
+    grids: tuple[Grid, ...] = ()  # every aspect bucket, `grid` first; () = the one grid
 
 
 @dataclass
@@ -48,16 +58,18 @@ def split_of(key: str, val: float, test: float) -> str:
 
 def make_example(
     id: str, task: str, split: str, *, caption=None, question=None, answer=None, instruction=None,
-    image: Codes | None = None, source_image: Codes | None = None, meta=None,
+    image: ImageCodes | None = None, source_image: ImageCodes | None = None, meta=None,
 ) -> Example:
     """One curated sample as an Example. `image` is the sample's image (for edits: the target)."""
     meta = meta or {}
+    codes, grid = image if image is not None else (None, None)
     if task == "generate":
-        return Example(id, task, split, text=caption, target_image=image, meta=meta)
+        return Example(id, task, split, text=caption, target_image=codes, target_grid=grid, meta=meta)
     if task == "understand":
-        return Example(id, task, split, text=question, answer=answer, image=image, meta=meta)
+        return Example(id, task, split, text=question, answer=answer, image=codes, image_grid=grid, meta=meta)
     if task == "edit":
-        return Example(id, task, split, text=instruction, image=source_image, target_image=image, meta=meta)
+        return Example(id, task, split, text=instruction, image=source_image.codes, image_grid=source_image.grid,
+                       target_image=codes, target_grid=grid, meta=meta)
     if task == "text":
         return Example(id, task, split, text=caption or answer or question or instruction, meta=meta)
     raise ValueError(f"sample {id}: unknown task {task!r}")
@@ -77,7 +89,7 @@ def shapes_examples(cfg: ArmConfig) -> ExampleSet:
         for r in scene_records(src, cfg, i):
             scene = r.meta.get("scene")
             target = r.meta.get("target_scene")
-            codes = lambda s: tuple(perfect.encode_scene(Scene.from_json(s)))  # noqa: E731
+            codes = lambda s: ImageCodes(tuple(perfect.encode_scene(Scene.from_json(s))))  # noqa: E731
             if r.task == "edit":
                 ex = make_example(r.ref, r.task, split, instruction=r.instruction, image=codes(target),
                                   source_image=codes(scene), meta=r.meta)
@@ -94,7 +106,7 @@ def oracle_reference(cfg: ArmConfig) -> dict:
     return {"kind": "oracle", "world": world, "sha256": _hash_json(world)}
 
 
-def store_examples(cfg: ArmConfig, codes_of: Callable[[str, dict], Codes | None], spec: ImageSpec) -> ExampleSet:
+def store_examples(cfg: ArmConfig, codes_of: Callable[[str, dict], ImageCodes | None], spec: ImageSpec) -> ExampleSet:
     """Curated train/val samples; `codes_of(image_sha, meta)` gives an image's codes or None."""
     from arm.data.store import CuratedStore
 
@@ -122,16 +134,16 @@ def store_examples(cfg: ArmConfig, codes_of: Callable[[str, dict], Codes | None]
     return ExampleSet(train, val, spec, skipped, examples_version(train + val))
 
 
-def oracle_codes_of(cfg: ArmConfig) -> tuple[Callable[[str, dict], Codes | None], ImageSpec]:
+def oracle_codes_of(cfg: ArmConfig) -> tuple[Callable[[str, dict], ImageCodes | None], ImageSpec]:
     """Perfect codes from the scene in a sample's meta (edits: `target_scene` for the target image)."""
     perfect = PerfectTokenizer(cfg.world)
 
-    def codes_of(_sha: str, meta: dict) -> Codes | None:
+    def codes_of(_sha: str, meta: dict) -> ImageCodes | None:
         is_target = meta.get("target", True)
         scene = meta.get("target_scene") if is_target and "target_scene" in meta else meta.get("scene")
         if scene is None:
             return None  # not a shapes image (e.g. Fashion-MNIST): the oracle cannot encode it
-        return tuple(perfect.encode_scene(Scene.from_json(scene)))
+        return ImageCodes(tuple(perfect.encode_scene(Scene.from_json(scene))))
 
     return codes_of, ImageSpec(perfect.codebook_size, perfect.grid, perfect.levels, oracle_reference(cfg))
 
@@ -152,7 +164,10 @@ def load_examples(cfg: ArmConfig) -> ExampleSet:
 def examples_version(examples: Sequence[Example]) -> str:
     h = hashlib.sha256()
     for e in examples:
-        h.update(repr((e.id, e.task, e.split, e.text, e.answer, e.image, e.target_image)).encode())
+        key = (e.id, e.task, e.split, e.text, e.answer, e.image, e.target_image)
+        if e.image_grid is not None or e.target_grid is not None:  # square-only data keeps its version
+            key += (e.image_grid, e.target_grid)
+        h.update(repr(key).encode())
     return h.hexdigest()
 
 

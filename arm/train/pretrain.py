@@ -194,7 +194,8 @@ def prepare_tokenizer(cfg: ArmConfig, data: ExampleSet | None, run_dir: Path, de
 
     def build() -> None:
         spec = data.image
-        tok, layout = build_tokenizer(cfg.text, training_texts(data.train), spec.codebook_size, spec.grid, spec.levels)
+        tok, layout = build_tokenizer(cfg.text, training_texts(data.train), spec.codebook_size, spec.grid, spec.levels,
+                                      spec.grids)
         with atomic_path(tok_dir) as tmp:
             save_tokenizer(tok, layout, tmp)
 

@@ -2,7 +2,8 @@
 
 Layout of a shard dir (local path or `s3://`, reached through `arm.fs.fs_for`):
 
-    <url>/<task>/part-00000.parquet, ...   columns id, text_ids, answer_ids, image, target_image
+    <url>/<task>/part-00000.parquet, ...   columns id, text_ids, answer_ids, image, target_image,
+                                           image_grid, target_grid ((h, w); null = the default grid)
     <url>/manifest.json                    per task its shards and their row-group sizes; written
                                            last, so a dir without it is unfinished and refused
 
@@ -41,7 +42,7 @@ from arm.text.vocab import VocabLayout
 
 MANIFEST = "manifest.json"
 FORMAT = "arm-token-documents"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the image grids
 _IDS = pa.list_(pa.int32())
 SCHEMA = pa.schema(
     [
@@ -50,9 +51,11 @@ SCHEMA = pa.schema(
         pa.field("answer_ids", _IDS, nullable=False),
         pa.field("image", _IDS),  # null where the task has no input image
         pa.field("target_image", _IDS),  # null where the task has no target image
+        pa.field("image_grid", _IDS),  # (h, w) of image; null: none, or the layout's default grid
+        pa.field("target_grid", _IDS),
     ]
 )
-_LIST_COLUMNS = ("text_ids", "answer_ids", "image", "target_image")
+_LIST_COLUMNS = ("text_ids", "answer_ids", "image", "target_image", "image_grid", "target_grid")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -84,7 +87,9 @@ class _TaskWriter:
         e = ex.example
         row = {"id": str(e.id), "text_ids": list(ex.text_ids), "answer_ids": list(ex.answer_ids),
                "image": None if e.image is None else list(e.image),
-               "target_image": None if e.target_image is None else list(e.target_image)}
+               "target_image": None if e.target_image is None else list(e.target_image),
+               "image_grid": None if e.image_grid is None else list(e.image_grid),
+               "target_grid": None if e.target_grid is None else list(e.target_grid)}
         for c, v in row.items():
             self.buffer[c].append(v)
         pending = len(self.buffer["id"])
@@ -222,7 +227,8 @@ class _RowGroup:
 
     def example(self, i: int) -> TokExample:
         e = Example(self.ids[i], self.task, "train", image=self._ids("image", i),
-                    target_image=self._ids("target_image", i))
+                    target_image=self._ids("target_image", i), image_grid=self._ids("image_grid", i),
+                    target_grid=self._ids("target_grid", i))
         return TokExample(e, self._ids("text_ids", i), self._ids("answer_ids", i))
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from arm.config import ArmConfig
-from arm.train.data import Codes, ImageSpec
+from arm.train.data import ImageCodes, ImageSpec
 
 
-def token_codes_of(cfg: ArmConfig) -> tuple[Callable[[str, dict], Codes | None], ImageSpec]:
+def token_codes_of(cfg: ArmConfig) -> tuple[Callable[[str, dict], ImageCodes | None], ImageSpec]:
     """`codes_of(image_sha, meta)` over every tokenized image, and the visual tokenizer's spec.
 
     Refuses tokens made by another tokenizer than the one in `pretrain.visual_tokenizer` (when
@@ -29,14 +29,17 @@ def token_codes_of(cfg: ArmConfig) -> tuple[Callable[[str, dict], Codes | None],
                 f"{cfg.pretrain.tokens} was made by tokenizer {m['tokenizer_fingerprint']}, but {tok_dir} is "
                 f"{current}: re-run `arm tokenize`"
             )
-    shas, codes = store.all_codes()
     # one int32 array, not a Python int per code (~9x the memory): tuples are made per lookup
-    flat = codes.reshape(len(shas), -1).numpy().astype(np.int32)
+    shas, flat, offsets, grids = store.image_codes()
     where = {s: i for i, s in enumerate(shas)}
+    default = tuple(m["grid"])
 
-    def codes_of(sha, _meta: dict) -> Codes | None:
+    def codes_of(sha, _meta: dict) -> ImageCodes | None:
         i = where.get(sha) if isinstance(sha, str) else None
-        return tuple(flat[i].tolist()) if i is not None else None
+        if i is None:
+            return None
+        grid = (int(grids[i, 0]), int(grids[i, 1]))
+        return ImageCodes(tuple(flat[offsets[i]:offsets[i + 1]].tolist()), None if grid == default else grid)
 
     reference = {
         "kind": "visual_tokenizer",
@@ -45,5 +48,6 @@ def token_codes_of(cfg: ArmConfig) -> tuple[Callable[[str, dict], Codes | None],
         "tokens": str(cfg.pretrain.tokens),
         "tokens_run": m["run_fingerprint"],
     }
-    spec = ImageSpec(int(m["codebook_size"]), tuple(m["grid"]), tuple(int(v) for v in m["levels"]), reference)
+    spec = ImageSpec(int(m["codebook_size"]), default, tuple(int(v) for v in m["levels"]), reference,
+                     tuple(tuple(g) for g in m.get("grids", [])))
     return codes_of, spec
