@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_serializer, model_validator
 
 from arm.configbase import Strict
 from arm.data.images import RASTER_FORMATS
@@ -83,6 +83,9 @@ class WorldConfig(Strict):
 
     image_size: int = Field(48, ge=8)
     grid: int = Field(3, ge=1)
+    # Extra (rows, cols) scene shapes besides the square grid x grid, for aspect-ratio buckets
+    # (issue 17). Cells stay `cell` px, so a (3, 4) scene is 3*cell high and 4*cell wide.
+    grids: list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]] = []
     kinds: list[Literal["circle", "square", "triangle"]] = ["circle", "square", "triangle"]
     colors: list[str] = ["red", "green", "blue", "yellow"]
     sizes: list[Literal["small", "large"]] = ["small", "large"]
@@ -96,18 +99,27 @@ class WorldConfig(Strict):
         unknown = [c for c in self.colors if c not in PALETTE]
         if unknown:
             raise ValueError(f"unknown colors {unknown}; known: {sorted(PALETTE)}")
+        shapes = shapes_of(self)
+        if len(set(shapes)) < len(shapes):
+            raise ValueError(f"grids {[list(g) for g in self.grids]} repeats a shape or the square grid "
+                             f"{self.grid}x{self.grid}; list each extra (rows, cols) shape once")
         self._check_bindings()
         if self.image_size % self.grid:
             raise ValueError(f"image_size {self.image_size} must be a multiple of grid {self.grid}")
-        if self.max_objects > self.grid * self.grid or self.min_objects > self.max_objects:
-            raise ValueError("need min_objects <= max_objects <= grid*grid")
+        # Checked, not clamped: a per-shape object count would make the count distribution
+        # depend on the shape drawn.
+        rows, cols = min(shapes, key=lambda g: g[0] * g[1])
+        if self.max_objects > rows * cols or self.min_objects > self.max_objects:
+            raise ValueError(f"need min_objects <= max_objects <= the cells of the smallest scene shape "
+                             f"({rows}x{cols} = {rows * cols}), got {self.min_objects} and {self.max_objects}")
         return self
 
     def _check_bindings(self) -> None:
+        cells = sorted({(r, q) for rows, cols in shapes_of(self) for r in range(rows) for q in range(cols)})
         values = {"kind": self.kinds, "color": self.colors, "size": self.sizes,
-                  "row": list(range(self.grid)), "col": list(range(self.grid))}
+                  "row": sorted({r for r, _ in cells}), "col": sorted({q for _, q in cells})}
         objects = [dict(kind=k, color=c, size=s, row=r, col=q) for k in self.kinds for c in self.colors
-                   for s in self.sizes for r in range(self.grid) for q in range(self.grid)]
+                   for s in self.sizes for r, q in cells]
         held = [b.attributes() for b in self.holdout.bindings]
         for b in held:
             bad = {k: v for k, v in b.items() if v not in values[k]}
@@ -121,9 +133,23 @@ class WorldConfig(Strict):
                     raise ValueError(f"holdout.bindings: {k}={v!r} occurs in no training object once "
                                      f"{held} are held out; the split would test an unseen value, not a composition")
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # A square-only world dumps as it did before `grids` existed, so the hashes of the curated
+        # stores, prompt sets and examples built for it stay valid.
+        out = handler(self)
+        if not self.grids:
+            out.pop("grids")
+        return out
+
     @property
     def cell(self) -> int:
         return self.image_size // self.grid
+
+
+def shapes_of(world: WorldConfig) -> list[tuple[int, int]]:
+    """Every (rows, cols) scene shape of the world: the square grid first, then `grids`."""
+    return [(world.grid, world.grid)] + [tuple(g) for g in world.grids]
 
 
 # ----------------------------------------------------------------------------- sources

@@ -39,7 +39,8 @@ class HoldoutError(ValueError):
 
 
 def scene_key(scene: Scene) -> str:
-    """The canonical text of a scene (objects sorted): equal scenes, equal keys."""
+    """The canonical text of a scene (objects sorted, and a non-square scene's shape, which
+    `to_json` holds): equal scenes, equal keys; a 3x4 and a 3x3 scene of the same objects differ."""
     return json.dumps(scene.to_json(), sort_keys=True)
 
 
@@ -78,8 +79,10 @@ def _draw(rng: random.Random, make: Callable[[random.Random], T], ok: Callable[[
 # ----------------------------------------------------------------------------- training side
 
 
-def training_scene(rng: random.Random, world: WorldConfig, n: int | None = None) -> Scene:
-    return _draw(rng, lambda r: shapes.random_scene(r, world, n), lambda s: is_training(s, world), "training scene")
+def training_scene(rng: random.Random, world: WorldConfig, n: int | None = None,
+                   grid: tuple[int, int] | None = None) -> Scene:
+    return _draw(rng, lambda r: shapes.random_scene(r, world, n, grid), lambda s: is_training(s, world),
+                 "training scene")
 
 
 def training_edit(rng: random.Random, scene: Scene, world: WorldConfig) -> tuple[str, Scene, str] | None:
@@ -92,11 +95,12 @@ def training_edit(rng: random.Random, scene: Scene, world: WorldConfig) -> tuple
     return None
 
 
-def training_edit_triplet(rng: random.Random, world: WorldConfig) -> tuple[Scene, str, Scene, str]:
-    """(source, instruction, target, op) with both scenes in training (RL's edit prompts)."""
+def training_edit_triplet(rng: random.Random, world: WorldConfig,
+                          grid: tuple[int, int] | None = None) -> tuple[Scene, str, Scene, str]:
+    """(source, instruction, target, op) on `grid` with both scenes in training (RL's edit prompts)."""
 
     def make(r: random.Random):
-        source = training_scene(r, world)
+        source = training_scene(r, world, grid=grid)
         return source, training_edit(r, source, world)
 
     source, edit = _draw(rng, make, lambda e: e[1] is not None, "training edit")
@@ -104,8 +108,9 @@ def training_edit_triplet(rng: random.Random, world: WorldConfig) -> tuple[Scene
     return source, instruction, target, op
 
 
-def training_knowledge(rng: random.Random, world: WorldConfig) -> tuple[str, Scene]:
-    return _draw(rng, lambda r: shapes.knowledge_prompt(r, world), lambda p: is_training(p[1], world),
+def training_knowledge(rng: random.Random, world: WorldConfig,
+                       grid: tuple[int, int] | None = None) -> tuple[str, Scene]:
+    return _draw(rng, lambda r: shapes.knowledge_prompt(r, world, grid), lambda p: is_training(p[1], world),
                  "training knowledge prompt")
 
 
@@ -132,21 +137,24 @@ def edit_split(source: Scene, target: Scene, world: WorldConfig) -> str:
     return split_of(source, world)
 
 
-def heldout_edit(rng: random.Random, world: WorldConfig, split: str) -> tuple[Scene, str, Scene, str]:
-    """(source, instruction, target, op) of a held-out edit: no training record has its (source, instruction)."""
+def heldout_edit(rng: random.Random, world: WorldConfig, split: str,
+                 grid: tuple[int, int] | None = None) -> tuple[Scene, str, Scene, str]:
+    """(source, instruction, target, op) of a held-out edit on `grid`: no training record has its
+    (source, instruction)."""
     if split not in HELD_OUT:
         raise HoldoutError(f"split {split!r}: evaluation draws from {list(HELD_OUT)}")
 
     def make(r: random.Random):
-        source = shapes.random_scene(r, world)
+        source = shapes.random_scene(r, world, grid=grid)
         instruction, target, op = shapes.random_edit(r, source, world)
         return source, instruction, target, op
 
     return _draw(rng, make, lambda e: edit_split(e[0], e[2], world) == split, f"{split} edit")
 
 
-def heldout_knowledge(rng: random.Random, world: WorldConfig, split: str) -> tuple[str, Scene]:
+def heldout_knowledge(rng: random.Random, world: WorldConfig, split: str,
+                      grid: tuple[int, int] | None = None) -> tuple[str, Scene]:
     if split not in HELD_OUT:
         raise HoldoutError(f"split {split!r}: evaluation draws from {list(HELD_OUT)}")
-    return _draw(rng, lambda r: shapes.knowledge_prompt(r, world), lambda p: split_of(p[1], world) == split,
+    return _draw(rng, lambda r: shapes.knowledge_prompt(r, world, grid), lambda p: split_of(p[1], world) == split,
                  f"{split} knowledge prompt")

@@ -6,6 +6,10 @@ of the bounding box (square ~1.0, circle ~0.8, triangle ~0.5) and the median col
 sit halfway between the values the renderer produces, so the oracle is exact on renders and
 tolerates clean reconstructions.
 
+An image's scene shape comes from its size (`image_grid`): a non-square image is read as
+rows x cols cells of the world's cell size, and a square one at another scale (a large
+tokenizer's decode) is scaled to the world's square image, as it always was.
+
 It is also strict: a judge that guesses the nearest class rewards images it cannot read. So an
 attribute it cannot read with confidence is `UNKNOWN`, and a scene holding an unknown object
 equals no spec scene:
@@ -26,8 +30,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from arm.config import PALETTE, SIZES, WorldConfig
-from arm.data.shapes import Scene, ShapeObject
+from arm.config import PALETTE, SIZES, WorldConfig, shapes_of
+from arm.data.shapes import Scene, ShapeObject, canonical_grid
 
 FOREGROUND_DELTA = 60  # max channel distance from the background that counts as ink
 SQUARE_MIN_FILL = 0.88
@@ -57,12 +61,35 @@ class CellReading:
     window: np.ndarray = field(compare=False, repr=False)
 
 
+def image_grid(width: int, height: int, cfg: WorldConfig) -> tuple[int, int]:
+    """The (rows, cols) of cells an image of this size shows, in order of preference:
+    1. exactly one of the world's scene shapes at its cell size;
+    2. one of them at another scale, by aspect ratio (the first in `shapes_of` order): a 384 px
+       decode of a 48 px world is the square scene, scaled (what the oracle always did);
+    3. any other multiple of the cell, read as it is (a shape the world does not draw).
+    """
+    c = cfg.cell
+    cells = (height // c, width // c) if height % c == 0 and width % c == 0 else None
+    shapes = shapes_of(cfg)
+    if cells in shapes:
+        return cells
+    for rows, cols in shapes:
+        if height * cols == width * rows:
+            return rows, cols
+    if cells is not None and min(cells) >= 1:
+        return cells
+    raise ValueError(f"image of {width}x{height} px (width x height) is neither a multiple of the world's "
+                     f"{c} px cell nor the aspect of one of its (rows, cols) shapes {shapes}")
+
+
 def to_array(image: Image.Image | np.ndarray, cfg: WorldConfig) -> np.ndarray:
+    """[rows*cell, cols*cell, 3] int16 pixels of the image, scaled to the world's cell if needed."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image.astype(np.uint8))
     image = image.convert("RGB")
-    if image.size != (cfg.image_size, cfg.image_size):
-        image = image.resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
+    rows, cols = image_grid(*image.size, cfg)
+    if image.size != (cols * cfg.cell, rows * cfg.cell):
+        image = image.resize((cols * cfg.cell, rows * cfg.cell), Image.BILINEAR)
     return np.asarray(image, dtype=np.int16)
 
 
@@ -105,6 +132,7 @@ def _read_cell(mask: np.ndarray, pixels: np.ndarray, object_box: np.ndarray) -> 
 
 
 def read_cells(image: Image.Image | np.ndarray, cfg: WorldConfig) -> list[list[CellReading | None]]:
+    """rows x cols readings (None: an empty cell), the shape the image's size gives (`image_grid`)."""
     arr = to_array(image, cfg)
     ink = np.abs(arr - np.asarray(cfg.background, dtype=np.int16)).max(axis=2) > FOREGROUND_DELTA
     c = cfg.cell
@@ -112,9 +140,9 @@ def read_cells(image: Image.Image | np.ndarray, cfg: WorldConfig) -> list[list[C
     min_ink = max(2, int(0.3 * small_side * small_side))
     box = _object_box(cfg)
     grid: list[list[CellReading | None]] = []
-    for r in range(cfg.grid):
+    for r in range(arr.shape[0] // c):
         row: list[CellReading | None] = []
-        for k in range(cfg.grid):
+        for k in range(arr.shape[1] // c):
             mask = ink[r * c : (r + 1) * c, k * c : (k + 1) * c]
             if int(mask.sum()) < min_ink:
                 row.append(None)
@@ -198,13 +226,15 @@ def is_known(o: ShapeObject) -> bool:
 
 
 def parse(image: Image.Image | np.ndarray, cfg: WorldConfig) -> Scene:
-    """The scene the image shows; cells the oracle cannot read hold objects with UNKNOWN attributes."""
+    """The scene the image shows, on the grid its size gives (`image_grid`); cells the oracle
+    cannot read hold objects with UNKNOWN attributes."""
     sides = {name: object_side(name, cfg.cell) for name in cfg.sizes}
+    cells = read_cells(image, cfg)
     objects = []
-    for r, row in enumerate(read_cells(image, cfg)):
+    for r, row in enumerate(cells):
         for k, cell in enumerate(row):
             if cell is None:
                 continue
             size = min(sides, key=lambda s: abs(sides[s] - cell.extent))
             objects.append(ShapeObject(r, k, read_kind(cell, cfg), read_color(cell.rgb, cfg.colors), size))
-    return Scene.of(objects)
+    return Scene.of(objects, canonical_grid((len(cells), len(cells[0])), cfg))

@@ -2,6 +2,10 @@
 
 Objects sit one per grid cell, and the grid is aligned with the visual tokenizer's patch grid,
 so one image token can carry one object. Everything is a pure function of (config, seed).
+
+A scene is the world's square grid x grid cells unless it carries its own (rows, cols) shape,
+one of `world.grids` (aspect-ratio buckets, issue 17); every function here uses the scene's
+own shape, and square scenes come out exactly as they did before shapes existed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-from arm.config import PALETTE, SIZES, WorldConfig
+from arm.config import PALETTE, SIZES, WorldConfig, shapes_of
 
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -53,11 +57,21 @@ class ShapeObject:
 
 @dataclass(frozen=True)
 class Scene:
+    """Objects on a grid of cells. `grid` is the scene's (rows, cols) when it is not the world's
+    square grid (None: the square), so square scenes and their JSON stay as they always were.
+    The world-aware constructors here and in the oracle store the world's square as None
+    (`canonical_grid`), so equal scenes compare equal."""
+
     objects: tuple[ShapeObject, ...]
+    grid: tuple[int, int] | None = None
 
     @staticmethod
-    def of(objects) -> "Scene":
-        return Scene(tuple(sorted(objects)))
+    def of(objects, grid: tuple[int, int] | None = None) -> "Scene":
+        return Scene(tuple(sorted(objects)), None if grid is None else (int(grid[0]), int(grid[1])))
+
+    def with_objects(self, objects) -> "Scene":
+        """Other objects on this scene's grid (what an edit makes)."""
+        return Scene.of(objects, self.grid)
 
     def at(self, row: int, col: int) -> ShapeObject | None:
         for o in self.objects:
@@ -65,12 +79,41 @@ class Scene:
                 return o
         return None
 
-    def to_json(self) -> list[dict]:
-        return [o.__dict__.copy() for o in self.objects]
+    def to_json(self) -> list[dict] | dict:
+        """The object list for a square scene (the form stored data has); a non-square scene is
+        {"grid": [rows, cols], "objects": [...]}, so no reader can take it for a square one."""
+        objects = [o.__dict__.copy() for o in self.objects]
+        return objects if self.grid is None else {"grid": list(self.grid), "objects": objects}
 
     @staticmethod
-    def from_json(items: list[dict]) -> "Scene":
-        return Scene.of(ShapeObject(**i) for i in items)
+    def from_json(data: list[dict] | dict) -> "Scene":
+        if isinstance(data, list):
+            return Scene.of(ShapeObject(**i) for i in data)
+        if set(data) != {"grid", "objects"}:
+            raise ValueError(f"a non-square scene's JSON has keys grid and objects, got {sorted(data)}")
+        return Scene.of((ShapeObject(**i) for i in data["objects"]), data["grid"])
+
+
+def canonical_grid(grid: tuple[int, int] | list[int] | None, cfg: WorldConfig) -> tuple[int, int] | None:
+    """A scene's `grid` field for shape `grid`: None for the world's square grid."""
+    if grid is None or tuple(grid) == (cfg.grid, cfg.grid):
+        return None
+    rows, cols = grid
+    if rows < 1 or cols < 1:
+        raise ValueError(f"a scene grid needs at least one row and one column, got {rows}x{cols}")
+    return int(rows), int(cols)
+
+
+def scene_grid(scene: Scene, cfg: WorldConfig) -> tuple[int, int]:
+    """The scene's (rows, cols)."""
+    return scene.grid or (cfg.grid, cfg.grid)
+
+
+def random_grid(rng: random.Random, cfg: WorldConfig) -> tuple[int, int] | None:
+    """A scene shape drawn uniformly from the world's (None: the square). A square-only world
+    draws nothing from `rng`, so its streams are what they were before shapes existed."""
+    options = shapes_of(cfg)
+    return canonical_grid(rng.choice(options), cfg) if len(options) > 1 else None
 
 
 def cell_state_count(cfg: WorldConfig) -> int:
@@ -79,29 +122,44 @@ def cell_state_count(cfg: WorldConfig) -> int:
 
 
 def cell_states(scene: Scene, cfg: WorldConfig) -> list[int]:
-    """Row-major content class of every cell: 0 = empty, else 1 + the (size, colour, kind) index."""
-    states = [0] * (cfg.grid * cfg.grid)
+    """Row-major content class of every cell of the scene's own grid: 0 = empty, else 1 + the
+    (size, colour, kind) index."""
+    rows, cols = scene_grid(scene, cfg)
+    states = [0] * (rows * cols)
     for o in scene.objects:
         attrs = (cfg.sizes.index(o.size), cfg.colors.index(o.color), cfg.kinds.index(o.kind))
-        states[o.row * cfg.grid + o.col] = 1 + (attrs[0] * len(cfg.colors) + attrs[1]) * len(cfg.kinds) + attrs[2]
+        states[o.row * cols + o.col] = 1 + (attrs[0] * len(cfg.colors) + attrs[1]) * len(cfg.kinds) + attrs[2]
     return states
 
 
-def position_name(row: int, col: int, grid: int) -> str:
-    if grid == 3:
-        name = f"{['top', 'middle', 'bottom'][row]} {['left', 'middle', 'right'][col]}"
+# Position words along an axis of 3 or 4 cells: the 3x3 names are the world's originals, and the
+# 4-cell words name the cells of 3x4 and 4x3 scenes (aspect buckets) in words as well.
+ROW_WORDS = {3: ("top", "middle", "bottom"), 4: ("top", "upper", "lower", "bottom")}
+COL_WORDS = {3: ("left", "middle", "right"), 4: ("left", "center-left", "center-right", "right")}
+
+
+def position_name(row: int, col: int, rows: int, cols: int | None = None) -> str:
+    """A cell's name in captions, questions and edits on a rows x cols grid (square when `cols` is
+    None): words on 3x3, 3x4 and 4x3 grids, else "row r column c" (as 4x4 worlds always had)."""
+    cols = rows if cols is None else cols
+    if rows in ROW_WORDS and cols in COL_WORDS and (rows, cols) != (4, 4):
+        name = f"{ROW_WORDS[rows][row]} {COL_WORDS[cols][col]}"
         return "center" if name == "middle middle" else name
     return f"row {row + 1} column {col + 1}"
 
 
 def caption(scene: Scene, grid: int, order_rng: random.Random | None = None) -> str:
-    """"a small red circle in the top left and ...". With `order_rng`, each object's attributes come
-    in an order drawn from it: a causal model binds an attribute to its object (whose position ends
-    the phrase) later the farther the word sits from that end, and answers "what colour is the
-    circle?" only if its captions also name the colour after the kind (issue 14's study)."""
+    """"a small red circle in the top left and ...", positions named on the scene's own grid
+    (`grid` is the world's square side, for scenes without a shape of their own).
+
+    With `order_rng`, each object's attributes come in an order drawn from it: a causal model
+    binds an attribute to its object (whose position ends the phrase) later the farther the word
+    sits from that end, and answers "what colour is the circle?" only if its captions also name
+    the colour after the kind (issue 14's study)."""
+    rows, cols = scene.grid or (grid, grid)
     orders = list(itertools.permutations(ATTRIBUTE_ORDER))
     parts = [f"a {o.describe(order_rng.choice(orders) if order_rng else ATTRIBUTE_ORDER)} in the "
-             f"{position_name(o.row, o.col, grid)}" for o in scene.objects]
+             f"{position_name(o.row, o.col, rows, cols)}" for o in scene.objects]
     if not parts:
         return "an empty picture"
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -111,15 +169,21 @@ def random_object(rng: random.Random, cfg: WorldConfig, row: int, col: int) -> S
     return ShapeObject(row, col, rng.choice(cfg.kinds), rng.choice(cfg.colors), rng.choice(cfg.sizes))
 
 
-def random_scene(rng: random.Random, cfg: WorldConfig, n: int | None = None) -> Scene:
+def random_scene(rng: random.Random, cfg: WorldConfig, n: int | None = None,
+                 grid: tuple[int, int] | None = None) -> Scene:
+    """A scene of `n` objects (else a random count) on `grid` (rows, cols; None: the square)."""
+    grid = canonical_grid(grid, cfg)
+    rows, cols = grid or (cfg.grid, cfg.grid)
     n = rng.randint(cfg.min_objects, cfg.max_objects) if n is None else n
-    cells = rng.sample([(r, c) for r in range(cfg.grid) for c in range(cfg.grid)], n)
-    return Scene.of(random_object(rng, cfg, r, c) for r, c in cells)
+    cells = rng.sample([(r, c) for r in range(rows) for c in range(cols)], n)
+    return Scene.of((random_object(rng, cfg, r, c) for r, c in cells), grid)
 
 
 def render(scene: Scene, cfg: WorldConfig) -> Image.Image:
-    """Aliased drawing on purpose: crisp edges make the oracle exact on ground truth."""
-    img = Image.new("RGB", (cfg.image_size, cfg.image_size), tuple(cfg.background))
+    """rows*cell px high, cols*cell px wide. Aliased drawing on purpose: crisp edges make the
+    oracle exact on ground truth."""
+    rows, cols = scene_grid(scene, cfg)
+    img = Image.new("RGB", (cols * cfg.cell, rows * cfg.cell), tuple(cfg.background))
     draw = ImageDraw.Draw(img)
     cell = cfg.cell
     for o in scene.objects:
@@ -168,12 +232,13 @@ def vqa_pair(rng: random.Random, scene: Scene, cfg: WorldConfig) -> tuple[str, s
     if q == "count":
         return "how many shapes are there?", NUMBER_WORDS[len(scene.objects)]
     if q == "shape_at":
-        row, col = rng.randrange(cfg.grid), rng.randrange(cfg.grid)
+        rows, cols = scene_grid(scene, cfg)
+        row, col = rng.randrange(rows), rng.randrange(cols)
         if scene.objects and rng.random() < 0.7:
             o = rng.choice(scene.objects)
             row, col = o.row, o.col
         o = scene.at(row, col)
-        return f"what shape is in the {position_name(row, col, cfg.grid)}?", o.kind if o else "nothing"
+        return f"what shape is in the {position_name(row, col, rows, cols)}?", o.kind if o else "nothing"
     if q == "exists":
         if scene.objects and rng.random() < 0.5:
             o = rng.choice(scene.objects)
@@ -195,9 +260,10 @@ EDIT_OPS = ("recolor", "move", "add", "remove", "resize")
 
 
 def random_edit(rng: random.Random, scene: Scene, cfg: WorldConfig) -> tuple[str, Scene, str]:
-    """Returns (instruction, target scene, op). Objects are referred to by kind and position."""
-    g = cfg.grid
-    empty = [(r, c) for r in range(g) for c in range(g) if scene.at(r, c) is None]
+    """Returns (instruction, target scene, op), the target on the source's grid. Objects are
+    referred to by kind and position."""
+    rows, cols = scene_grid(scene, cfg)
+    empty = [(r, c) for r in range(rows) for c in range(cols) if scene.at(r, c) is None]
     ops = ["recolor", "resize"] if scene.objects else []
     if scene.objects and empty:
         ops.append("move")
@@ -214,34 +280,40 @@ def random_edit(rng: random.Random, scene: Scene, cfg: WorldConfig) -> tuple[str
     if op == "add":
         r, c = rng.choice(empty)
         new = random_object(rng, cfg, r, c)
-        return f"add a {new.describe()} in the {position_name(r, c, g)}", Scene.of(rest + [new]), op
+        added = scene.with_objects(rest + [new])
+        return f"add a {new.describe()} in the {position_name(r, c, rows, cols)}", added, op
     o = rng.choice(scene.objects)
     rest.remove(o)
-    ref = f"the {o.kind} in the {position_name(o.row, o.col, g)}"
+    ref = f"the {o.kind} in the {position_name(o.row, o.col, rows, cols)}"
     if op == "remove":
-        return f"remove {ref}", Scene.of(rest), op
+        return f"remove {ref}", scene.with_objects(rest), op
     if op == "move":
         r, c = rng.choice(empty)
-        return f"move {ref} to the {position_name(r, c, g)}", Scene.of(rest + [replace(o, row=r, col=c)]), op
+        moved = scene.with_objects(rest + [replace(o, row=r, col=c)])
+        return f"move {ref} to the {position_name(r, c, rows, cols)}", moved, op
     if op == "recolor":
         color = rng.choice([c for c in cfg.colors if c != o.color])
-        return f"make {ref} {color}", Scene.of(rest + [replace(o, color=color)]), op
+        return f"make {ref} {color}", scene.with_objects(rest + [replace(o, color=color)]), op
     size = rng.choice([s for s in cfg.sizes if s != o.size])
-    return f"make {ref} {size}", Scene.of(rest + [replace(o, size=size)]), op
+    return f"make {ref} {size}", scene.with_objects(rest + [replace(o, size=size)]), op
 
 
 # ----------------------------------------------------------------------------- knowledge
 
 
-def knowledge_prompt(rng: random.Random, cfg: WorldConfig) -> tuple[str, Scene]:
-    """A single-object prompt that names kind and colour only indirectly (WISE-style)."""
-    r, c = rng.randrange(cfg.grid), rng.randrange(cfg.grid)
+def knowledge_prompt(rng: random.Random, cfg: WorldConfig,
+                     grid: tuple[int, int] | None = None) -> tuple[str, Scene]:
+    """A single-object prompt on `grid` (None: the square) that names kind and colour only
+    indirectly (WISE-style)."""
+    grid = canonical_grid(grid, cfg)
+    rows, cols = grid or (cfg.grid, cfg.grid)
+    r, c = rng.randrange(rows), rng.randrange(cols)
     o = random_object(rng, cfg, r, c)
     text = (
         f"a {o.size} {rng.choice(KIND_RIDDLES[o.kind])}, {rng.choice(COLOR_RIDDLES[o.color])},"
-        f" in the {position_name(r, c, cfg.grid)}"
+        f" in the {position_name(r, c, rows, cols)}"
     )
-    return text, Scene.of([o])
+    return text, Scene.of([o], grid)
 
 
 def knowledge_facts(cfg: WorldConfig) -> list[str]:

@@ -2,6 +2,9 @@
 
 Only the training part of the world is drawn (arm/data/holdout.py): no scene, edit target,
 knowledge prompt or question here belongs to what evaluation holds out.
+
+Each scene's shape is drawn uniformly from the world's shapes (`world.grids` besides the square);
+all records of a scene share it, and a non-square scene's JSON in meta carries it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ def scene_records(src: ShapesSourceConfig, cfg: ArmConfig, index: int) -> list[R
     """All records of scene `index`; a pure function of (seed, index), so shards are independent."""
     world = cfg.world
     rng = random.Random(f"{src.seed}:{index}")
-    scene = holdout.training_scene(rng, world)
+    # its own stream, so adding shapes to a world leaves its square scenes' records as they were
+    grid = shapes.random_grid(random.Random(f"{src.seed}:{index}:grid"), world)
+    scene = holdout.training_scene(rng, world, grid=grid)
     image = png_bytes(shapes.render(scene, world))
     ref = f"shapes:{src.seed}:{index}"
     meta = {"scene": scene.to_json()}
@@ -41,7 +46,7 @@ def scene_records(src: ShapesSourceConfig, cfg: ArmConfig, index: int) -> list[R
         recs.append(RawRecord(source=src.name, ref=f"{ref}:{suffix}", task=task, **kw))
 
     if rng.random() < src.knowledge_fraction:
-        prompt, kscene = holdout.training_knowledge(rng, world)
+        prompt, kscene = holdout.training_knowledge(rng, world, grid)
         kimage = png_bytes(shapes.render(kscene, world))
         rec("generate", "knowledge", image=kimage, caption=prompt,
             meta={"scene": kscene.to_json(), "knowledge": True})
