@@ -155,6 +155,8 @@ BAD = [
     ("/generate", {"prompt": "a circle", "cfg_scale": 1e9}, 400, "cfg_scale"),
     ("/generate", {"prompt": "a circle", "seed": True}, 400, "seed"),
     ("/generate", {"prompt": "a circle", "seed": -1}, 400, "seed"),
+    ("/generate", {"prompt": "a circle", "aspect_ratio": "wide"}, 400, "aspect_ratio"),
+    ("/generate", {"prompt": "a circle", "aspect_ratio": "4:3"}, 400, "aspect_ratio"),  # a square-only model
     ("/describe", {"image": image_b64(fmt="GIF")}, 415, "image"),
     ("/describe", {"image": image_b64(fmt="BMP")}, 415, "image"),
     ("/describe", {"image": base64.b64encode(b"%PDF-1.4 not an image").decode()}, 415, "image"),

@@ -121,6 +121,11 @@ def test_request_types_enforce_limits_and_strict_json_types():
     for bad in (-1, 2**31, True):
         with pytest.raises(ValidationError):
             _check(T.Seed, bad)
+    for good in ("4:3", "16:9", "1.85:1", None):
+        assert _check(T.AspectRatio, good) == good
+    for bad in ("4/3", "wide", "4:3:1", ":3", "4:", "1" * 20 + ":1", 1.33):
+        with pytest.raises(ValidationError):
+            _check(T.AspectRatio, bad)
 
 
 # ----------------------------------------------------------------------------- middleware
@@ -197,7 +202,8 @@ class StubPipeline:
             raise RuntimeError("tokenizer exploded")
         if tasks[0].kind == "describe":
             return [f"answer {t.seed}" for t in tasks]
-        return [Image.new("RGB", (4, 4), (t.seed % 256, 0, 0)) for t in tasks]
+        # a requested 4:3 comes back 4 wide, 3 high, as the pipeline would draw it
+        return [Image.new("RGB", (4, 3) if t.aspect_ratio == "4:3" else (4, 4), (t.seed % 256, 0, 0)) for t in tasks]
 
 
 def _gen(prompt, seed):
@@ -216,6 +222,13 @@ def test_failing_request_does_not_fail_its_batch():
     seeds = [decode_image(o.image, "image", LIMITS).getpixel((0, 0))[0] for o in out if o.ok]
     assert seeds == list(range(7))
     assert pipe.calls[0] == 8 and len(pipe.calls) > 1  # one batch, then bisection
+
+
+def test_generate_items_pass_their_aspect_ratio():
+    out = BatchRunner(StubPipeline(), LIMITS).generate(
+        [GenerateItem(prompt="a red circle", cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0, seed=s,
+                      aspect_ratio=a) for s, a in ((0, "4:3"), (1, None))])
+    assert [decode_image(o.image, "image", LIMITS).size for o in out] == [(4, 3), (4, 4)]
 
 
 def test_describe_items_pass_questions_and_seeds():

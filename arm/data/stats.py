@@ -50,11 +50,23 @@ class StatsParams:
     max_file_bytes: int
     splits: tuple[float, float]  # (val, test) fractions
     image_formats: tuple[str, ...] = RASTER_FORMATS
+    grids: tuple[tuple[int, int], ...] = ()  # the tokenizer's aspect buckets; () = no `grid` column values
 
     @staticmethod
     def from_config(cfg: Any) -> "StatsParams":
         d = cfg.data
-        return StatsParams(d.max_pixels, d.max_file_bytes, (d.splits.val, d.splits.test), tuple(d.image_formats))
+        return StatsParams(d.max_pixels, d.max_file_bytes, (d.splits.val, d.splits.test), tuple(d.image_formats),
+                           tuple(cfg.tokenizer.grids))
+
+    def grid_of(self, image: "ImageStats | None") -> str | None:
+        """'HxW': the tokenizer's aspect bucket an image will be encoded on (curation records it
+        so data can be filtered and counted per bucket before any tokenizer exists)."""
+        if image is None or not self.grids:
+            return None
+        from arm.tokenizer.buckets import Buckets
+
+        h, w = Buckets(self.grids, patch=1).choose(image.width, image.height)
+        return f"{h}x{w}"
 
     @property
     def limits(self) -> ImageLimits:
@@ -237,6 +249,7 @@ STATS_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("aspect", pa.float64()),
+        ("grid", pa.string()),  # the tokenizer's aspect bucket, "HxW"
         ("image_mode", pa.string()),
         ("image_format", pa.string()),
         ("phash", pa.uint64()),
@@ -244,6 +257,7 @@ STATS_SCHEMA = pa.schema(
         ("source_image_sha", pa.string()),
         ("source_width", pa.int32()),
         ("source_height", pa.int32()),
+        ("source_grid", pa.string()),
         ("source_phash", pa.uint64()),
         ("source_pixel_std", pa.float64()),
         ("text_chars", pa.int32()),
@@ -353,6 +367,7 @@ def record_stats(
         "width": img.width if img else None,
         "height": img.height if img else None,
         "aspect": round(img.width / img.height, 6) if img else None,
+        "grid": params.grid_of(img),
         "image_mode": img.mode if img else None,
         "image_format": img.format if img else None,
         "phash": img.phash if img else None,
@@ -360,6 +375,7 @@ def record_stats(
         "source_image_sha": source_sha,
         "source_width": src.width if src else None,
         "source_height": src.height if src else None,
+        "source_grid": params.grid_of(src),
         "source_phash": src.phash if src else None,
         "source_pixel_std": src.pixel_std if src else None,
         **ts,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from arm.configbase import Strict
+from arm.tokenizer.buckets import bucket_grids, parse_ratio
 
 
 class EncoderConfig(Strict):
@@ -191,6 +192,39 @@ class FlowDecoderConfig(Strict):
         return v
 
 
+class AspectConfig(Strict):
+    """Aspect-ratio buckets (arm/tokenizer/buckets.py): an image is encoded on the token grid nearest
+    its own aspect ratio, one grid per width:height ratio here of about `max_tokens` tokens."""
+
+    ratios: list[str] = ["1:1"]  # "width:height"; "1:1" (the square default grid) must be among them
+    max_tokens: int | None = Field(None, ge=1)  # tokens per image; null: the square grid's (image_size/patch_size)^2
+    # How an image meets its grid's pixel size: resized to cover it and centre-cropped, or
+    # resized to fit inside it and padded with white. A single-bucket tokenizer squashes instead
+    # (as it always has).
+    fit: Literal["crop", "pad"] = "crop"
+
+    @field_validator("ratios", mode="before")
+    @classmethod
+    def _unquoted(cls, v):
+        # YAML 1.1 (PyYAML) reads an unquoted 4:3 as the base-60 number 243
+        numbers = [r for r in v if isinstance(r, int)] if isinstance(v, list) else []
+        if numbers:
+            raise ValueError(f"tokenizer.aspect.ratios: got the number {numbers[0]}, which is how YAML reads an "
+                             f"unquoted ratio such as 4:3 (base 60); quote each ratio: [\"1:1\", \"4:3\"]")
+        return v
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[str]) -> list[str]:
+        try:
+            values = [parse_ratio(r) for r in v]
+        except ValueError as e:
+            raise ValueError(f"tokenizer.aspect.ratios: {e}") from None
+        if 1.0 not in values:
+            raise ValueError(f"tokenizer.aspect.ratios {v}: need '1:1' (the square default grid)")
+        return v
+
+
 class TokenizerConfig(Strict):
     image_size: int = Field(48, ge=8)
     patch_size: int = Field(16, ge=1)
@@ -206,6 +240,7 @@ class TokenizerConfig(Strict):
     flow: FlowDecoderConfig = FlowDecoderConfig()
     dropout: float = Field(0.0, ge=0, lt=1)
     encoder: EncoderConfig = EncoderConfig()
+    aspect: AspectConfig = AspectConfig()
     teacher: TeacherConfig = TeacherConfig()
     text_encoder: TextEncoderConfig = TextEncoderConfig()
     caption: CaptionHeadConfig = CaptionHeadConfig()
@@ -234,9 +269,16 @@ class TokenizerConfig(Strict):
             raise ValueError("encoder.hidden_size must be a multiple of encoder.heads")
         if self.caption.hidden_size % self.caption.heads:
             raise ValueError("caption.hidden_size must be a multiple of caption.heads")
-        if self.encoder.window is not None and (self.image_size // self.patch_size) % self.encoder.window:
-            raise ValueError(f"encoder.window {self.encoder.window} must divide the token grid side "
-                             f"{self.image_size // self.patch_size}")
+        try:
+            grids = self.grids
+        except ValueError as e:
+            raise ValueError(f"tokenizer.aspect.max_tokens: {e}") from None
+        k = self.encoder.window
+        bad = [g for g in grids if k is not None and (g[0] % k or g[1] % k)]
+        if bad:
+            raise ValueError(f"encoder.window {k} must divide both sides of every token grid (the square "
+                             f"image_size / patch_size and those of tokenizer.aspect.ratios {self.aspect.ratios}); "
+                             f"grid {bad[0]} does not")
         if self.encoder.window is not None and self.encoder.pretrained:
             raise ValueError("encoder.window applies to an encoder trained from scratch, not a pretrained one")
         if self.decoder == "flow" and not self.flow.train:
@@ -245,10 +287,24 @@ class TokenizerConfig(Strict):
             raise ValueError("teacher.kind=siglip needs teacher.name (hub id or local dir)")
         return self
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Without buckets the config dumps as it did before `aspect` existed, so the fingerprints
+        # of tokenizer checkpoints (arm.tokenizer.train.fingerprint) stay valid.
+        out = handler(self)
+        if self.aspect == AspectConfig():
+            out.pop("aspect", None)
+        return out
+
     @property
     def grid(self) -> tuple[int, int]:
         g = self.image_size // self.patch_size
         return (g, g)
+
+    @property
+    def grids(self) -> list[tuple[int, int]]:
+        """The (h, w) token grids of the aspect buckets; the first is the square `grid`."""
+        return bucket_grids(self.aspect.ratios, self.aspect.max_tokens, self.grid[0])
 
     @property
     def codebook_size(self) -> int:

@@ -6,6 +6,9 @@ Pixels are decoded once and kept in memory when they fit in `cache_mb`; otherwis
 is read from the curated store, so the same code serves the tiny and the 7b preset.
 `StepBatches` turns a step into its pixels; a DataLoader over it decodes in worker processes
 (each with its own row-group cache) while the trainer runs the current step.
+
+A tokenizer with aspect buckets trains on `bucket_parts`: one set per bucket, each image framed
+at its own bucket's pixel size (arm.tokenizer.buckets), from each image's stored size.
 """
 
 from __future__ import annotations
@@ -13,16 +16,21 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from arm.tokenizer.images import pil_to_uint8
+from arm.tokenizer.buckets import Buckets
+from arm.tokenizer.images import Size, pil_to_uint8
 
-Loader = Callable[[Sequence[str]], np.ndarray]  # keys -> uint8 [b, 3, S, S]
+Loader = Callable[[Sequence[str]], np.ndarray]  # keys -> uint8 [b, 3, H, W]
+Originals = Callable[[Sequence[str]], list[Image.Image]]  # keys -> the stored images themselves
+IGNORE = -100  # a scene-cell target the loss skips (F.cross_entropy's ignore_index)
 
 # Understanding questions whose answer is a caption of the whole image.
 DESCRIBE_QUESTIONS = frozenset({"describe the image.", "describe the image", "describe this image.", "what is in the image?"})
@@ -34,25 +42,30 @@ class ImageTextSet:
     texts: list[list[str]]  # caption-like texts of each image; may be empty
     scenes: list[list[dict] | None]  # shapes-world scene of each image, when known
     labels: list[int | None]  # class label (Fashion-MNIST), when known
-    image_size: int
+    image_size: Size  # the loader's pixels: S x S, or (height, width) for a bucket's set
     loader: Loader
     _cache: torch.Tensor | None = field(default=None, repr=False)
     # Where each image lives in storage (a Parquet row group of the store), when known: the
     # trainer's streaming order visits images grouped by it (arm.tokenizer.train.BatchOrder).
     groups: torch.Tensor | None = field(default=None, repr=False)
+    # Each image's stored (width, height) and a loader of the stored images, when known: what
+    # `bucket_parts` frames each image from, at its own bucket.
+    sizes: list[tuple[int, int]] | None = field(default=None, repr=False)
+    originals: Originals | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def pixels(self, indices: Sequence[int]) -> torch.Tensor:
-        """uint8 [b, 3, S, S] of the given entries."""
+        """uint8 [b, 3, H, W] of the given entries."""
         if self._cache is not None:
             return self._cache[torch.as_tensor(list(indices), dtype=torch.long)]
         return torch.from_numpy(self.loader([self.keys[i] for i in indices]))
 
     def preload(self, cache_mb: int, batch: int = 512) -> bool:
         """Decodes every image once into memory if the set fits in `cache_mb`."""
-        need = len(self) * 3 * self.image_size * self.image_size
+        h, w = (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+        need = len(self) * 3 * h * w
         if self._cache is not None or need > cache_mb * 1024 * 1024 or not len(self):
             return self._cache is not None
         parts = [torch.from_numpy(self.loader(self.keys[i : i + batch])) for i in range(0, len(self), batch)]
@@ -67,6 +80,8 @@ class ImageTextSet:
             [self.labels[i] for i in idx], self.image_size, self.loader,
             self._cache[rows] if self._cache is not None else None,
             self.groups[rows] if self.groups is not None else None,
+            [self.sizes[i] for i in idx] if self.sizes is not None else None,
+            self.originals,
         )
 
     def where(self, predicate: Callable[[int], bool]) -> "ImageTextSet":
@@ -76,23 +91,58 @@ class ImageTextSet:
         return sorted({t for ts in self.texts for t in ts})
 
 
-class StepBatches(Dataset):
-    """Item `step`: uint8 [b, 3, S, S] pixels of the rows `rows(step)` (this process's slice of
-    that step's batch), loaded wherever the item is (a DataLoader worker decodes the PNGs)."""
+class Part(NamedTuple):
+    """The images of one aspect bucket: its grid, their rows in the whole set, and their set
+    (framed at the grid's pixel size)."""
 
-    def __init__(self, images: ImageTextSet, rows: Callable[[int], torch.Tensor]):
-        self.images, self.rows = images, rows
+    grid: tuple[int, int]
+    rows: torch.Tensor
+    images: ImageTextSet
+
+
+def bucket_parts(images: ImageTextSet, buckets: Buckets) -> list[Part]:
+    """`images` split by the bucket of each one's stored size, in the buckets' order (empty
+    buckets left out); each part's loader fits the stored images to its grid (`Buckets.fit`)."""
+    if images.sizes is None or images.originals is None:
+        raise ValueError("images: their stored sizes and images are unknown, so they cannot be framed per aspect "
+                         "bucket (store_sets, generated_set and memory_set record them)")
+    own = [buckets.choose(w, h) for w, h in images.sizes]
+    parts = []
+    for grid in buckets.grids:
+        idx = [i for i, g in enumerate(own) if g == grid]
+        if idx:
+            framed = replace(images, image_size=buckets.pixel_size(grid), _cache=None,
+                             loader=_framed(images.originals, buckets, grid))
+            parts.append(Part(grid, torch.tensor(idx, dtype=torch.long), framed.subset(idx)))
+    return parts
+
+
+def _framed(originals: Originals, buckets: Buckets, grid: tuple[int, int]) -> Loader:
+    def load(keys: Sequence[str]) -> np.ndarray:
+        return np.stack([np.asarray(buckets.fit(im, grid)).transpose(2, 0, 1) for im in originals(keys)])
+
+    return load
+
+
+class StepBatches(Dataset):
+    """Item `step`: uint8 [b, 3, H, W] pixels of the rows `rows(step)` = (set, rows of that set:
+    this process's slice of that step's batch), loaded wherever the item is (a DataLoader worker
+    decodes the PNGs)."""
+
+    def __init__(self, sets: Sequence[ImageTextSet], rows: Callable[[int], tuple[int, torch.Tensor]]):
+        self.sets, self.rows = list(sets), rows
 
     def __getitem__(self, step: int) -> torch.Tensor:
-        return self.images.pixels(self.rows(step))
+        which, rows = self.rows(step)
+        return self.sets[which].pixels(rows)
 
 
-def step_loader(images: ImageTextSet, rows: Callable[[int], torch.Tensor], steps: range, workers: int,
-                seed: int, pin_memory: bool = False) -> DataLoader:
+def step_loader(sets: Sequence[ImageTextSet], rows: Callable[[int], tuple[int, torch.Tensor]], steps: range,
+                workers: int, seed: int, pin_memory: bool = False) -> DataLoader:
     """The pixels of `steps` in order; `workers` processes load the next ones ahead (0: in this one).
     Its own seeded generator: creating the iterator draws a base seed, which must not come from
     the global RNG (a resumed run would then draw at a different point of the stream)."""
-    return DataLoader(StepBatches(images, rows), batch_size=None, sampler=steps, num_workers=workers,
+    return DataLoader(StepBatches(sets, rows), batch_size=None, sampler=steps, num_workers=workers,
                       prefetch_factor=4 if workers else None, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(seed))
 
@@ -104,19 +154,23 @@ def scene_class_count(world) -> int:
     return cell_state_count(world) + 1
 
 
-def scene_cell_states(images: ImageTextSet, world) -> torch.Tensor:
-    """[N, grid*grid] cell classes (arm.data.shapes.cell_states) of every image.
+def scene_cell_states(images: ImageTextSet, world, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """[N, h*w] cell classes (arm.data.shapes.cell_states) of every image, on the token grid
+    `grid` (default: the world's square grid).
 
     Every cell of an image without a scene graph gets the last class ("not the shapes world"):
     natural-image patches then never share a code with a cell state, whose decoded template
-    they would blur.
+    they would blur. A scene whose (rows, cols) is not `grid` (its cells do not land on the
+    tokens) gets IGNORE everywhere: the scene loss skips it.
     """
-    from arm.data.shapes import Scene, cell_states
+    from arm.data.shapes import Scene, cell_states, scene_grid
 
-    out = torch.full((len(images), world.grid * world.grid), scene_class_count(world) - 1, dtype=torch.long)
-    for i, scene in enumerate(images.scenes):
-        if scene is not None:
-            out[i] = torch.tensor(cell_states(Scene.from_json(scene), world))
+    grid = tuple(grid) if grid is not None else (world.grid, world.grid)
+    out = torch.full((len(images), grid[0] * grid[1]), scene_class_count(world) - 1, dtype=torch.long)
+    for i, scene_json in enumerate(images.scenes):
+        if scene_json is not None:
+            scene = Scene.from_json(scene_json)
+            out[i] = torch.tensor(cell_states(scene, world)) if scene_grid(scene, world) == grid else IGNORE
     return out
 
 
@@ -193,6 +247,7 @@ def store_sets(store_root: str | Path, image_size: int, splits: Sequence[str] = 
     held_out = {"val", "test"}
     loader = _store_loader(store, image_size)
     group_of = _row_groups(store)
+    size_of = {sha: (int(w), int(h)) for sha, w, h in store.con.execute("SELECT sha256, width, height FROM images").fetchall()}
     out: dict[str, ImageTextSet] = {}
     for split in splits:
         if split == "train":
@@ -207,6 +262,8 @@ def store_sets(store_root: str | Path, image_size: int, splits: Sequence[str] = 
             image_size=image_size,
             loader=loader,
             groups=torch.tensor([group_of.get(s, -1) for s in shas], dtype=torch.long),
+            sizes=[size_of[s] for s in shas],
+            originals=store.load_images,
         )
     return out
 
@@ -233,24 +290,26 @@ def _store_loader(store, image_size: int) -> Loader:
 
 def generated_set(world, image_size: int, n_scenes: int, n_fashion: int, seed: int,
                   fashion_root: str | None = None, fashion_subset: str = "train", edits: bool = True) -> ImageTextSet:
-    """Shapes scenes (+ edit targets) and Fashion-MNIST images with the curated sources' captions.
+    """Shapes scenes (+ edit targets, of every scene shape of the world) and Fashion-MNIST images
+    with the curated sources' captions.
 
     Used by tests and for development without a curated store; `arm train-tokenizer` reads the store.
     """
-    from PIL import Image
-
     from arm.data import holdout, shapes
     from arm.data.sources import fashion_mnist as fm
 
     rng = random.Random(f"tokenizer-generated:{seed}")
-    keys, texts, scenes, labels, pixels = [], [], [], [], []
+    keys, texts, scenes, labels, images = [], [], [], [], []
     for i in range(n_scenes):
-        scene = holdout.training_scene(rng, world)
+        # the world's scene shapes (aspect buckets), from a stream of their own as the shapes
+        # source draws them: a square-only world's scenes stay what they were
+        grid = shapes.random_grid(random.Random(f"tokenizer-generated:{seed}:{i}:grid"), world)
+        scene = holdout.training_scene(rng, world, grid=grid)
         keys.append(f"shapes:{seed}:{i}")
         texts.append([shapes.caption(scene, world.grid)])
         scenes.append(scene.to_json())
         labels.append(None)
-        pixels.append(pil_to_uint8(shapes.render(scene, world), image_size))
+        images.append(shapes.render(scene, world))
         edit = holdout.training_edit(rng, scene, world) if edits else None
         if edit is not None:
             target = edit[1]
@@ -258,21 +317,33 @@ def generated_set(world, image_size: int, n_scenes: int, n_fashion: int, seed: i
             texts.append([])
             scenes.append(target.to_json())
             labels.append(None)
-            pixels.append(pil_to_uint8(shapes.render(target, world), image_size))
+            images.append(shapes.render(target, world))
     if n_fashion:
         root = Path(fashion_root or "/usr/share/datasets/fashion-mnist")
-        images, fl = fm.read_idx(root / f"{fashion_subset}-images-idx3-ubyte.gz",
+        fm_images, fl = fm.read_idx(root / f"{fashion_subset}-images-idx3-ubyte.gz",
                                  root / f"{fashion_subset}-labels-idx1-ubyte.gz", n_fashion)
         for j in range(len(fl)):
             keys.append(f"fashion_mnist:{fashion_subset}:{j}")
             texts.append([fm.caption(int(fl[j]))])
             scenes.append(None)
             labels.append(int(fl[j]))
-            pixels.append(pil_to_uint8(Image.fromarray(images[j]), image_size))
-    cache = torch.from_numpy(np.stack(pixels))
+            images.append(Image.fromarray(fm_images[j]))
+    return memory_set(images, texts, image_size, keys=keys, scenes=scenes, labels=labels)
+
+
+def memory_set(images: Sequence[Image.Image], texts: Sequence[Sequence[str]], image_size: int, *,
+               keys: Sequence[str] | None = None, scenes: Sequence[list[dict] | None] | None = None,
+               labels: Sequence[int | None] | None = None) -> ImageTextSet:
+    """A set of PIL images held in memory (any sizes), with their caption-like texts: squashed
+    to `image_size` for a single-bucket tokenizer, framed per bucket by `bucket_parts`."""
+    n = len(images)
+    keys = list(keys) if keys is not None else [f"image:{i}" for i in range(n)]
     index = {k: i for i, k in enumerate(keys)}
+    cache = torch.from_numpy(np.stack([pil_to_uint8(im, image_size) for im in images]))
 
     def load(ks: Sequence[str]) -> np.ndarray:
         return cache[[index[k] for k in ks]].numpy()
 
-    return ImageTextSet(keys, texts, scenes, labels, image_size, load, cache)
+    return ImageTextSet(keys, [list(t) for t in texts], list(scenes) if scenes is not None else [None] * n,
+                        list(labels) if labels is not None else [None] * n, image_size, load, cache,
+                        sizes=[im.size for im in images], originals=lambda ks: [images[index[k]] for k in ks])

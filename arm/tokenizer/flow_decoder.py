@@ -122,14 +122,23 @@ class FlowDecoder(nn.Module):
             q = self.tokenizer.codes_to_quantized(codes_or_q.to(self.tokenizer.device))
         return q
 
+    def _grid(self, codes_or_q: torch.Tensor, grid: tuple[int, int] | None) -> tuple[int, int]:
+        """`grid`, else the grid of codes [B, h, w], else the tokenizer's square."""
+        if grid is not None:
+            return self.tokenizer.buckets.check(grid)
+        if isinstance(codes_or_q, torch.Tensor) and not codes_or_q.is_floating_point():
+            return self.tokenizer.codes_grid(codes_or_q)
+        return self.tokenizer.grid
+
     @torch.no_grad()
-    def condition(self, codes_or_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def condition(self, codes_or_q: torch.Tensor, grid: tuple[int, int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The frozen part of the conditioning: (features F [B, D, h, w], per-token pixels in [-1, 1] or None)."""
         tok = self.tokenizer
+        (h, w) = grid = self._grid(codes_or_q, grid)
         q = self._quantized(codes_or_q).to(tok.device)
-        (h, w) = tok.grid
-        feats = tok.features(q).transpose(1, 2).reshape(q.shape[0], -1, h, w).to(self.device)
-        base = tok.reconstruct(q).clamp(0, 1).to(self.device) * 2 - 1 if self.cfg.condition_on_decoder else None
+        feats = tok.features(q, grid).transpose(1, 2).reshape(q.shape[0], -1, h, w).to(self.device)
+        base = tok.reconstruct(q, grid).clamp(0, 1).to(self.device) * 2 - 1 if self.cfg.condition_on_decoder else None
         return feats, base
 
     def velocity(self, x: torch.Tensor, sigma_t: torch.Tensor, feats: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
@@ -145,8 +154,10 @@ class FlowDecoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, codes_or_q: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None,
-               batch_size: int = 256, start: float | None = None) -> torch.Tensor:
-        """Codes [B, h, w] / [B, h*w] (or quantized [B, N, L]) -> pixels [B, 3, S, S] in [0, 1], on CPU.
+               batch_size: int = 256, start: float | None = None, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Codes [B, h, w] / [B, h*w] (or quantized [B, h*w, L] on `grid`, default the square) ->
+        pixels [B, 3, h*patch, w*patch] in [0, 1], on CPU. The U-Net is convolutional, so it
+        draws any of the tokenizer's grids (whose pixel sides divide by its downsampling).
 
         Deterministic for a given generator state (the only randomness is the starting noise,
         drawn on CPU so a seed means the same thing on any device)."""
@@ -158,20 +169,25 @@ class FlowDecoder(nn.Module):
             raise ValueError(f"start must be in (0, 1], got {start}")
         if generator is None:
             generator = torch.Generator().manual_seed(self.cfg.seed)
+        grid = self._grid(codes_or_q, grid)
+        height, width = self.tokenizer.buckets.pixel_size(grid)
+        unit = self.cfg.patch * 2 ** (len(self.cfg.channels) - 1)
+        if height % unit or width % unit:
+            raise ValueError(f"grid {grid}: its {height}x{width} px must divide by the flow decoder's patch x "
+                             f"downsampling ({unit}) on both sides")
         q = self._quantized(codes_or_q)
         was_training = self.training
         self.eval()
         out = []
-        size = self.spec["image_size"]
         # All the noise at once, so a sample does not depend on batch_size.
-        noise = torch.randn(q.shape[0], 3, size, size, generator=generator)
+        noise = torch.randn(q.shape[0], 3, height, width, generator=generator)
         for i in range(0, q.shape[0], batch_size):
             qb = q[i : i + batch_size]
-            feats, base = self.condition(qb)
+            feats, base = self.condition(qb, grid)
             x = noise[i : i + batch_size].to(self.device)
             scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=TRAIN_TIMESTEPS, shift=1.0)
             if start < 1:  # the point of the straight path at `start` between the per-token pixels and noise
-                drawn = base if base is not None else self.tokenizer.reconstruct(qb.to(self.tokenizer.device)).clamp(0, 1).to(self.device) * 2 - 1
+                drawn = base if base is not None else self.tokenizer.reconstruct(qb.to(self.tokenizer.device), grid).clamp(0, 1).to(self.device) * 2 - 1
                 x = (1 - start) * drawn + start * x
                 scheduler.set_timesteps(sigmas=np.linspace(start, 1.0 / TRAIN_TIMESTEPS, steps).tolist(), device=self.device)
             else:

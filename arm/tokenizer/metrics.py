@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from arm.eval.image_metrics import code_stats, reconstruction_metrics
-from arm.tokenizer.data import ImageTextSet
+from arm.tokenizer.data import ImageTextSet, Part
 from arm.tokenizer.geometry import shapes_geometry
 from arm.tokenizer.model import VisualTokenizer
 
@@ -27,18 +27,19 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def _encode_set(model: VisualTokenizer, data: ImageTextSet, batch: int, want_recon: bool = True):
-    """codes [N, h*w], recon uint8 [N,3,S,S] (optional), aligned emb [N, d], pooled features [N, D]."""
+    """codes [N, h*w], recon uint8 [N,3,H,W] (optional), aligned emb [N, d], pooled features [N, D]."""
     codes, recons, embs, pooled = [], [], [], []
     dev = model.device
     for i in range(0, len(data), batch):
         x = data.pixels(range(i, min(i + batch, len(data)))).to(dev).float() / 255.0
+        grid = model.grid_of(x)
         q, c = model.quantize(x)
-        feats = model.features(q)
+        feats = model.features(q, grid)
         codes.append(c.cpu())
         embs.append(model.align(feats).cpu())
         pooled.append(feats.mean(1).cpu())
         if want_recon:
-            r = model.reconstruct(q).clamp(0, 1)
+            r = model.reconstruct(q, grid).clamp(0, 1)
             recons.append((r * 255.0).round().to(torch.uint8).cpu())
     out = {
         "codes": torch.cat(codes),
@@ -194,8 +195,25 @@ def fashion_metrics(model: VisualTokenizer, cfg_eval, seed: int) -> dict[str, fl
             **fashion_probes(train, test, model.codebook_size, seed)}
 
 
+def bucket_reconstruction(model: VisualTokenizer, parts: list[Part], ecfg) -> dict[str, float]:
+    """Per aspect bucket of the val split (each image framed at its own bucket): how many images
+    and their reconstructions' PSNR and SSIM, as `val_<h>x<w>_images` / `_psnr` / `_ssim`."""
+    out: dict[str, float] = {}
+    for part in parts:
+        data = part.images
+        if ecfg.val_limit is not None and len(data) > ecfg.val_limit:
+            data = data.subset(range(ecfg.val_limit))
+        key = f"val_{part.grid[0]}x{part.grid[1]}"
+        recon = _encode_set(model, data, ecfg.batch_size)["recon"]
+        out[f"{key}_images"] = len(data)
+        out.update({f"{key}_{k}": v for k, v in reconstruction_metrics(recon, data.pixels(range(len(data)))).items()})
+    return out
+
+
 def evaluate(model: VisualTokenizer, val: ImageTextSet, cfg, with_fashion: bool = True) -> dict[str, float]:
     """All held-out metrics; `cfg` is the ArmConfig (world for the oracle, tokenizer.eval for limits)."""
+    from arm.data.shapes import Scene
+
     ecfg = cfg.tokenizer.eval
     model.eval()
     if ecfg.val_limit is not None and len(val) > ecfg.val_limit:
@@ -206,7 +224,8 @@ def evaluate(model: VisualTokenizer, val: ImageTextSet, cfg, with_fashion: bool 
         target = val.pixels(range(len(val)))
         metrics.update({f"val_{k}": v for k, v in reconstruction_metrics(enc["recon"], target).items()})
         metrics.update(code_stats(enc["codes"], model.codebook_size))
-        shapes_idx = [i for i, s in enumerate(val.scenes) if s is not None]
+        # scenes of the world's square grid: the grid the oracle and the cell metrics read
+        shapes_idx = [i for i, s in enumerate(val.scenes) if s is not None and Scene.from_json(s).grid is None]
         metrics["shapes_val_images"] = len(shapes_idx)
         if shapes_idx:
             sel = torch.as_tensor(shapes_idx)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
@@ -24,8 +25,9 @@ from vector_quantize_pytorch import FSQ
 
 from arm import device as devices
 from arm.io import atomic_path, read_saved_config
+from arm.tokenizer.buckets import Buckets
 from arm.tokenizer.config import TokenizerConfig
-from arm.tokenizer.images import to_pixels
+from arm.tokenizer.images import pil_list, to_pixels
 from arm.tokenizer.vocab import PAD, CaptionVocab
 
 FORMAT = "arm-visual-tokenizer"
@@ -47,11 +49,12 @@ def _block(width: int, heads: int, dropout: float) -> nn.TransformerEncoderLayer
 
 class PixelDecoder(nn.Module):
     """Per-token MLP to a patch of pixels (the shapes world puts one object per patch), plus an
-    optional small conv refiner that smooths across patch borders for natural images."""
+    optional small conv refiner that smooths across patch borders for natural images. The
+    tokens are laid out on the grid given at each call, so one decoder serves every bucket."""
 
-    def __init__(self, width: int, hidden: int, patch: int, grid: tuple[int, int], conv_channels: int):
+    def __init__(self, width: int, hidden: int, patch: int, conv_channels: int):
         super().__init__()
-        self.patch, self.grid = patch, grid
+        self.patch = patch
         out_ch = conv_channels or 3
         self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, patch * patch * out_ch))
         self.out_ch = out_ch
@@ -62,9 +65,9 @@ class PixelDecoder(nn.Module):
                 nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, 3, 1)
             )
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         b = feats.shape[0]
-        (h, w), p, c = self.grid, self.patch, self.out_ch
+        (h, w), p, c = grid, self.patch, self.out_ch
         x = self.mlp(feats).view(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h * p, w * p)
         if self.refine is not None:
             x = self.refine(x)
@@ -121,16 +124,19 @@ CARD_TEMPLATE = """---
 
 A semantic FSQ visual tokenizer: a {{ image_size }} px RGB image becomes a {{ grid }}x{{ grid }} grid
 of codes in [0, {{ codebook_size }}) (FSQ levels {{ levels }}), and codes decode back to pixels.
-Encoder: SigLIP vision tower{% if encoder_source %} from `{{ encoder_source }}`{% endif %},
+{% if grids|length > 1 %}Aspect buckets: an image is encoded on the (h, w) token grid nearest its own aspect ratio, one of
+{{ grids }} ({{ patch_size }} px per token side), fitted to it by `{{ fit }}`.
+{% endif %}Encoder: SigLIP vision tower{% if encoder_source %} from `{{ encoder_source }}`{% endif %},
 {% if encoder_window %}seeing {{ encoder_window }}x{{ encoder_window }} patches at a time{% else %}seeing the whole image{% endif %}.
 
 ```python
 from arm.tokenizer.model import VisualTokenizer
 
 tok = VisualTokenizer.from_pretrained("{{ path }}")
-codes = tok.encode(images)   # list of PIL images -> LongTensor [B, {{ grid }}, {{ grid }}]
-pixels = tok.decode(codes)   # -> FloatTensor [B, 3, {{ image_size }}, {{ image_size }}] in [0, 1]
-```
+codes = tok.encode(images)   # list of PIL images -> LongTensor [B, h, w]{% if grids|length == 1 %} = [B, {{ grid }}, {{ grid }}]{% endif %}
+pixels = tok.decode(codes)   # -> FloatTensor [B, 3, h*{{ patch_size }}, w*{{ patch_size }}] in [0, 1]
+{% if grids|length > 1 %}each = tok.encode_each(images)  # images of mixed aspect: one [h, w] grid each
+{% endif %}```
 
 `config.json` is the constructor's `config`; the weights are `model.safetensors`
 (huggingface_hub's `PyTorchModelHubMixin`).
@@ -162,13 +168,20 @@ class VisualTokenizer(
         self._patch = int(s["patch_size"])
         side = self._image_size // self._patch
         self._grid = (side, side)
+        # The aspect buckets' (h, w) grids, the square first; a tokenizer saved before buckets
+        # existed has the square alone.
+        self._buckets = Buckets(s.get("grids", [[side, side]]), self._patch, s.get("fit", "crop"))
+        if self._buckets.grids[0] != self._grid:
+            raise ValueError(f"grids {self._buckets.grids}: the first must be the square default grid {self._grid}")
         width = int(s["hidden_size"])
         enc_cfg = SiglipVisionConfig(**s["encoder_config"])
         # `encoder_window`: the encoder sees windows of w x w patches (null: the whole image).
         self._window = s.get("encoder_window")
         view = self._image_size if self._window is None else self._window * self._patch
-        if self._window is not None and side % self._window:
-            raise ValueError(f"encoder window {self._window} must divide the token grid side {side}")
+        bad = [g for g in self.grids if self._window is not None and (g[0] % self._window or g[1] % self._window)]
+        if bad:
+            raise ValueError(f"encoder window {self._window} must divide both sides of every token grid, not {bad[0]}")
+        self._native = enc_cfg.image_size // enc_cfg.patch_size  # the encoder's own (square) patch grid
         if enc_cfg.image_size != view or enc_cfg.patch_size != self._patch:
             raise ValueError(
                 f"encoder expects {enc_cfg.image_size}px images with {enc_cfg.patch_size}px patches, "
@@ -187,11 +200,14 @@ class VisualTokenizer(
         basis = torch.cumprod(torch.tensor([1, *self._levels[:-1]]), 0)
         self.register_buffer("_level_basis", basis, persistent=False)
         self.register_buffer("_level_counts", torch.tensor(self._levels), persistent=False)
-        n_tokens = side * side
-        self.pos = nn.Parameter(torch.randn(1, n_tokens, width) * 0.02)
+        # One learned position per cell of the largest extents of all grids (row r, column c at
+        # r * max_w + c): a grid reads its top-left h x w corner, so cell (r, c) means the same
+        # place in every bucket, and a square-only tokenizer's table is what it always was.
+        self._extent = (max(h for h, _ in self.grids), max(w for _, w in self.grids))
+        self.pos = nn.Parameter(torch.randn(1, self._extent[0] * self._extent[1], width) * 0.02)
         self.post = nn.ModuleList([_block(width, int(s["heads"]), float(s["dropout"])) for _ in range(int(s["post_layers"]))])
         self.post_norm = nn.LayerNorm(width)
-        self.pixel_decoder = PixelDecoder(width, int(s["decoder_hidden"]), self._patch, self._grid, int(s["decoder_conv_channels"]))
+        self.pixel_decoder = PixelDecoder(width, int(s["decoder_hidden"]), self._patch, int(s["decoder_conv_channels"]))
         self.distill_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, int(s["distill_dim"])))
         n_states = int(s.get("scene_states", 0))
         self.scene_head = None
@@ -262,6 +278,8 @@ class VisualTokenizer(
             "encoder_source": cfg.encoder.pretrained,
             "encoder_window": cfg.encoder.window,
             "encoder_frozen": frozen,
+            "grids": [list(g) for g in cfg.grids],
+            "fit": cfg.aspect.fit,
             "distill_dim": distill_dim,
             "scene_states": scene_states,
             "teacher": cfg.teacher.model_dump(mode="json"),
@@ -291,7 +309,17 @@ class VisualTokenizer(
 
     @property
     def grid(self) -> tuple[int, int]:
+        """The square default grid (image_size / patch_size per side)."""
         return self._grid
+
+    @property
+    def grids(self) -> list[tuple[int, int]]:
+        """Every (h, w) token grid this tokenizer encodes on, the square default first."""
+        return list(self._buckets.grids)
+
+    @property
+    def buckets(self) -> Buckets:
+        return self._buckets
 
     @property
     def image_size(self) -> int:
@@ -313,14 +341,28 @@ class VisualTokenizer(
 
     # ------------------------------------------------------------------ the pipeline
 
+    def grid_of(self, pixels: torch.Tensor) -> tuple[int, int]:
+        """The token grid of pixels [B, 3, H, W]: one of `grids`, or a ValueError naming the size."""
+        hp, wp = pixels.shape[-2:]
+        if hp % self._patch or wp % self._patch:
+            raise ValueError(f"pixels {hp}x{wp}: height and width must be multiples of the patch size {self._patch}")
+        grid = (hp // self._patch, wp // self._patch)
+        if grid not in self._buckets.grids:
+            raise ValueError(f"pixels {hp}x{wp} make a {grid} token grid; this tokenizer's (h, w) grids are "
+                             f"{self.grids} at {self._patch} px per token")
+        return grid
+
     def pre_quant(self, pixels01: torch.Tensor) -> torch.Tensor:
-        """pixels [B,3,S,S] in [0,1] -> continuous latents z [B, N, n_levels] (before FSQ)."""
+        """pixels [B,3,H,W] in [0,1] (H, W of one of `grids`) -> continuous latents z [B, h*w, n_levels] (before FSQ)."""
         x = pixels01 * 2.0 - 1.0
+        h, w = self.grid_of(x)
         if self._window is None:
-            return self.proj_in(self.encoder(pixel_values=x).last_hidden_state)
+            # the encoder's position table is for its own square grid: other grids interpolate it
+            native = (h, w) == (self._native, self._native)
+            return self.proj_in(self.encoder(pixel_values=x, interpolate_pos_encoding=not native).last_hidden_state)
         # Windows are encoded independently, so a window's tokens depend on its pixels only:
         # with window 1 a code describes its own cell, the same wherever the cell sits.
-        b, (h, w), k, p = x.shape[0], self._grid, self._window, self._patch
+        b, k, p = x.shape[0], self._window, self._patch
         wh, ww = h // k, w // k
         tiles = x.reshape(b, 3, wh, k * p, ww, k * p).permute(0, 2, 4, 1, 3, 5).reshape(b * wh * ww, 3, k * p, k * p)
         hidden = self.encoder(pixel_values=tiles).last_hidden_state  # [b*wh*ww, k*k, D]
@@ -329,7 +371,7 @@ class VisualTokenizer(
         return self.proj_in(hidden)
 
     def quantize(self, pixels01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pixels [B,3,S,S] in [0,1] -> (quantized [B, N, n_levels] in [-1, 1], codes [B, N])."""
+        """pixels [B,3,H,W] in [0,1] -> (quantized [B, h*w, n_levels] in [-1, 1], codes [B, h*w])."""
         q, codes = self.fsq(self.pre_quant(pixels01))
         return q, codes.long()
 
@@ -348,14 +390,16 @@ class VisualTokenizer(
             out.append(torch.softmax(-((u.unsqueeze(-1) - grid) ** 2) / temperature, dim=-1))
         return out
 
-    def reconstruct(self, q: torch.Tensor) -> torch.Tensor:
-        """Quantized vectors -> pixels [B, 3, S, S], ~[0, 1] (unclamped; `decode` clamps).
+    def reconstruct(self, q: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Quantized vectors [B, h*w, n_levels] on `grid` (default: the square) -> pixels
+        [B, 3, h*patch, w*patch], ~[0, 1] (unclamped; `decode` clamps).
 
         Each token is decoded on its own, without its position or its neighbours: a code must
         then stand for the same pixels wherever it appears, which is what lets one image token
         carry one object for the AR model (an optional conv refiner adds local context only).
         """
-        return self.pixel_decoder(self.up(q) + self.code_embed(self.lattice_codes(q)))
+        grid = self._token_grid(q, grid)
+        return self.pixel_decoder(self.up(q) + self.code_embed(self.lattice_codes(q)), grid)
 
     def lattice_codes(self, q: torch.Tensor) -> torch.Tensor:
         """[..., n_levels] in FSQ units -> the code of the nearest lattice point [...] (exact on
@@ -364,10 +408,14 @@ class VisualTokenizer(
         digits = torch.minimum((q * half + half).round().clamp(min=0), self._level_counts - 1)
         return (digits * self._level_basis).sum(-1).long()
 
-    def features(self, q: torch.Tensor) -> torch.Tensor:
-        """Quantized vectors [B, N, n_levels] -> contextual features F [B, N, hidden] for the
-        semantic heads (distillation, alignment, caption)."""
-        x = self.up(q) + self.pos
+    def features(self, q: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Quantized vectors [B, h*w, n_levels] on `grid` (default: the square) -> contextual
+        features F [B, h*w, hidden] for the semantic heads (distillation, alignment, caption)."""
+        h, w = self._token_grid(q, grid)
+        pos = self.pos
+        if (h, w) != self._extent:  # the grid's top-left corner of the position table
+            pos = pos.view(1, *self._extent, -1)[:, :h, :w].reshape(1, h * w, -1)
+        x = self.up(q) + pos
         for block in self.post:
             x = block(x)
         return self.post_norm(x)
@@ -380,15 +428,33 @@ class VisualTokenizer(
         the per-token pixel decoder needs to draw each one exactly."""
         return self.scene_head(self.up(q))
 
+    def _token_grid(self, q: torch.Tensor, grid: tuple[int, int] | None) -> tuple[int, int]:
+        grid = self._grid if grid is None else self._buckets.check(grid)
+        if q.shape[1] != grid[0] * grid[1]:
+            raise ValueError(f"{q.shape[1]} tokens per image do not fill the {grid} grid; pass the codes' own grid")
+        return grid
+
     def codes_to_quantized(self, codes: torch.Tensor) -> torch.Tensor:
         codes = self._check_codes(codes)
         return self.fsq.indices_to_codes(codes.reshape(codes.shape[0], -1))
 
+    def codes_grid(self, codes: torch.Tensor) -> tuple[int, int]:
+        """The grid of codes [B, h, w] (one of `grids`), or the square for flat codes [B, h*w]."""
+        if not isinstance(codes, torch.Tensor):
+            codes = torch.as_tensor(codes)
+        if codes.ndim == 3:
+            return self._buckets.check(codes.shape[1:])
+        if codes.ndim == 2 and codes.shape[1] == self._grid[0] * self._grid[1]:
+            return self._grid
+        raise ValueError(f"codes of shape {tuple(codes.shape)}: expected [B, h, w] on one of the grids {self.grids}, "
+                         f"or flat [B, {self._grid[0] * self._grid[1]}] on the square {self._grid}")
+
     def forward(self, pixels01: torch.Tensor) -> dict[str, torch.Tensor]:
+        grid = self.grid_of(pixels01)
         z = self.pre_quant(pixels01)
         q, codes = self.fsq(z)
-        feats = self.features(q)
-        return {"z": z, "q": q, "codes": codes.long(), "features": feats, "recon": self.reconstruct(q)}
+        feats = self.features(q, grid)
+        return {"z": z, "q": q, "codes": codes.long(), "features": feats, "recon": self.reconstruct(q, grid)}
 
     def align(self, feats: torch.Tensor) -> torch.Tensor:
         """Shared features -> L2-normalised embedding in the text encoder's space."""
@@ -396,12 +462,57 @@ class VisualTokenizer(
 
     # ------------------------------------------------------------------ public API
 
+    def frame(self, images: Sequence[Any] | torch.Tensor, grid: tuple[int, int] | None = None
+              ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images -> (pixels [B, 3, h*patch, w*patch] in [0, 1], the grid (h, w)) as encode sees them.
+
+        A single-bucket tokenizer squashes every image to its square, as it always has. With
+        buckets, PIL images are fitted (tokenizer.aspect.fit) to `grid`, by default the grid of
+        their own aspect ratio, which must then be one for all; tensors are taken as framed
+        already and only resized to the grid's pixels (by default the grid nearest their shape).
+        """
+        if grid is not None:
+            grid = self._buckets.check(grid)
+        if isinstance(images, (torch.Tensor, np.ndarray)):
+            if grid is None:
+                grid = self._grid
+                if len(self.grids) > 1 and images.ndim == 4 and min(images.shape[-2:]) > 0:  # else to_pixels says what is wrong
+                    grid = self._buckets.choose(images.shape[-1], images.shape[-2])
+            return to_pixels(images, self._buckets.pixel_size(grid)), grid
+        images = pil_list(images)
+        if len(self.grids) == 1:
+            return to_pixels(images, self._image_size), self._grid
+        if grid is None:
+            own = [self._buckets.choose(im.width, im.height) for im in images]
+            odd = next((i for i, g in enumerate(own) if g != own[0]), None)
+            if odd is not None:
+                raise ValueError(f"images[{odd}] ({images[odd].width}x{images[odd].height} px) belongs to the {own[odd]} "
+                                 f"grid, images[0] to {own[0]}: one batch has one grid; pass grid= to fit them all "
+                                 f"to one, or encode_each(images) for each at its own")
+            grid = own[0]
+        framed = [self._buckets.fit(im, grid) for im in images]
+        return to_pixels(framed, self._buckets.pixel_size(grid)), grid
+
     @torch.no_grad()
-    def encode(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
-        """Images (list of PIL, or [B,C,H,W] uint8 / float in [0,1]) -> LongTensor [B, h, w]."""
-        x = to_pixels(images, self._image_size).to(self.device)
-        _, codes = self.quantize(x)
-        return codes.view(x.shape[0], *self._grid).cpu()
+    def encode(self, images: Sequence[Any] | torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Images (list of PIL, or [B,C,H,W] uint8 / float in [0,1]) -> LongTensor [B, h, w] on
+        `grid` (default: their own bucket's; see `frame`)."""
+        x, grid = self.frame(images, grid)
+        _, codes = self.quantize(x.to(self.device))
+        return codes.view(x.shape[0], *grid).cpu()
+
+    @torch.no_grad()
+    def encode_each(self, images: Sequence[Any]) -> list[torch.Tensor]:
+        """PIL images of any aspect ratios -> one LongTensor [h, w] each, on its own bucket's
+        grid (encoded a bucket at a time)."""
+        images = pil_list(images)
+        own = [self._grid if len(self.grids) == 1 else self._buckets.choose(im.width, im.height) for im in images]
+        out: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        for grid in dict.fromkeys(own):
+            idx = [i for i, g in enumerate(own) if g == grid]
+            for i, codes in zip(idx, self.encode([images[i] for i in idx], grid)):
+                out[i] = codes
+        return out
 
     @property
     def decoder(self) -> str:
@@ -425,28 +536,31 @@ class VisualTokenizer(
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, decoder: str | None = None) -> torch.Tensor:
-        """LongTensor [B, h, w] (or [B, h*w]) -> FloatTensor [B, 3, S, S] in [0, 1] (on CPU), drawn
-        by `decoder` (default: the tokenizer's own); the flow decoder is deterministic (its seed)."""
+        """LongTensor [B, h, w] on any of `grids` (or flat [B, h*w] on the square) -> FloatTensor
+        [B, 3, h*patch, w*patch] in [0, 1] (on CPU), drawn by `decoder` (default: the tokenizer's
+        own); the flow decoder is deterministic (its seed)."""
         decoder = decoder or self.decoder
         if decoder not in DECODERS:
             raise ValueError(f"decoder {decoder!r}: expected one of {DECODERS}")
+        grid = self.codes_grid(codes)
         q = self.codes_to_quantized(codes).to(self.device)
         if decoder == "flow":
-            return self.flow_decoder().sample(q)
-        return self.reconstruct(q).clamp(0, 1).cpu()
+            return self.flow_decoder().sample(q, grid=grid)
+        return self.reconstruct(q, grid).clamp(0, 1).cpu()
 
     @torch.no_grad()
-    def embed_images(self, images: Sequence[Any] | torch.Tensor) -> torch.Tensor:
+    def embed_images(self, images: Sequence[Any] | torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """The text-aligned embedding of images, through their codes: [B, text_dim], unit norm."""
-        x = to_pixels(images, self._image_size).to(self.device)
-        q, _ = self.quantize(x)
-        return self.align(self.features(q)).cpu()
+        x, grid = self.frame(images, grid)
+        q, _ = self.quantize(x.to(self.device))
+        return self.align(self.features(q, grid)).cpu()
 
     @torch.no_grad()
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """The same embedding straight from codes (no pixels): scores generated images cheaply."""
+        grid = self.codes_grid(codes)
         q = self.codes_to_quantized(codes).to(self.device)
-        return self.align(self.features(q)).cpu()
+        return self.align(self.features(q, grid)).cpu()
 
     def text_encoder(self):
         if self._text_encoder is None:
@@ -480,7 +594,7 @@ class VisualTokenizer(
         """Greedy captions of code grids, from the caption head (for inspection)."""
         from arm.tokenizer.vocab import BOS, EOS
 
-        feats = self.features(self.codes_to_quantized(codes).to(self.device))
+        feats = self.features(self.codes_to_quantized(codes).to(self.device), self.codes_grid(codes))
         n = min(max_length or self.caption_head.max_length, self.caption_head.max_length)
         tokens = torch.full((feats.shape[0], 1), BOS, dtype=torch.long, device=self.device)
         for _ in range(n - 1):
@@ -527,7 +641,8 @@ class VisualTokenizer(
         with atomic_path(directory) as tmp:
             card = {"image_size": self._image_size, "grid": self._grid[0], "codebook_size": self.codebook_size,
                     "levels": self._levels, "encoder_source": self.spec.get("encoder_source"),
-                    "encoder_window": self._window, "path": str(directory)}
+                    "encoder_window": self._window, "path": str(directory), "grids": self.grids,
+                    "patch_size": self._patch, "fit": self._buckets.fit_mode}
             super().save_pretrained(tmp, config=self.spec, model_card_kwargs=card, **kwargs)
         return directory
 

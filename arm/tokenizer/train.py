@@ -9,6 +9,11 @@ fingerprint saved alongside (arm.train.accel: tag dirs under tokenizer.checkpoin
 Exact resume: the data order is a pure function of (seed, step) (one permutation per epoch, one
 text choice per step), so the data position is the step itself and a resumed run sees the same
 batches in the same order as an uninterrupted one.
+
+Aspect buckets (tokenizer.aspect): with more than one grid, every batch holds the images of one
+bucket, each framed at its bucket's pixel size (arm.tokenizer.data.bucket_parts); the bucket of
+a step is drawn with probability proportional to its image count (BucketOrder), still a pure
+function of (seed, step). With one grid the order and every result are what they were.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from torch import nn
 from arm.curves import CurveLog
 from arm.io import atomic_write_json
 from arm.tokenizer import losses as L
-from arm.tokenizer.data import ImageTextSet, scene_cell_states, scene_class_count, step_loader
+from arm.tokenizer.buckets import Buckets
+from arm.tokenizer.data import IGNORE, ImageTextSet, Part, bucket_parts, scene_cell_states, scene_class_count, step_loader
 from arm.tokenizer.model import VisualTokenizer
 from arm.tokenizer.teachers import Teacher, build_teacher
 from arm.tokenizer.text_encoder import TextEncoder
@@ -107,14 +113,50 @@ class BatchOrder:
         return perm[torch.argsort(window[perm], stable=True)]
 
 
+class BucketOrder:
+    """The global batch of every step over aspect buckets: (bucket, its rows), a pure function of
+    (seed, step). One seeded draw per step picks the bucket, with probability proportional to its
+    images (in the scene warm-up: to its scene images, among buckets whose scene images fill a
+    batch); the bucket then serves the next batch of its own BatchOrder, which counts the steps
+    it was drawn for, so each bucket's epochs visit each of its images once.
+
+    With one bucket nothing is drawn: its BatchOrder is the single-bucket trainer's, step for step.
+    """
+
+    def __init__(self, sizes: list[int], batch: int, seed: int, total: int, scene_rows: list[torch.Tensor],
+                 warmup: int = 0, groups: list[torch.Tensor | None] | None = None, window: int = 0):
+        groups = groups or [None] * len(sizes)
+        if len(sizes) == 1:
+            self.bucket = torch.zeros(total, dtype=torch.long)
+        else:
+            g = torch.Generator().manual_seed(seed * 1_000_033 + 11)
+            self.bucket = torch.multinomial(torch.tensor(sizes, dtype=torch.float), total, replacement=True, generator=g)
+            warm = torch.tensor([len(r) if len(r) >= batch else 0 for r in scene_rows], dtype=torch.float)
+            if warmup and warm.sum() > 0:
+                self.bucket[:warmup] = torch.multinomial(warm, min(warmup, total), replacement=True, generator=g)
+        # the step of each step within its bucket: how often that bucket was drawn before
+        self.local = torch.empty(total, dtype=torch.long)
+        for b in range(len(sizes)):
+            at = (self.bucket == b).nonzero().flatten()
+            self.local[at] = torch.arange(len(at))
+        # bucket b's permutations are seeded apart from the others' (bucket 0 keeps `seed`)
+        self.orders = [BatchOrder(n, batch, seed + 7_919 * b, scene_rows[b], int((self.bucket[:warmup] == b).sum()),
+                                  groups[b], window) for b, n in enumerate(sizes)]
+
+    def rows(self, step: int) -> tuple[int, torch.Tensor]:
+        b = int(self.bucket[step])
+        return b, self.orders[b].rows(int(self.local[step]))
+
+
 class _RankRows:
     """This process's contiguous slice of a step's global batch (picklable for loader workers)."""
 
-    def __init__(self, order: BatchOrder, lo: int, hi: int):
+    def __init__(self, order: BucketOrder, lo: int, hi: int):
         self.order, self.lo, self.hi = order, lo, hi
 
-    def __call__(self, step: int) -> torch.Tensor:
-        return self.order.rows(step)[self.lo : self.hi]
+    def __call__(self, step: int) -> tuple[int, torch.Tensor]:
+        b, rows = self.order.rows(step)
+        return b, rows[self.lo : self.hi]
 
 
 def lr_schedule(opt: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float, restart: int | None = None):
@@ -200,7 +242,6 @@ class _Inputs:
     cfg: Any
     teacher: Teacher | None
     texts: _Texts
-    scene_states: torch.Tensor | None
 
 
 class Objective(nn.Module):
@@ -212,16 +253,18 @@ class Objective(nn.Module):
         self.model = model
         self.inputs = inputs
 
-    def forward(self, x: torch.Tensor, rows: torch.Tensor, text_rows: torch.Tensor, text_ids: torch.Tensor,
+    def forward(self, x: torch.Tensor, scene: torch.Tensor | None, text_rows: torch.Tensor, text_ids: torch.Tensor,
                 step: int, finetune: bool, teacher_batch: int) -> dict[str, torch.Tensor]:
+        """`scene`: the batch's scene-cell targets [b, h*w] (None: no scene loss)."""
         model, inp = self.model, self.inputs
         tcfg, w = inp.cfg.tokenizer, inp.cfg.tokenizer.loss
         # The up-projection also feeds the semantic heads: it stays as they were trained with it.
         model.up.requires_grad_(not finetune)
+        grid = model.grid_of(x)
         if finetune:  # codes frozen: only the pixel losses, which reach the decoder alone
             with torch.no_grad():
                 q, _ = model.quantize(x)
-            out = {"q": q, "recon": model.reconstruct(q)}
+            out = {"q": q, "recon": model.reconstruct(q, grid)}
         else:
             out = model(x)
         recon = out["recon"]
@@ -234,10 +277,11 @@ class Objective(nn.Module):
                 g = torch.Generator().manual_seed(inp.cfg.seed * 7_919 + step)
                 soft = model.soft_levels(out["z"], tcfg.train.usage_temperature)
                 parts["usage"] = L.code_usage(soft, tcfg.train.usage_tokens, g)
-            if inp.scene_states is not None:
-                parts["scene"] = L.scene(model.cell_logits(out["q"]), inp.scene_states[rows].to(x.device))
+            # a batch whose scenes all lie on another grid than its tokens has no target
+            if scene is not None and bool((scene != IGNORE).any()):
+                parts["scene"] = L.scene(model.cell_logits(out["q"]), scene.to(x.device))
         if inp.teacher is not None:
-            parts.update(self._teacher_losses(x, recon, feats if not finetune else None, teacher_batch))
+            parts.update(self._teacher_losses(x, recon, feats if not finetune else None, teacher_batch, grid))
         if len(text_rows):
             text_rows, text_ids = text_rows.to(x.device), text_ids.to(x.device)
             sel = feats[text_rows]
@@ -252,12 +296,12 @@ class Objective(nn.Module):
                 parts["caption"] = L.caption(model.caption_head(sel, tok[:, :-1]), tok[:, 1:])
         return parts
 
-    def _teacher_losses(self, x, recon, feats, tb: int) -> dict[str, torch.Tensor]:
+    def _teacher_losses(self, x, recon, feats, tb: int, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Perceptual (through the frozen teacher to the reconstruction) and distillation losses on
-        the batch's head (already shuffled: a sample), the teacher run in chunks."""
+        the batch's head (already shuffled: a sample), the teacher run in chunks on the batch's grid."""
         inp = self.inputs
         t, w = inp.cfg.tokenizer, inp.cfg.tokenizer.loss
-        run = {"chunk": t.train.teacher_chunk, "checkpoint": t.train.teacher_checkpointing}
+        run = {"chunk": t.train.teacher_chunk, "checkpoint": t.train.teacher_checkpointing, "grid": grid}
         parts = {}
         with torch.no_grad():
             target_feats = inp.teacher.features(x[:tb], **run)
@@ -265,7 +309,7 @@ class Objective(nn.Module):
             recon_feats = inp.teacher.features(recon[:tb], sorted(t.teacher.perceptual_layers), **run)
             parts["perceptual"] = L.perceptual(recon_feats, target_feats)
         if w.distill > 0 and feats is not None:
-            target = L.pool_to_grid(target_feats[t.teacher.distill_layer], self.model.grid)
+            target = L.pool_to_grid(target_feats[t.teacher.distill_layer], grid)
             parts["distill"] = L.distillation(self.model.distill_head(feats[:tb]), target)
         return parts
 
@@ -333,7 +377,9 @@ def train_tokenizer(
         say(f"note: token grid {tcfg.grid} at {tcfg.image_size}px is not aligned with the shapes world "
             f"({cfg.world.grid}x{cfg.world.grid} at {cfg.world.image_size}px)")
     t_setup = time.perf_counter()
-    cached = train.preload(t.cache_mb)
+    buckets = Buckets(tcfg.grids, tcfg.patch_size, tcfg.aspect.fit)
+    per_bucket = _bucketed(train, buckets, t.batch_size, say)
+    cached = all([p.images.preload(t.cache_mb // len(per_bucket)) for p in per_bucket])
     say(f"train images: {len(train)} ({'in memory' if cached else 'streamed from the store'}), "
         f"val images: {len(val) if val is not None else 0}, processes: {world}, precision: {t.precision}")
 
@@ -351,7 +397,7 @@ def train_tokenizer(
         if tcfg.grid != (cfg.world.grid, cfg.world.grid):
             raise ValueError(f"tokenizer.loss.scene needs the token grid {tcfg.grid} to be the shapes world's "
                              f"{cfg.world.grid}x{cfg.world.grid} cells; set it to 0 for this tokenizer")
-        scene_states = scene_cell_states(train, cfg.world)
+        scene_states = [scene_cell_states(p.images, cfg.world, p.grid) for p in per_bucket]
     teacher = build_teacher(tcfg.teacher, tcfg.grid).to(device) if (w.perceptual > 0 or w.distill > 0) else None
     if teacher is not None and t.precision == "bf16":
         teacher.to(torch.bfloat16)  # frozen: no master weights to keep, and autocast computes in bf16
@@ -378,7 +424,7 @@ def train_tokenizer(
     total = t.steps
     finetune_from = total - int(t.decoder_finetune * total)
     sched = lr_schedule(opt, t.warmup_steps, total, t.min_lr_ratio, finetune_from)
-    objective, opt, sched = acc.prepare(Objective(model, _Inputs(cfg, teacher, texts, scene_states)), opt, sched)
+    objective, opt, sched = acc.prepare(Objective(model, _Inputs(cfg, teacher, texts)), opt, sched)
     start, curve, elapsed, cpu = 0, [], 0.0, 0.0
     if found is not None:
         acc.load_state(str(found[0]))
@@ -399,26 +445,29 @@ def train_tokenizer(
         from arm.progress import progress_bar
 
         bar = progress_bar("tokenizer", total, initial=start, unit="step", logger=logger or log)
-    scene_rows = torch.tensor([i for i, s in enumerate(train.scenes) if s is not None], dtype=torch.long)
-    order = BatchOrder(len(train), t.batch_size, cfg.seed, scene_rows, int(t.scene_warmup * total),
-                       train.groups, t.shuffle_window)
+    scene_rows = [torch.tensor([i for i, s in enumerate(p.images.scenes) if s is not None], dtype=torch.long)
+                  for p in per_bucket]
+    order = BucketOrder([len(p.rows) for p in per_bucket], t.batch_size, cfg.seed, total, scene_rows,
+                        int(t.scene_warmup * total), [p.images.groups for p in per_bucket], t.shuffle_window)
     lo, hi = rank * per_rank, (rank + 1) * per_rank
     # the teacher's sub-batch is a global number too: each process takes its share
     teacher_batch = max(1, t.teacher_batch // world) if t.teacher_batch else per_rank
-    loader = step_loader(train, _RankRows(order, lo, hi), range(start, end), t.workers if not cached else 0,
-                         cfg.seed, pin_memory=device.type == "cuda")
+    loader = step_loader([p.images for p in per_bucket], _RankRows(order, lo, hi), range(start, end),
+                         t.workers if not cached else 0, cfg.seed, pin_memory=device.type == "cuda")
     params = [p for g in opt.param_groups for p in g["params"]]
     wants_texts = w.contrastive > 0 or w.caption > 0
     t0, c0 = time.perf_counter(), time.process_time()
     for step, pixels in zip(range(start, end), loader):
-        rows = order.rows(step)
+        b, local = order.rows(step)
+        rows = per_bucket[b].rows[local]  # rows of the whole set, which the texts are indexed by
         x = pixels.to(device, non_blocking=True).float() / 255.0
         finetune = step >= finetune_from
         no_text = torch.empty(0, dtype=torch.long)
         text_rows, ids = (_text_batch(texts, rows, cfg.seed, step, lo, hi) if wants_texts and not finetune
                           else (no_text, no_text))
+        scene = scene_states[b][local[lo:hi]] if scene_states is not None else None
         with acc.autocast():
-            parts = objective(x, rows[lo:hi], text_rows, ids, step, finetune, teacher_batch)
+            parts = objective(x, scene, text_rows, ids, step, finetune, teacher_batch)
         loss = sum(getattr(w, k) * v for k, v in parts.items())
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
@@ -469,26 +518,61 @@ def train_tokenizer(
         "levels": model.levels,
         "final_losses": _tail_mean(curve, 20),
     }
-    if evaluate and val is not None:
+    # The square-image metrics (shapes oracle, Fashion-MNIST) and the flow decoder read the square bucket.
+    square_train, square_val, val_parts = train, val, None
+    if len(buckets.grids) > 1:
+        metrics["grids"] = [list(g) for g in model.grids]
+        metrics["train_images_per_grid"] = {f"{p.grid[0]}x{p.grid[1]}": len(p.rows) for p in per_bucket}
+        square_train = _square(per_bucket, model.grid, train)
+        if val is not None:
+            val_parts = bucket_parts(val, buckets)
+            square_val = _square(val_parts, model.grid, val)
+    if evaluate and square_val is not None:
         t_eval = time.perf_counter()
-        from arm.tokenizer.metrics import evaluate as run_eval
+        from arm.tokenizer.metrics import bucket_reconstruction, evaluate as run_eval
 
         model._text_encoder = text_encoder  # reuse the loaded encoder and its cache
-        metrics.update(run_eval(model, val, cfg))
+        metrics.update(run_eval(model, square_val, cfg))
+        if val_parts is not None:
+            metrics.update(bucket_reconstruction(model, val_parts, tcfg.eval))
         metrics["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
         text_encoder.save_cache(text_cache)
     if tcfg.flow.train:
         # After the tokenizer is saved: the decoder lives in its directory and reads its frozen codes.
         from arm.tokenizer import flow_stage
 
-        flow_stage.train_flow(model, train, cfg, say)
+        flow_stage.train_flow(model, square_train, cfg, say)
         if evaluate:
-            metrics["decoders"] = flow_stage.compare_decoders(model, val, cfg)
+            metrics["decoders"] = flow_stage.compare_decoders(model, square_val, cfg)
     elif evaluate:
         Path(tcfg.report).mkdir(parents=True, exist_ok=True)  # a DVC out: there, if empty, without a flow decoder
     atomic_write_json(tcfg.metrics, metrics)
     acc.wait_for_everyone()  # the others return once the outputs are written
     return metrics
+
+
+def _bucketed(train: ImageTextSet, buckets: Buckets, batch: int, say) -> list[Part]:
+    """The training images per aspect bucket. One bucket: the set as it is (squashed to the
+    square, as always). Several: each image framed at its own bucket; a bucket of fewer images
+    than a batch is left out, with a note, since its batches would be short and ragged across
+    processes."""
+    if len(buckets.grids) == 1:
+        return [Part(buckets.grids[0], torch.arange(len(train)), train)]
+    parts = bucket_parts(train, buckets)
+    for p in parts:
+        if len(p.rows) < batch:
+            say(f"note: aspect bucket {p.grid} has {len(p.rows)} training images, fewer than a batch "
+                f"({batch}): left out of training")
+    kept = [p for p in parts if len(p.rows) >= batch]
+    if not kept:
+        raise ValueError(f"no aspect bucket has a batch ({batch}) of training images: "
+                         f"{ {p.grid: len(p.rows) for p in parts} }")
+    return kept
+
+
+def _square(parts: list[Part], grid: tuple[int, int], whole: ImageTextSet) -> ImageTextSet:
+    """The images of the square bucket (none if it has none)."""
+    return next((p.images for p in parts if p.grid == grid), whole.subset([]))
 
 
 def _tail_mean(curve: list[dict[str, float]], n: int) -> dict[str, float]:
