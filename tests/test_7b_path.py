@@ -65,6 +65,12 @@ def test_7b_mini_lifecycle_on_two_ranks(tmp_path, monkeypatch):
     assert spec["encoder_window"] is None and spec["encoder_source"] == cfg.tokenizer.encoder.pretrained
     manifest = tokenize(cfg, progress=False)
     assert tuple(manifest["grid"]) == (24, 24) and manifest["images"] > 0
+    # the 7b aspect buckets: the mini world's 4:3 and 3:4 scenes are encoded at 21x27 and 27x21
+    from arm.tokenizer.tokens import TokenStore
+
+    assert manifest["grids"] == [[24, 24], [21, 27], [27, 21], [18, 32], [32, 18]]
+    grids = {tuple(g) for g in TokenStore(tmp_path / cfg.tokenizer.tokens.output).image_codes()[3].tolist()}
+    assert grids == {(24, 24), (21, 27), (27, 21)}
 
     params = str(REPO / "params.yaml")
     full = pretrain_multiprocess(params, "7b-mini", stand_ins + ["pretrain.checkpoints=ckpt_full",
@@ -95,7 +101,14 @@ def test_7b_mini_lifecycle_on_two_ranks(tmp_path, monkeypatch):
     _, tok, layout, man = load_model(tmp_path / "model_full")
     assert model.config.vocab_size == layout.vocab_size == len(tok)
     assert layout.tokens_per_image == 576 and man["model"]["factorized_image_embeddings"] == "folded"
+    assert layout.grids == ((24, 24), (21, 27), (27, 21), (18, 32), (32, 18))
     wa = model.state_dict()
     wb = AutoModelForCausalLM.from_pretrained(tmp_path / "model_cut", local_files_only=True).state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert json.loads((tmp_path / "full.json").read_text())["mfu"] > 0
+
+    # drawn at a requested aspect ratio: 18x32 tokens of 16 px, constrained to that grid
+    from arm.sample.pipeline import ArmPipeline
+
+    pipe = ArmPipeline.from_pretrained(tmp_path / "model_full")
+    assert pipe.generate("a small red circle", aspect_ratio="16:9", seed=0, cfg_scale=1.0)[0].size == (512, 288)
