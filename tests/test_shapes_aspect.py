@@ -181,3 +181,18 @@ def test_source_draws_every_shape_with_the_right_image_sizes():
             assert [(r.ref, r.image, r.caption, r.question, r.answer, r.instruction, r.meta) for r in recs] == \
                    [(r.ref, r.image, r.caption, r.question, r.answer, r.instruction, r.meta) for r in square_only[i]]
     assert seen == set(shapes_of(WORLD))
+
+
+def test_judges_read_a_bucket_scene_on_its_own_cells():
+    from arm.eval.answers import answer_from_scene
+    from arm.eval.checks import edit_check, perceptual_quality
+
+    source = Scene.of([ShapeObject(0, 3, "circle", "red", "large"), ShapeObject(2, 0, "square", "blue", "small")], (3, 4))
+    target = source.with_objects([ShapeObject(0, 3, "circle", "green", "large"), source.objects[1]])
+    assert answer_from_scene("what shape is in the top right?", source, WORLD.grid) == "circle"
+    assert perceptual_quality(shapes.render(source, WORLD), WORLD, tolerance=8) == 10.0
+    done = edit_check(source, target, oracle.parse(shapes.render(target, WORLD), WORLD), WORLD.grid)
+    assert done["fulfilled"] == 1.0 and done["preservation"] == 1.0
+    # the edited cell lies in column 3, which a square 3x3 reading of the scene never looks at
+    missed = edit_check(source, target, oracle.parse(shapes.render(source, WORLD), WORLD), WORLD.grid)
+    assert missed["fulfilled"] == 0.0

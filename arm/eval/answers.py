@@ -40,8 +40,10 @@ QUESTION_TYPES = ("count", "shape_at", "exists", "color_of", "size_of")
 
 
 @lru_cache(maxsize=16)
-def positions(grid: int) -> dict[str, tuple[int, int]]:
-    return {position_name(r, c, grid): (r, c) for r in range(grid) for c in range(grid)}
+def positions(rows: int, cols: int | None = None) -> dict[str, tuple[int, int]]:
+    """Cell names of a rows x cols grid (square when `cols` is None) -> (row, col)."""
+    cols = rows if cols is None else cols
+    return {position_name(r, c, rows, cols): (r, c) for r in range(rows) for c in range(cols)}
 
 
 def question_type(question: str) -> str:
@@ -58,7 +60,7 @@ def answer_from_scene(question: str, scene: Scene, grid: int) -> str:
     if _Q_COUNT.match(q):
         return NUMBER_WORDS[min(len(scene.objects), len(NUMBER_WORDS) - 1)]
     if m := _Q_SHAPE_AT.match(q):
-        cell = positions(grid).get(m.group(1))
+        cell = positions(*(scene.grid or (grid, grid))).get(m.group(1))  # a bucket's scene: its own cells
         if cell is None:
             raise ValueError(f"question {question!r}: unknown position {m.group(1)!r}")
         o = scene.at(*cell)

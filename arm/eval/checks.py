@@ -95,7 +95,7 @@ def perceptual_quality(image: Image.Image | np.ndarray, world: WorldConfig, tole
     arr = to_array(image, world)
     parsed = parse(image, world)
     # An unknown object has no clean render: drawing only the known ones makes its ink disagree.
-    ref = render_array(Scene.of(o for o in parsed.objects if is_known(o)), world).astype(np.int16)
+    ref = render_array(parsed.with_objects(o for o in parsed.objects if is_known(o)), world).astype(np.int16)
     bg = np.asarray(world.background, dtype=np.int16)
     ink = np.abs(arr - bg).max(axis=2) > FOREGROUND_DELTA
     ink_ref = np.abs(ref - bg).max(axis=2) > FOREGROUND_DELTA
@@ -113,9 +113,11 @@ def edit_check(source: Scene, target: Scene, parsed: Scene, grid: int) -> dict[s
     `fulfilled`: every cell the instruction changes reads as in the target. `preservation`: the
     share of the other cells with something in them (before or after) that kept their state, so
     wiping or adding objects elsewhere counts as over-editing (None if there are no such cells). As VIEScore does, semantic
-    consistency is the minimum of the two, on 0-10.
+    consistency is the minimum of the two, on 0-10. `grid`: the world's square side; a scene of
+    another shape (an aspect bucket) is judged on its own cells.
     """
-    cells = [(r, c) for r in range(grid) for c in range(grid)]
+    rows, cols = source.grid or (grid, grid)
+    cells = [(r, c) for r in range(rows) for c in range(cols)]
     edited = [rc for rc in cells if source.at(*rc) != target.at(*rc)]
     if not edited:
         raise ValueError("edit: source and target scenes are identical (nothing to edit)")
