@@ -100,3 +100,16 @@ def test_off_a_terminal_the_log_has_no_carriage_returns(tmp_path):
     assert res.returncode == 0, res.stderr.decode()
     assert (tmp_path / "x.png").is_file()
     assert b"\r" not in res.stderr, res.stderr.decode()  # bytes: text mode would turn \r into \n
+
+
+def test_generate_at_an_aspect_ratio_a_square_model_lacks_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from arm.cli import app
+
+    model_dir = _random_model_dir(tmp_path)
+    res = CliRunner().invoke(app, ["generate", "a red circle", "-o", str(tmp_path / "x.png"), "--model", str(model_dir),
+                                   "--aspect-ratio", "4:3"])
+    assert res.exit_code == 2, res.output
+    assert "aspect_ratio '4:3'" in res.output and "no aspect buckets" in res.output
+    assert not (tmp_path / "x.png").exists()

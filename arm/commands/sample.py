@@ -124,6 +124,8 @@ def register(app: typer.Typer) -> None:
         cfg_scale: Optional[float] = _CFG, temperature: Optional[float] = _TEMP,
         top_k: Optional[int] = _TOPK, top_p: Optional[float] = _TOPP,
         seed: Optional[int] = _SEED, jacobi: Optional[int] = _JACOBI,
+        aspect_ratio: Optional[str] = typer.Option(None, "--aspect-ratio", help="width:height, e.g. 4:3 "
+                                                   "(a model whose tokenizer has aspect buckets)"),
         params: Path = _PARAMS, preset: Optional[str] = _PRESET, set_: Optional[list[str]] = _SET,
     ) -> None:
         """Text to image."""
@@ -132,7 +134,7 @@ def register(app: typer.Typer) -> None:
         cfg = _sampling(params, preset, set_, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                         top_p=top_p, seed=seed, jacobi_window=jacobi)
         pipe = _pipeline(model, tokenizer, cfg, needs_images=True)
-        _save(_run(lambda: pipe.generate([prompt], n=n)), paths)
+        _save(_run(lambda: pipe.generate([prompt], n=n, aspect_ratio=aspect_ratio)), paths)
 
     @app.command("describe", rich_help_panel="Serving")
     def describe(
