@@ -139,3 +139,21 @@ def test_package_puts_the_eval_results_in_the_packaged_card(exported, tmp_path):
         ("shapes_geneval", "overall", 0.4375), ("understanding", "vqa_accuracy", 0.625)}
     assert (model_dir / "README.md").read_text() == before
     store.verify_package(packaged, bentoml.models.get(tag).info.metadata, full=True)  # hashes cover the new card
+
+
+def test_card_of_a_model_with_aspect_buckets_opens_images_with_their_grid(tmp_path):
+    """With several grids the documented prompts carry the default grid's token, and the snippet
+    still reproduces the ids arm trains on."""
+    base = train_bpe([CAPTION, QUESTION, "make the square blue", "red", "blue"] * 20, 290)
+    tok, layout = wrap(base, 60, (3, 3), (4, 5, 3), ((3, 3), (3, 4), (4, 3)))
+    model = build_model(SMALL, layout, seed=0).eval()
+    out = export_model(model, tok, layout, {"visual_tokenizer": {"path": "models/tokenizer"}}, tmp_path / "arm-base")
+    card = ModelCard.load(out / "README.md")
+    assert "3 aspect buckets (h x w tokens:\n3x3, 3x4, 4x3)" in card.text and "`<boi><grid_HxW>`" in card.text
+    ns: dict = {}
+    torch.manual_seed(0)
+    exec(compile(_snippet(card), "README.md", "exec"), ns)
+    caption_ids, question_ids = encode_texts(tok, [CAPTION, QUESTION])
+    assert ns["gen_ids"][0].tolist() == format_prompt("generate", layout, text=caption_ids)
+    assert ns["gen_ids"][0].tolist()[-1] == layout.grid_token((3, 3))
+    assert ns["ask_ids"][0].tolist() == format_prompt("understand", layout, text=question_ids, image=ns["codes"])

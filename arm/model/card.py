@@ -20,7 +20,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from arm.io import atomic_write_text
-from arm.text.vocab import VocabLayout
+from arm.text.vocab import VocabLayout, grid_token_name
 
 CARD_FILE = "README.md"
 MANIFEST_FILE = "manifest.json"
@@ -57,7 +57,11 @@ The weights are a stock `{{ arch }}` checkpoint: `AutoModelForCausalLM` loads th
 {%- endfor %}
 | {{ image_offset }} .. {{ vocab_size - 1 }} | image codes `<img_0>` .. `<img_{{ codebook_size - 1 }}>` (code c is id {{ image_offset }} + c) |
 
-An image is `<boi>`, its {{ tokens_per_image }} codes in row-major order, `<eoi>`. The text tokenizer
+An image is `<boi>`, its {{ tokens_per_image }} codes in row-major order, `<eoi>`.
+{%- if grids|length > 1 %} The model draws images on {{ grids|length }} aspect buckets (h x w tokens:
+{% for g in grids %}{{ g[0] }}x{{ g[1] }}{% if not loop.last %}, {% endif %}{% endfor %}): every image opens with its
+bucket's token, `<boi><grid_HxW>`, followed by h*w codes (the {{ grid[0] }}x{{ grid[1] }} default: {{ tokens_per_image }}). To
+generate at another aspect ratio, end the prompt with that bucket's grid token.{% endif %} The text tokenizer
 (`PreTrainedTokenizerFast`) knows every special and image token by name, so a prompt can be written
 as a string. `vocab_layout.json` holds the same layout as JSON.
 
@@ -85,14 +89,14 @@ tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
 image_ids = list(range({{ image_offset }}, {{ vocab_size }}))
 
 # generate: a caption -> {{ tokens_per_image }} image codes (all other tokens suppressed)
-gen_ids = tokenizer("<bos>a small red circle in the top left<boi>", add_special_tokens=False,
+gen_ids = tokenizer("<bos>a small red circle in the top left<boi>{{ grid_head }}", add_special_tokens=False,
                     return_tensors="pt").input_ids
 out = model.generate(gen_ids, max_new_tokens={{ tokens_per_image }}, do_sample=True,
                      suppress_tokens=list(range({{ image_offset }})))
 codes = (out[0, gen_ids.shape[1]:] - {{ image_offset }}).tolist()  # {{ grid[0] }}x{{ grid[1] }}, row-major
 
 # describe: an image's codes + a question -> an answer (image tokens suppressed)
-image = "<boi>" + "".join(f"<img_{c}>" for c in codes) + "<eoi>"
+image = "<boi>{{ grid_head }}" + "".join(f"<img_{c}>" for c in codes) + "<eoi>"
 ask_ids = tokenizer(f"<bos>{image}what colour is the circle?<sep>", add_special_tokens=False,
                     return_tensors="pt").input_ids
 out = model.generate(ask_ids, max_new_tokens=24, do_sample=False, suppress_tokens=image_ids)
@@ -176,7 +180,8 @@ def render_model_card(directory: str | Path, *, model_ref: str | None = None,
                               sort_keys=True, default_flow_style=None, width=100)
     return ModelCard.from_template(
         data, template_str=TEMPLATE, name=name, arch=config.get("model_type", "transformer"), model_ref=model_ref,
-        grid=list(layout.grid), levels=list(layout.levels), n_text=layout.n_text,
+        grid=list(layout.grid), grids=[list(g) for g in layout.grids], levels=list(layout.levels), n_text=layout.n_text,
+        grid_head=grid_token_name(layout.grid) if layout.multi_grid else "",
         specials=[(s, layout.special(s)) for s in layout.specials], image_offset=layout.image_offset,
         vocab_size=layout.vocab_size, codebook_size=layout.codebook_size, tokens_per_image=layout.tokens_per_image,
         text_tokenizer=manifest.get("text_tokenizer", "text"), visual_tokenizer=vt_ref, training=training,
