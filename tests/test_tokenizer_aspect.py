@@ -366,3 +366,27 @@ def test_bucketed_training_resumes_exactly(tmp_path, mixed_sets):
         assert a.keys() == b.keys()
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (a["step"], k)
+
+
+def test_natural_photos_are_cropped_or_padded_to_their_bucket_never_squashed(micro_cfg):
+    """scikit-image's sample photos (offline): a 3:2 photo goes to the 4:3 bucket; `crop` keeps
+    its centre at its own proportions, `pad` keeps all of it between white bands, and both encode
+    on the 3x4 grid and decode at 64x48."""
+    from skimage import data
+
+    photo = Image.fromarray(data.coffee())  # 600 x 400 px
+    crop, pad = build(aspect_cfg(micro_cfg)), build(aspect_cfg(micro_cfg, fit="pad"))
+    assert crop.buckets.choose(*photo.size) == (3, 4)
+    cropped, padded = crop.buckets.fit(photo, (3, 4)), pad.buckets.fit(photo, (3, 4))
+    # crop: the central 533x400 box, resized alone (no band, no stretch)
+    box = photo.crop((33, 0, 566, 400)).resize((64, 48), Image.Resampling.BICUBIC)
+    assert np.abs(np.asarray(cropped, int) - np.asarray(box, int)).mean() < 2
+    # pad: 64x43 of photo (its 3:2 kept) between white rows
+    px = np.asarray(padded)
+    assert (px[:2] == 255).all() and (px[-3:] == 255).all() and px[10:38].std() > 20
+    squashed = photo.resize((64, 48), Image.Resampling.BICUBIC)
+    assert np.abs(np.asarray(cropped, int) - np.asarray(squashed, int)).mean() > 5  # not what a squash gives
+    for tok in (crop, pad):
+        codes = tok.encode([photo])
+        assert codes.shape == (1, 3, 4) and tok.decode(codes).shape == (1, 3, 48, 64)
+        assert torch.equal(codes, tok.encode([tok.buckets.fit(photo, (3, 4))]))
