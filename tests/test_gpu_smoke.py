@@ -21,7 +21,8 @@ def test_gpu_size_is_a_1b_model_of_the_7b_layout(tmp_path):
 
     size = smoke.GPU_1B
     total = smoke.vocab_target(PARAMS, size)
-    assert total == planned_layout(load_config(PARAMS, "7b")).vocab_size == 151665 + 7 + 15360
+    # Qwen2.5's text tokens, 7 specials, 5 aspect-bucket grid tokens, the FSQ codes
+    assert total == planned_layout(load_config(PARAMS, "7b")).vocab_size == 151665 + 7 + 5 + 15360
     probe = load_config(PARAMS, "7b", [f"world.grid={size.grid}", f"world.image_size={size.image_size}"])
     n_text = smoke.text_vocab(probe, total)
     cfg = load_config(PARAMS, "7b", smoke.overrides(size, size.model, tmp_path, "main", tmp_path / "tok", n_text,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,22 @@ pixels = tok.decode(codes)   # -> FloatTensor [B, 3, h*{{ patch_size }}, w*{{ pa
 `config.json` is the constructor's `config`; the weights are `model.safetensors`
 (huggingface_hub's `PyTorchModelHubMixin`).
 """
+
+
+def _undo_zero_init_leak() -> None:
+    """Lets the class statement below pass its keywords (library_name=...) to the hub mixin.
+
+    DeepSpeed 0.19's zero.Init saves `nn.Module.__init_subclass__` on entry (object's, bound to
+    Module) and assigns it back on exit, so after any ZeRO-3 model build nn.Module owns a bound
+    object.__init_subclass__ that refuses class keywords and never reaches the mixin's hook. The
+    GPU smoke (pretrain, then RL, then serving) imported this module only after that and failed.
+    Inside a zero.Init context the attribute is DeepSpeed's classmethod, which is left alone."""
+    own = nn.Module.__dict__.get("__init_subclass__")
+    if isinstance(own, types.BuiltinMethodType) and own.__self__ is nn.Module:
+        del nn.Module.__init_subclass__
+
+
+_undo_zero_init_leak()
 
 
 class VisualTokenizer(
