@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=100, help="held-out scenes per shape")
     ap.add_argument("--seeds", type=int, default=2, help="samples per generation prompt")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "aspect_ratio.json")
+    ap.add_argument("--recipe", default="", help="how the model was trained (recorded in the JSON)")
     args = ap.parse_args()
 
     import numpy as np
@@ -102,7 +103,7 @@ def main() -> None:
     atomic_write_json(args.out, {
         "what": __doc__.splitlines()[0],
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/aspect_ratio.py", *sys.argv[1:]]),
-        "model": str(args.model), "grids": [list(g) for g in vt.grids], "world_shapes": [list(g) for g in shapes_of(world)],
+        "model": str(args.model), "recipe": args.recipe, "grids": [list(g) for g in vt.grids], "world_shapes": [list(g) for g in shapes_of(world)],
         "by_shape": rows,
     })
     print(f"wrote {args.out}")
