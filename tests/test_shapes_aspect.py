@@ -196,3 +196,12 @@ def test_judges_read_a_bucket_scene_on_its_own_cells():
     # the edited cell lies in column 3, which a square 3x3 reading of the scene never looks at
     missed = edit_check(source, target, oracle.parse(shapes.render(source, WORLD), WORLD), WORLD.grid)
     assert missed["fulfilled"] == 0.0
+
+
+def test_the_perfect_tokenizer_refuses_a_bucket_scene_by_name():
+    from arm.train.perfect import PerfectTokenizer
+
+    perfect = PerfectTokenizer(WORLD)
+    assert perfect.encode_scene(Scene.of([ShapeObject(0, 2, "circle", "red", "small")]))[2] > 0  # square: as ever
+    with pytest.raises(ValueError, match=r"a 3x4 scene: the perfect tokenizer .* pretrain.images: tokenizer"):
+        perfect.encode_scene(random_scenes(1, 0)[0])

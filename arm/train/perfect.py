@@ -37,6 +37,10 @@ class PerfectTokenizer:
         return k + self.levels[0] * (c + self.levels[1] * s)
 
     def encode_scene(self, scene: Scene) -> list[int]:
+        if scene.grid is not None:
+            raise ValueError(f"a {scene.grid[0]}x{scene.grid[1]} scene: the perfect tokenizer (pretrain.images: oracle, "
+                             f"the oracle codec) encodes the world's square {self.world.grid}x{self.world.grid} scenes "
+                             "only; a world with grids needs pretrain.images: tokenizer (a tokenizer with aspect buckets)")
         g = self.world.grid
         return [self._code(scene.at(r, c)) for r in range(g) for c in range(g)]
 
