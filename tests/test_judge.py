@@ -146,3 +146,21 @@ def test_judge_shares_no_code_with_oracle_or_renderer():
                 assert mod in {"arm.config", "arm.eval.config", "arm.io", "arm.progress"}, mod
         elif isinstance(node, ast.Attribute):
             assert node.attr not in {"render", "render_array", "parse", "read_cells"}, ast.unparse(node)
+
+
+def test_reads_bucket_scenes_on_their_own_cells(judge):
+    """A world with 3x4 and 4x3 scenes (aspect buckets): the per-cell reader needs no retraining,
+    reads each image on its own rows x cols, at the world's cell size or scaled."""
+    from arm.eval.judge import SceneJudge
+
+    world = WorldConfig(grids=[[3, 4], [4, 3]])
+    wide = SceneJudge(judge.model, world, judge.min_confidence, judge.report)
+    rng = random.Random(7)
+    scenes = [random_scene(rng, world, grid=g) for g in [(3, 4), (4, 3)] * 50]
+    got = wide.read([render(s, world) for s in scenes])
+    assert [g.grid for g in got] == [s.grid for s in scenes]
+    assert np.mean([g == s for g, s in zip(got, scenes)]) >= 0.9
+    big = render(scenes[0], world).resize((256, 192), Image.NEAREST)  # a 4:3 decode at 4x the cell size
+    assert wide.read([big])[0] == got[0]
+    with pytest.raises(ValueError, match=r"image of 100x40 px: no scene shape"):
+        wide.read([Image.new("RGB", (100, 40), "white")])

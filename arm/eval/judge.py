@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from arm.config import PALETTE, SIZES, WorldConfig
+from arm.config import PALETTE, SIZES, WorldConfig, shapes_of
 from arm.eval.config import SceneJudgeConfig
 from arm.data.shapes import Scene, ShapeObject
 from arm.io import atomic_path, atomic_write_json
@@ -356,28 +356,50 @@ class SceneJudge:
     report: dict
 
     def read(self, images: Sequence[Image.Image], batch_size: int = 256) -> list[Scene]:
-        """The scene in each image; an unreadable kind or colour comes back as "unknown"."""
+        """The scene in each image; an unreadable kind or colour comes back as "unknown".
+
+        Cells are read one by one, so a scene of any of the world's shapes (`world.grids`, the
+        aspect buckets) is read on its own rows x cols; images are brought to the world's cell
+        size first (a 7b decode at 384 px per 3 cells, say)."""
         if len(images) == 0:
             return []
-        size = self.world.image_size
-        arr = np.stack([
-            np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR) if im.size != (size, size)
-                       else im.convert("RGB"), dtype=np.uint8)
-            for im in images
-        ])
-        present, kind, color, size_ = self.predict(arr, batch_size)
-        return [self._scene(present[i], kind[i], color[i], size_[i]) for i in range(len(arr))]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(self.grid_of(*im.size), []).append(i)
+        out: list[Scene | None] = [None] * len(images)
+        c = self.world.cell
+        for (rows, cols), members in groups.items():
+            arr = np.stack([
+                np.asarray(im.convert("RGB").resize((cols * c, rows * c), Image.BILINEAR) if im.size != (cols * c, rows * c)
+                           else im.convert("RGB"), dtype=np.uint8)
+                for im in (images[i] for i in members)
+            ])
+            present, kind, color, size_ = self.predict(arr, batch_size)
+            for j, i in enumerate(members):
+                out[i] = self._scene(present[j], kind[j], color[j], size_[j], (rows, cols))
+        return out  # type: ignore[return-value]
+
+    def grid_of(self, width: int, height: int) -> tuple[int, int]:
+        """The (rows, cols) of an image: its cells at the world's cell size, else the world shape
+        of its aspect ratio (read at that shape), else a ValueError naming the size."""
+        c, shapes = self.world.cell, shapes_of(self.world)
+        if width % c == 0 and height % c == 0 and (height // c, width // c) in shapes:
+            return height // c, width // c
+        for rows, cols in shapes:
+            if abs(width * rows - height * cols) <= 0.01 * width * rows:
+                return rows, cols
+        raise ValueError(f"image of {width}x{height} px: no scene shape of this world {shapes} has its aspect ratio")
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, ...]:
-        """[N, H, W, 3] uint8 at world size -> per-cell class indices [N, cells] for presence,
-        kind, colour and size; the unknown index (len of kinds/colours) where not confident."""
+        """[N, H, W, 3] uint8 at the world's cell size -> per-cell class indices [N, cells] (row-major)
+        for presence, kind, colour and size; the unknown index (len of kinds/colours) where not confident."""
         self.model.eval()
         outs = []
         for i in range(0, len(images), batch_size):
             heads = self.model(cell_crops(images[i : i + batch_size], self.world))
             outs.append([self._decide(h, unknown) for h, unknown in zip(heads, self._unknowns())])
-        cells = self.world.grid ** 2
+        cells = (images.shape[1] // self.world.cell) * (images.shape[2] // self.world.cell)
         return tuple(torch.cat([o[j] for o in outs]).reshape(-1, cells).numpy() for j in range(4))
 
     def _unknowns(self) -> list[int | None]:
@@ -389,12 +411,15 @@ class SceneJudge:
             index = torch.where(prob < self.min_confidence, torch.full_like(index, unknown), index)
         return index
 
-    def _scene(self, present: np.ndarray, kind: np.ndarray, color: np.ndarray, size: np.ndarray) -> Scene:
+    def _scene(self, present: np.ndarray, kind: np.ndarray, color: np.ndarray, size: np.ndarray,
+               grid: tuple[int, int]) -> Scene:
         w = self.world
         kinds, colors = [*w.kinds, UNKNOWN], [*w.colors, UNKNOWN]
+        cols = grid[1]
         return Scene.of(
-            ShapeObject(cell // w.grid, cell % w.grid, kinds[kind[cell]], colors[color[cell]], w.sizes[size[cell]])
-            for cell in np.flatnonzero(present)
+            (ShapeObject(cell // cols, cell % cols, kinds[kind[cell]], colors[color[cell]], w.sizes[size[cell]])
+             for cell in np.flatnonzero(present)),
+            None if grid == (w.grid, w.grid) else grid,  # Scene's convention: None is the world's square
         )
 
 
