@@ -10,9 +10,10 @@ matching buckets (`tokenizer.aspect`), on held-out (`novel`) scenes of each shap
   at the image's own bucket; same-run baseline: the same images squashed to the square grid, as a
   tokenizer without buckets sees them (then stretched back for the oracle);
 * generation: the scene's caption drawn by the AR model at the scene's aspect ratio, read by the
-  oracle: exact-scene rate (95% bootstrap interval over items), per-object colour / kind / size /
-  cell (arm.eval.checks.object_attributes), and the image's shape. Square scenes are the same-run
-  reference for the non-square ones.
+  independent judge (arm/eval/judge.py, as evaluation scores) and by the oracle: exact-scene rate
+  (95% bootstrap interval over items), per-object colour / kind / size / cell
+  (arm.eval.checks.object_attributes), the judges' agreement, and the image's shape. Square scenes
+  are the same-run reference for the non-square ones.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main() -> None:
     from arm.data.oracle import parse
     from arm.eval.checks import object_attributes
     from arm.eval.intervals import bootstrap_interval
+    from arm.eval.judge import load_or_train
     from arm.eval.scoring import summarize_attributes
     from arm.io import atomic_write_json
     from arm.sample.images import to_pil
@@ -58,6 +60,7 @@ def main() -> None:
     world = cfg.world
     pipe = ArmPipeline.from_pretrained(args.model, config=cfg.sampling)
     vt = pipe.visual
+    judge = load_or_train(cfg.eval.judge, world)
     rows = {}
     for grid in shapes_of(world):
         rng = random.Random(f"aspect:{grid}")
@@ -77,9 +80,14 @@ def main() -> None:
         ratio = f"{grid[1]}:{grid[0]}"  # width:height
         drawn = [im for k in range(args.seeds) for im in pipe.generate(prompts, aspect_ratio=ratio, seed=1000 * k)]
         seconds = time.perf_counter() - t0
-        parsed = [parse(im, world) for im in drawn]
         targets = scenes * args.seeds
-        hits = [float(p == s) for p, s in zip(parsed, targets)]
+
+        def scored(read: list) -> dict:
+            hits = [float(p == s) for p, s in zip(read, targets)]
+            return {"exact_scene": float(np.mean(hits)), "exact_scene_interval": bootstrap_interval(hits),
+                    **summarize_attributes([object_attributes(s.objects, p) for s, p in zip(targets, read)])}
+
+        by_judge, by_oracle = judge.read(drawn), [parse(im, world) for im in drawn]
         rows[name] = {
             "scenes": len(scenes),
             "reconstruction_exact_scene": {"own_bucket": float(np.mean(exact(own))),
@@ -87,19 +95,19 @@ def main() -> None:
             "generation": {
                 "samples": len(drawn),
                 "image_size": sorted({im.size for im in drawn}),
-                "exact_scene": float(np.mean(hits)),
-                "exact_scene_interval": bootstrap_interval(hits),
-                **summarize_attributes([object_attributes(s.objects, p) for s, p in zip(targets, parsed)]),
+                "judge": scored(by_judge),
+                "oracle": scored(by_oracle),
+                "judges_agree": float(np.mean([a == b for a, b in zip(by_judge, by_oracle)])),
                 "seconds_per_image": round(seconds / len(drawn), 4),
             },
         }
         print(name, json.dumps(rows[name]), flush=True)
 
-    square = rows[f"{world.grid}x{world.grid}"]["generation"]["exact_scene"]
+    square = rows[f"{world.grid}x{world.grid}"]["generation"]["judge"]["exact_scene"]
     for r in rows.values():
         rec = r["reconstruction_exact_scene"]
         rec["ratio_own_vs_squashed"] = rec["own_bucket"] / rec["squashed_to_square"] if rec["squashed_to_square"] else None
-        r["generation"]["ratio_vs_square"] = r["generation"]["exact_scene"] / square if square else None
+        r["generation"]["judge"]["ratio_vs_square"] = r["generation"]["judge"]["exact_scene"] / square if square else None
     atomic_write_json(args.out, {
         "what": __doc__.splitlines()[0],
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/aspect_ratio.py", *sys.argv[1:]]),
