@@ -257,3 +257,42 @@ def test_each_benchmark_has_its_own_seed_block(setup):
         evaluate(micro(tmp, f"eval.benchmarks={benches}"), None, pipeline=p, name="seeds")
         runs.append([s for s in p.seeds if s[0] in {i["prompt"] for i in sets["wise"]}])
     assert runs[0] == runs[1] and runs[0]
+
+
+def test_aspect_benchmark_draws_each_scene_at_its_ratio(tmp_path):
+    """A world with 3x4 and 4x3 scenes: `shapes_geneval_aspect` asks for each held-out scene at its
+    own aspect ratio and scores it per shape, with the reference, floor and intervals of GenEval."""
+    cfg = micro(tmp_path, "world.grids=[[3, 4], [4, 3]]", "eval.benchmarks=[shapes_geneval, shapes_geneval_aspect]")
+    build_prompt_sets(cfg)
+    sets, _, manifest = load_prompt_sets(cfg)
+    items = sets["geneval_aspect"]
+    assert {tuple(i["grid"]) for i in items} == {(3, 4), (4, 3)} and {i["aspect_ratio"] for i in items} == {"4:3", "3:4"}
+    assert {i["split"] for i in items} == {"novel", "novel_composition"}
+    assert manifest["training_overlap"].get("geneval_aspect", 0) == 0
+
+    asked = []
+
+    class Recording(OraclePipeline):
+        def generate(self, prompts, n=1, aspect_ratio=None, **kw):
+            asked.extend((p, aspect_ratio) for p in prompts)
+            return super().generate(prompts, n, aspect_ratio=aspect_ratio, **kw)
+
+    m = evaluate(cfg, None, pipeline=Recording(cfg, sets), name="aspect")
+    assert {(i["prompt"], i["aspect_ratio"]) for i in items} <= set(asked)
+    s, rec, floor = m["scores"]["shapes_geneval_aspect"], m["reconstruction"]["shapes_geneval_aspect"], \
+        m["floor"]["shapes_geneval_aspect"]
+    assert s["overall"] == rec["overall"] == 1.0 > floor["overall"] and s["judge_agreement"] == 1.0
+    for shape in ("3x4", "4x3"):
+        assert s[f"{shape}/overall"] == 1.0
+        lo, hi = m["intervals"]["shapes_geneval_aspect"][f"{shape}/overall"]
+        assert lo <= 1.0 <= hi
+    assert {"geneval_aspect_3x4.png", "geneval_aspect_4x3.png"} <= {p.name for p in (tmp_path / "reports" / "eval_aspect").glob("*.png")}
+    bad = evaluate(cfg, None, pipeline=DegradedPipeline(Recording(cfg, sets), 0.6, seed=0), name="bad")
+    assert bad["scores"]["shapes_geneval_aspect"]["overall"] < 0.8
+
+
+def test_aspect_benchmark_on_a_square_world_is_skipped_with_its_reason(setup):
+    tmp, cfg, sets = setup
+    square = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"benchmarks": ["shapes_geneval_aspect"]})})
+    m = evaluate(square, None, pipeline=OraclePipeline(cfg, sets), name="square")
+    assert m["scores"] == {} and "world.grids is empty" in m["skipped"]["shapes_geneval_aspect"]

@@ -8,8 +8,10 @@ from pydantic import Field, model_validator
 
 from arm.configbase import Strict
 
-BENCHMARKS = ("shapes_geneval", "shapes_wise", "shapes_edit", "understanding", "fmnist", "tokenizer")
-Benchmark = Literal["shapes_geneval", "shapes_wise", "shapes_edit", "understanding", "fmnist", "tokenizer"]
+BENCHMARKS = ("shapes_geneval", "shapes_geneval_aspect", "shapes_wise", "shapes_edit", "understanding", "fmnist",
+              "tokenizer")
+Benchmark = Literal["shapes_geneval", "shapes_geneval_aspect", "shapes_wise", "shapes_edit", "understanding", "fmnist",
+                    "tokenizer"]
 
 
 class PromptSetConfig(Strict):

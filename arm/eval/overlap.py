@@ -44,7 +44,7 @@ def record_keys(task: str, meta: Mapping, caption: str | None = None, question: 
 
 def item_keys(set_name: str, item: Mapping) -> list[tuple[str, str]]:
     """The keys of one eval item, the ones training must never hold."""
-    if set_name in ("geneval", "wise"):
+    if set_name in ("geneval", "geneval_aspect", "wise"):
         return [("text", item["prompt"]), ("scene", _key(item["scene"]))]
     if set_name in ("vqa", "caption", "pope"):
         return [("scene", _key(item["scene"])), ("image_question", f"{_key(item['scene'])}|{item['question']}")]

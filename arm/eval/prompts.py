@@ -15,7 +15,7 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from arm.config import ArmConfig, ShapesSourceConfig, WorldConfig
+from arm.config import ArmConfig, ShapesSourceConfig, WorldConfig, shapes_of
 from arm.data import holdout, shapes
 from arm.data.holdout import HELD_OUT
 from arm.data.shapes import Scene, ShapeObject
@@ -28,7 +28,7 @@ from arm.eval.checks import GENEVAL_CATEGORIES
 from arm.eval.fmnist import load_split
 from arm.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 
-SETS = ("geneval", "wise", "edit", "vqa", "caption", "pope", "fmnist_gen", "fmnist_und")
+SETS = ("geneval", "geneval_aspect", "wise", "edit", "vqa", "caption", "pope", "fmnist_gen", "fmnist_und")
 
 
 class PromptSetError(ValueError):
@@ -54,8 +54,10 @@ def geneval_categories(world: WorldConfig) -> list[str]:
     return out
 
 
-def geneval_scene(rng: random.Random, world: WorldConfig, category: str) -> Scene:
-    cells = [(r, c) for r in range(world.grid) for c in range(world.grid)]
+def geneval_scene(rng: random.Random, world: WorldConfig, category: str, grid: tuple[int, int] | None = None) -> Scene:
+    """A scene of `category` on the world's square, or on `grid` (rows, cols), one of its shapes."""
+    rows, cols = grid or (world.grid, world.grid)
+    cells = [(r, c) for r in range(rows) for c in range(cols)]
     if category in ("single_object", "colors"):
         n = 1
     elif category == "counting":
@@ -69,7 +71,8 @@ def geneval_scene(rng: random.Random, world: WorldConfig, category: str) -> Scen
     colors = rng.sample(world.colors, n) if category == "color_attr" else [rng.choice(world.colors) for _ in range(n)]
     placed = rng.sample(cells, n)
     return Scene.of(
-        ShapeObject(r, c, kinds[j], colors[j], rng.choice(world.sizes)) for j, (r, c) in enumerate(placed)
+        (ShapeObject(r, c, kinds[j], colors[j], rng.choice(world.sizes)) for j, (r, c) in enumerate(placed)),
+        shapes.canonical_grid(grid, world),
     )
 
 
@@ -142,6 +145,16 @@ def make_sets(cfg: ArmConfig) -> dict[str, list[dict]]:
                                               lambda r, c=cat: geneval_scene(r, world, c))
                 sets["geneval"].append({"id": f"geneval/{split}/{cat}/{i}", "split": split, "category": cat,
                                         "prompt": shapes.caption(scene, world.grid), "scene": scene.to_json()})
+        # the same categories on the world's other scene shapes (aspect buckets), drawn at their ratio
+        for rows, cols in shapes_of(world)[1:]:
+            for cat in geneval_categories(world):
+                for i in range(p.geneval_per_category):
+                    scene = holdout.heldout_scene(_rng(seed, f"geneval_aspect/{rows}x{cols}/{cat}", i, split), world, split,
+                                                  lambda r, c=cat, g=(rows, cols): geneval_scene(r, world, c, g))
+                    sets["geneval_aspect"].append({
+                        "id": f"geneval_aspect/{split}/{rows}x{cols}/{cat}/{i}", "split": split, "category": cat,
+                        "grid": [rows, cols], "aspect_ratio": f"{cols}:{rows}",
+                        "prompt": shapes.caption(scene, world.grid), "scene": scene.to_json()})
         for i in range(p.wise):
             text, scene = holdout.heldout_knowledge(_rng(seed, "wise", i, split), world, split)
             sets["wise"].append({"id": f"wise/{split}/{i}", "split": split, "prompt": text, "scene": scene.to_json()})
@@ -229,6 +242,8 @@ def load_prompt_sets(cfg: ArmConfig, folder: str | Path | None = None) -> tuple[
     sets = {}
     for name in SETS:
         path = folder / f"{name}.jsonl"
+        if f"{name}.jsonl" not in manifest.get("sha256", {}):
+            raise PromptSetError(f"{folder}: built before the {name!r} set existed; rebuild with `arm eval-prompts`")
         if sha256_file(path) != manifest["sha256"][f"{name}.jsonl"]:
             raise PromptSetError(f"{path}: contents differ from the manifest's checksum (edited by hand?)")
         sets[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -28,7 +28,9 @@ class OraclePipeline:
     def __init__(self, cfg: ArmConfig, sets: dict[str, list[dict]]):
         self.world, self.grid = cfg.world, cfg.world.grid
         self.caption_questions = {i["question"] for i in sets["caption"]}
-        self.scene_of = {i["prompt"]: i["scene"] for name in ("geneval", "wise") for i in sets[name]}
+        # keyed by (prompt, aspect ratio): a caption can name a square scene and a 4:3 one alike
+        self.scene_of = {(i["prompt"], i.get("aspect_ratio")): i["scene"]
+                         for name in ("geneval", "geneval_aspect", "wise") for i in sets[name]}
         self.edits = {(_key(i["source_scene"]), i["instruction"]): i["target_scene"] for i in sets["edit"]}
         pixels, labels = load_split(cfg.eval.fmnist.root, "t10k")
         self.fmnist_prompt = {i["prompt"]: i["t10k_index"] for i in sets["fmnist_gen"]}
@@ -36,13 +38,13 @@ class OraclePipeline:
         idx = sorted({i["t10k_index"] for i in sets["fmnist_und"]} | set(self.fmnist_prompt.values()))
         self.label_of = {im.tobytes(): int(labels[i]) for i, im in zip(idx, fmnist_images(pixels, idx))}
 
-    def generate(self, prompts: Sequence[str], n: int = 1, **_) -> list[Image.Image]:
+    def generate(self, prompts: Sequence[str], n: int = 1, aspect_ratio: str | None = None, **_) -> list[Image.Image]:
         out = []
         for p in prompts:
             if p in self.fmnist_prompt:
                 im = fmnist_images(self.pixels, [self.fmnist_prompt[p]])[0]
-            elif p in self.scene_of:
-                im = render(self.scene_of[p], self.world)
+            elif (p, aspect_ratio) in self.scene_of:
+                im = render(self.scene_of[(p, aspect_ratio)], self.world)
             else:
                 raise KeyError(f"oracle pipeline: unknown prompt {p!r}")
             out += [im] * n

@@ -105,16 +105,23 @@ class Runner:
         self.bar.update(want)
         return out
 
-    def generate(self, prompts: Sequence[str]) -> list[list[Image.Image]]:
+    def generate(self, prompts: Sequence[str], aspect_ratios: Sequence[str] | None = None) -> list[list[Image.Image]]:
+        """`samples_per_prompt` images per prompt; `aspect_ratios` (width:height per prompt) draws
+        each at its ratio, in batches of one ratio (a square-only pipeline is never passed one)."""
         n = self.ecfg.samples_per_prompt
         step = max(1, self.ecfg.batch_size // n)
-        out: list[list[Image.Image]] = []
-        for i in range(0, len(prompts), step):
-            batch = list(prompts[i : i + step])
-            imgs = self._checked(self.pipe.generate(batch, n=n, seed=self._seed(len(batch) * n), **self.sampling),
-                                 len(batch) * n, "generate")
-            out += [imgs[j * n : (j + 1) * n] for j in range(len(batch))]
-        return out
+        ratios = list(aspect_ratios) if aspect_ratios is not None else [None] * len(prompts)
+        out: list[list[Image.Image] | None] = [None] * len(prompts)
+        for ratio in dict.fromkeys(ratios):
+            members = [i for i, a in enumerate(ratios) if a == ratio]
+            kw = {} if ratio is None else {"aspect_ratio": ratio}
+            for k in range(0, len(members), step):
+                batch = members[k : k + step]
+                imgs = self._checked(self.pipe.generate([prompts[i] for i in batch], n=n, seed=self._seed(len(batch) * n),
+                                                        **self.sampling, **kw), len(batch) * n, "generate")
+                for j, i in enumerate(batch):
+                    out[i] = imgs[j * n : (j + 1) * n]
+        return out  # type: ignore[return-value]
 
     def describe(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
         out: list[str] = []
@@ -153,15 +160,22 @@ class Runner:
         return "ground truth through the visual tokenizer" if self.tokenizer is not None else "ground truth (no visual tokenizer)"
 
     def reconstructions(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """Each image through the visual tokenizer, in batches of one size (one aspect bucket)."""
         if self.tokenizer is None:
             return list(images)
-        return roundtrip(self.tokenizer, images, self.ecfg.batch_size)[0]
+        out: list[Image.Image | None] = [None] * len(images)
+        for size in dict.fromkeys(im.size for im in images):
+            members = [i for i, im in enumerate(images) if im.size == size]
+            for i, rec in zip(members, roundtrip(self.tokenizer, [images[i] for i in members], self.ecfg.batch_size)[0]):
+                out[i] = rec
+        return out  # type: ignore[return-value]
 
-    def constant_images(self, count: int) -> dict[str, list[Image.Image]]:
-        """Candidate-free images: blank, and one flat image per world colour."""
-        size = (self.world.image_size, self.world.image_size)
+    def constant_images(self, count: int, sizes: Sequence[tuple[int, int]] | None = None) -> dict[str, list[Image.Image]]:
+        """Candidate-free images: blank, and one flat image per world colour; square, or one of each
+        (width, height) in `sizes` (the items' own shapes)."""
+        sizes = list(sizes) if sizes is not None else [(self.world.image_size, self.world.image_size)] * count
         fills = {"blank": tuple(self.world.background)} | {c: PALETTE[c] for c in self.world.colors}
-        return {name: [Image.new("RGB", size, fill)] * count for name, fill in fills.items()}
+        return {name: [Image.new("RGB", size, fill) for size in sizes] for name, fill in fills.items()}
 
 
 # ---------------------------------------------------------------------------- benchmarks
@@ -253,12 +267,15 @@ def best_of(*summaries: dict[str, float]) -> dict[str, float]:
     return {k: max(s[k] for s in summaries if k in s) for k in dict.fromkeys(k for s in summaries for k in s)}
 
 
-def _score_generation(r: Runner, set_name: str, refs: list[str], flag: str, summarize: Callable):
-    """Samples, ground truth, reconstruction reference and floor of one text-to-image benchmark, scored alike."""
+def _score_generation(r: Runner, set_name: str, refs: list[str], flag: str, summarize: Callable,
+                      module: str | None = None):
+    """Samples, ground truth, reconstruction reference and floor of one text-to-image benchmark, scored alike.
+    Items with an `aspect_ratio` are drawn at it and their references have their own shapes."""
     items = r.sets[set_name]
     splits = [i.get("split") for i in items]
-    m = load(f"shapes_{set_name}")
-    samples = r.generate([i["prompt"] for i in items])
+    m = load(module or f"shapes_{set_name}")
+    ratios = [i["aspect_ratio"] for i in items] if any("aspect_ratio" in i for i in items) else None
+    samples = r.generate([i["prompt"] for i in items], ratios)
     imgs, flat_refs = _flatten(samples, refs)
     judged = judge_both(r, m, imgs, flat_refs, [len(g) for g in samples], splits, summarize, world=r.world)
     per = [s[flag] for s in judged.judge_rows]
@@ -268,7 +285,7 @@ def _score_generation(r: Runner, set_name: str, refs: list[str], flag: str, summ
                            return_per_sample=True)["per_sample"]
     recon = summarize_splits([[row] for row in recon_rows], splits, summarize)
     floor = best_of(*(reference_scores(r, m, fill, refs, splits, summarize, world=r.world)
-                      for fill in r.constant_images(len(items)).values()))
+                      for fill in r.constant_images(len(items), [im.size for im in gts]).values()))
     res = BenchResult(judged.scores, recon, floor, intervals=judged.intervals,
                       info={"floor": "best of a blank and a flat image per world colour"})
     return items, samples, per, gts, recons, [row[flag] for row in recon_rows], res
@@ -280,6 +297,30 @@ def bench_geneval(r: Runner) -> BenchResult:
     for cat in dict.fromkeys(i["category"] for i in items):
         g = _rows(items, samples, per, gts, recons, recon_per, lambda i, c=cat: i["category"] == c, r.ecfg.grid_rows)
         g.name = f"geneval_{cat}"
+        res.grids.append(g)
+    return res
+
+
+def bench_geneval_aspect(r: Runner) -> BenchResult | str:
+    """GenEval-style prompts on the world's non-square scene shapes, each drawn at its scene's
+    aspect ratio (the tokenizer's aspect buckets); scored as `shapes_geneval`, plus per shape."""
+    items = r.sets["geneval_aspect"]
+    if not items:
+        return "world.grids is empty: the world has no non-square scenes to draw"
+    refs = [as_reference({"category": i["category"], "scene": i["scene"]}) for i in items]
+    items, samples, per, gts, recons, recon_per, res = _score_generation(r, "geneval_aspect", refs, "correct",
+                                                                         summarize_geneval, module="shapes_geneval")
+    shape_of = [f"{i['grid'][0]}x{i['grid'][1]}" for i in items]
+    per_item = [[float(x) for x in g] for g in _group(per, [len(g) for g in samples])]  # the judge's verdicts
+    for shape in dict.fromkeys(shape_of):
+        picked = [sum(g) / len(g) for g, s in zip(per_item, shape_of) if s == shape]
+        res.scores[f"{shape}/overall"] = sum(picked) / len(picked)
+        from arm.eval.intervals import bootstrap_interval
+
+        res.intervals[f"{shape}/overall"] = [round(v, 6) for v in bootstrap_interval(picked, seed=r.ecfg.seed)]
+        g = _rows(items, samples, per, gts, recons, recon_per, lambda i, s=shape: f"{i['grid'][0]}x{i['grid'][1]}" == s,
+                  r.ecfg.grid_rows)
+        g.name = f"geneval_aspect_{shape}"
         res.grids.append(g)
     return res
 
@@ -473,9 +514,11 @@ def bench_tokenizer(r: Runner) -> BenchResult | None:
     return BenchResult(scores, grids=[g])
 
 
-BENCH_ORDER = ("shapes_geneval", "shapes_wise", "shapes_edit", "understanding", "fmnist", "tokenizer")
-BENCHES: dict[str, Callable[[Runner], BenchResult | None]] = {
+# Appended, never inserted: a benchmark's seeds come from its position (Runner.stream).
+BENCH_ORDER = ("shapes_geneval", "shapes_wise", "shapes_edit", "understanding", "fmnist", "tokenizer", "shapes_geneval_aspect")
+BENCHES: dict[str, Callable[[Runner], BenchResult | str | None]] = {  # str: why it was skipped
     "shapes_geneval": bench_geneval,
+    "shapes_geneval_aspect": bench_geneval_aspect,
     "shapes_wise": bench_wise,
     "shapes_edit": bench_edit,
     "understanding": bench_understanding,
@@ -553,6 +596,8 @@ def evaluate(
         logger.info("evaluate %s: %s done in %.1f s", name, bench, timings[bench])
         if res is None:
             skipped[bench] = "no visual tokenizer"
+        elif isinstance(res, str):
+            skipped[bench] = res
         else:
             results[bench] = res
     runner.bar.close()
