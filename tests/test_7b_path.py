@@ -57,7 +57,9 @@ def test_7b_mini_lifecycle_on_two_ranks(tmp_path, monkeypatch):
     from arm.train.pretrain import pretrain_multiprocess
 
     monkeypatch.chdir(tmp_path)  # every output of the preset lands under tmp_path (relative paths)
-    stand_ins = overrides(make_all(tmp_path / "hub"))
+    # 4:3 and 3:4 scenes besides the square, so the 7b aspect buckets are trained, encoded, packed
+    # and drawn (RL's oracle codec stays on the square world: tests/test_rl_scale.py)
+    stand_ins = overrides(make_all(tmp_path / "hub")) + ["world.grids=[[3, 4], [4, 3]]"]
     cfg = _config(stand_ins)
     curate(cfg, progress=False)
     train_tokenizer(cfg, progress=False, evaluate=False)

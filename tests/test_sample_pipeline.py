@@ -74,7 +74,7 @@ def test_pipeline_tasks_and_mixed_batch(pipe):
 
 def test_token_level_api(pipe):
     lay = pipe.layout
-    src = pipe.encode_images([Image.new("RGB", (48, 48), (255, 0, 0))])[0].tolist()
+    src = pipe.encode_images([Image.new("RGB", (48, 48), (255, 0, 0))])[0].flatten().tolist()  # [h, w] per image
     prompts = [format_prompt("generate", lay, text=pipe.encode_text("a red circle")),
                format_prompt("edit", lay, image=src, text=pipe.encode_text("make it blue"))]
     assert uncond_prompt(prompts[0], lay) == [lay.bos, lay.uncond, lay.boi]
