@@ -152,3 +152,27 @@ def test_shards_keep_each_images_grid(tmp_path):
         assert (got.image, got.image_grid, got.target_image, got.target_grid) == (
             e.image, None if e.image_grid is None else tuple(e.image_grid), e.target_image,
             None if e.target_grid is None else tuple(e.target_grid))
+
+
+def test_shards_written_before_grids_read_as_the_default_grid(tmp_path):
+    """A run dir's documents from before aspect buckets (no grid columns) stay readable, so a
+    square run resumes across the change instead of failing on its own shards."""
+    import pyarrow.parquet as pq
+
+    square = [ex for ex in mixed_examples() if ex.example.target_grid is None]
+    url = tmp_path / "docs"
+    write_documents(iter(square), str(url), storage=None, docs_per_shard=4, row_group_docs=2, meta={})
+    for part in url.glob("*/part-*.parquet"):
+        old = pq.read_table(part).drop_columns(["image_grid", "target_grid"])
+        pq.write_table(old, part, row_group_size=2)
+    stream = DocumentStream(str(url), rank=0, world_size=1, layout=SQUARE, seq_len=64,
+                            weights={"generate": 1.0, "edit": 1.0}, cfg_dropout=0.0, seed=0, block_docs=4)
+    seen = {}
+    for task in ("generate", "edit"):
+        for after, ex in stream.documents(task):  # an endless stream of epochs: read the first
+            if after["epoch"] > 0:
+                break
+            seen[ex.example.id] = ex.example
+    assert set(seen) == {ex.example.id for ex in square}
+    assert all(e.image_grid is None and e.target_grid is None for e in seen.values())
+    assert next(stream.rows())[1].n_docs >= 1

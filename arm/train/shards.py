@@ -42,7 +42,7 @@ from arm.text.vocab import VocabLayout
 
 MANIFEST = "manifest.json"
 FORMAT = "arm-token-documents"
-FORMAT_VERSION = 2  # 2: the image grids
+FORMAT_VERSION = 1
 _IDS = pa.list_(pa.int32())
 SCHEMA = pa.schema(
     [
@@ -51,7 +51,10 @@ SCHEMA = pa.schema(
         pa.field("answer_ids", _IDS, nullable=False),
         pa.field("image", _IDS),  # null where the task has no input image
         pa.field("target_image", _IDS),  # null where the task has no target image
-        pa.field("image_grid", _IDS),  # (h, w) of image; null: none, or the layout's default grid
+        # (h, w) of image / target_image; null: no image, or the layout's default grid. Shards
+        # written before aspect buckets lack both columns, which reads as the default grid: a run
+        # dir of square data stays valid (and resumable) across the change.
+        pa.field("image_grid", _IDS),
         pa.field("target_grid", _IDS),
     ]
 )
@@ -65,6 +68,8 @@ def _lists(table: pa.Table) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarra
     """Each list column as (offsets, flat values, valid): document i is values[offsets[i]:offsets[i+1]]."""
     out = {}
     for c in _LIST_COLUMNS:
+        if c not in table.column_names:  # an optional column a shard predates (the grids)
+            continue
         arr = table.column(c).combine_chunks()
         values = arr.values.to_numpy(zero_copy_only=False)
         out[c] = (arr.offsets.to_numpy(), values, ~arr.is_null().to_numpy(zero_copy_only=False))
@@ -222,6 +227,8 @@ class _RowGroup:
         self.cols = _lists(table)
 
     def _ids(self, c: str, i: int) -> tuple[int, ...] | None:
+        if c not in self.cols:
+            return None
         offsets, values, valid = self.cols[c]
         return tuple(values[offsets[i]:offsets[i + 1]].tolist()) if valid[i] else None
 
