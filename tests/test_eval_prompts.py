@@ -36,8 +36,8 @@ def test_build_is_deterministic_and_sized_by_params(tmp_path):
         "vqa": splits * p.vqa, "caption": splits * p.caption, "fmnist_gen": 10 * p.fmnist_per_class,
         "pope": len(sets["pope"]),  # sized per scene below
         "fmnist_und": 2 * 10 * p.fmnist_per_class,
-        "geneval_aspect": 0,  # a square-only world has no other scene shapes
-    }
+    }  # no geneval_aspect: a square world has no other scene shapes, and its folder stays as it was
+    assert sets["geneval_aspect"] == [] and not (a / "geneval_aspect.jsonl").exists()
     assert set(prior["vqa"]["by_type"]) <= {"count", "shape_at", "exists", "color_of", "size_of"}
     assert prior["vqa"]["by_question"]["how many shapes are there?"] in ("one", "two", "three")
     assert set(manifest["training_overlap"]) == {"geneval", "wise", "edit", "vqa", "caption", "pope"}

@@ -29,6 +29,9 @@ from arm.eval.fmnist import load_split
 from arm.io import atomic_path, atomic_write_json, atomic_write_text, sha256_file
 
 SETS = ("geneval", "geneval_aspect", "wise", "edit", "vqa", "caption", "pope", "fmnist_gen", "fmnist_und")
+# Written only when the world has items for them, and read as empty when absent: a square world's
+# folder (manifest and checksums) stays what it was, so the gate still compares old and new scores.
+OPTIONAL_SETS = ("geneval_aspect",)
 
 
 class PromptSetError(ValueError):
@@ -193,7 +196,7 @@ def make_sets(cfg: ArmConfig) -> dict[str, list[dict]]:
                 q, a = question_answer(qkind, k, rng)
                 sets["fmnist_und"].append({"id": f"fmnist_und/{k}/{j}/{qkind}", "label": k, "t10k_index": idx,
                                            "question": q, "answer": a, "kind": qkind})
-    return sets
+    return {name: items for name, items in sets.items() if items or name not in OPTIONAL_SETS}
 
 
 def build_prompt_sets(cfg: ArmConfig, out_dir: str | Path | None = None) -> Path:
@@ -243,7 +246,10 @@ def load_prompt_sets(cfg: ArmConfig, folder: str | Path | None = None) -> tuple[
     for name in SETS:
         path = folder / f"{name}.jsonl"
         if f"{name}.jsonl" not in manifest.get("sha256", {}):
-            raise PromptSetError(f"{folder}: built before the {name!r} set existed; rebuild with `arm eval-prompts`")
+            if name in OPTIONAL_SETS:
+                sets[name] = []
+                continue
+            raise PromptSetError(f"{folder}: no {name!r} set in its manifest; rebuild with `arm eval-prompts`")
         if sha256_file(path) != manifest["sha256"][f"{name}.jsonl"]:
             raise PromptSetError(f"{path}: contents differ from the manifest's checksum (edited by hand?)")
         sets[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -30,7 +30,7 @@ class OraclePipeline:
         self.caption_questions = {i["question"] for i in sets["caption"]}
         # keyed by (prompt, aspect ratio): a caption can name a square scene and a 4:3 one alike
         self.scene_of = {(i["prompt"], i.get("aspect_ratio")): i["scene"]
-                         for name in ("geneval", "geneval_aspect", "wise") for i in sets[name]}
+                         for name in ("geneval", "geneval_aspect", "wise") for i in sets.get(name, [])}
         self.edits = {(_key(i["source_scene"]), i["instruction"]): i["target_scene"] for i in sets["edit"]}
         pixels, labels = load_split(cfg.eval.fmnist.root, "t10k")
         self.fmnist_prompt = {i["prompt"]: i["t10k_index"] for i in sets["fmnist_gen"]}
